@@ -1,0 +1,551 @@
+//! The `ConfidentialKeyBinding` API (`ckb.dev/v1alpha1`).
+//!
+//! A binding says: "this Azure Key Vault key may be released only to pods of mine that run this Kata
+//! agent policy". This crate holds the types only: the spec and status, their OpenAPI schema (with the
+//! validation `kubectl apply` enforces), and the closed vocabulary of status conditions. It does no
+//! I/O; the operator crate depends on it, never the other way round.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub mod conditions;
+pub mod schema;
+
+/// API group of every kind in this crate.
+pub const GROUP: &str = "ckb.dev";
+/// API version of this crate's kinds.
+pub const VERSION: &str = "v1alpha1";
+/// Finalizer the operator puts on bindings so the key's fate is decided before the binding goes.
+pub const FINALIZER: &str = "confidentialkeybindings.ckb.dev/cleanup";
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "ckb-operator";
+
+/// Label and annotation keys the operator owns (all under `ckb.dev/`).
+pub mod labels {
+    /// Namespace label that opts a namespace into sidecar injection (value `enabled`).
+    pub const INJECTION: &str = "ckb.dev/injection";
+    /// Value of [`INJECTION`] that opts a namespace in.
+    pub const INJECTION_ENABLED: &str = "enabled";
+    /// ConfigMap label that marks a ConfigMap as holding an agent policy (value `"true"`).
+    pub const POLICY: &str = "ckb.dev/policy";
+    /// Pod annotation: SHA-256 (lowercase hex) of the agent policy the webhook injected.
+    pub const POLICY_SHA256: &str = "ckb.dev/policy-sha256";
+    /// Pod annotation: comma-separated names of the bindings that matched the pod.
+    pub const BINDINGS: &str = "ckb.dev/bindings";
+    /// Kata agent policy annotation (base64 of the Rego text), read by the Kata shim.
+    pub const AGENT_POLICY: &str = "io.katacontainers.config.agent.policy";
+}
+
+/// Tags the operator puts on the Key Vault keys it manages.
+pub mod tags {
+    /// Tag naming the manager of the key; value [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "managed-by";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "ckb-operator";
+    /// Tag naming the binding that owns the key, as `<namespace>/<name>`.
+    pub const BINDING: &str = "ckb-binding";
+    /// Tag naming the cluster that owns the key: the UID of its `kube-system` namespace.
+    pub const CLUSTER: &str = "ckb-cluster";
+}
+
+/// Declares that a Key Vault key may be released only to this namespace's confidential pods that run
+/// one agent policy, and asks the operator to keep the key, its release policy and the pods in step.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ckb.dev",
+    version = "v1alpha1",
+    kind = "ConfidentialKeyBinding",
+    plural = "confidentialkeybindings",
+    singular = "confidentialkeybinding",
+    shortname = "ckb",
+    category = "confidential",
+    namespaced,
+    status = "ConfidentialKeyBindingStatus",
+    doc = "Binds an Azure Key Vault key to the confidential pods of a namespace that run one Kata agent policy: the key is released only to an attested pod whose policy hash is bound.",
+    printcolumn = r#"{"name":"Vault","type":"string","jsonPath":".spec.key.vault"}"#,
+    printcolumn = r#"{"name":"Key","type":"string","jsonPath":".spec.key.name"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","description":"First 12 hex digits of the current agent policy hash","jsonPath":".status.policy.shortHash"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfidentialKeyBindingSpec {
+    /// Selects the pods of this binding's namespace that get the key. Only confidential pods (a
+    /// runtime class in the operator's confidential set, by default `kata-cc-isolation`) are ever
+    /// changed. An empty selector matches every confidential pod of the namespace.
+    pub pod_selector: LabelSelector,
+
+    /// The Key Vault key: where it lives, what it is, and what happens to it when the binding goes.
+    pub key: KeySpec,
+
+    /// The attestation authority and the claims a token must carry for the key to be released.
+    pub attestation: AttestationSpec,
+
+    /// Where the Kata agent policy of the selected pods comes from, and other policy hashes that may
+    /// also release the key.
+    pub policy: PolicySpec,
+
+    /// Overrides of the operator's defaults for the SKR sidecar injected into selected pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+}
+
+/// An exportable HSM-backed key in an Azure Key Vault (Premium) or Managed HSM.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = schema::key_rules()))]
+pub struct KeySpec {
+    /// Vault URL: `https://<name>.vault.azure.net` (Premium vault) or
+    /// `https://<name>.managedhsm.azure.net` (Managed HSM). Immutable.
+    #[schemars(regex(
+        pattern = r"^https://[0-9a-zA-Z-]{3,24}\.(vault|managedhsm)\.azure\.net/?$"
+    ))]
+    pub vault: String,
+
+    /// Key name in the vault: 1 to 127 letters, digits and dashes. Immutable.
+    #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"), length(min = 1, max = 127))]
+    pub name: String,
+
+    /// Key type: `RSA-HSM` or `EC-HSM` (Premium vault or Managed HSM), `oct-HSM` (Managed HSM only).
+    #[serde(default, rename = "type")]
+    pub key_type: KeyType,
+
+    /// Key size in bits: RSA-HSM 2048, 3072 or 4096 (3072 when unset); oct-HSM 128, 192 or 256
+    /// (256 when unset). Not used with EC-HSM, which takes `curve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+
+    /// Elliptic curve, required with EC-HSM and only allowed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Curve>,
+
+    /// Operations the key allows. When unset: wrapKey, unwrapKey, encrypt, decrypt for RSA-HSM and
+    /// oct-HSM; sign, verify for EC-HSM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub operations: Option<Vec<KeyOperation>>,
+
+    /// Take over an existing key that carries no ckb-operator tags (the operator then adds its tags
+    /// and rewrites the release policy). A key tagged for another binding or cluster is never taken.
+    #[serde(default)]
+    pub adopt: bool,
+
+    /// What happens to the key when the binding is deleted: `Retain` leaves it (with its tags, so a
+    /// re-created binding picks it up again); `Delete` soft-deletes it (recoverable for the vault's
+    /// retention period).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// HSM-backed key types that can be exportable (and so released).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum KeyType {
+    /// RSA key in an HSM.
+    #[default]
+    #[serde(rename = "RSA-HSM")]
+    RsaHsm,
+    /// Elliptic-curve key in an HSM.
+    #[serde(rename = "EC-HSM")]
+    EcHsm,
+    /// Symmetric (AES) key in a Managed HSM.
+    #[serde(rename = "oct-HSM")]
+    OctHsm,
+}
+
+impl KeyType {
+    /// The wire name, as Key Vault spells it (`RSA-HSM`, `EC-HSM`, `oct-HSM`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::RsaHsm => "RSA-HSM",
+            KeyType::EcHsm => "EC-HSM",
+            KeyType::OctHsm => "oct-HSM",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Elliptic curves for EC-HSM keys.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Curve {
+    /// NIST P-256.
+    #[serde(rename = "P-256")]
+    P256,
+    /// NIST P-384.
+    #[serde(rename = "P-384")]
+    P384,
+    /// NIST P-521.
+    #[serde(rename = "P-521")]
+    P521,
+}
+
+impl Curve {
+    /// The wire name (`P-256`, `P-384`, `P-521`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Curve::P256 => "P-256",
+            Curve::P384 => "P-384",
+            Curve::P521 => "P-521",
+        }
+    }
+}
+
+/// Key operations, as Key Vault names them.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyOperation {
+    /// Encrypt with the public part.
+    Encrypt,
+    /// Decrypt.
+    Decrypt,
+    /// Sign.
+    Sign,
+    /// Verify a signature.
+    Verify,
+    /// Wrap another key.
+    WrapKey,
+    /// Unwrap another key.
+    UnwrapKey,
+}
+
+impl KeyOperation {
+    /// The wire name (`encrypt`, `wrapKey`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOperation::Encrypt => "encrypt",
+            KeyOperation::Decrypt => "decrypt",
+            KeyOperation::Sign => "sign",
+            KeyOperation::Verify => "verify",
+            KeyOperation::WrapKey => "wrapKey",
+            KeyOperation::UnwrapKey => "unwrapKey",
+        }
+    }
+}
+
+/// What happens to the key when its binding is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Leave the key in the vault, tags included.
+    #[default]
+    Retain,
+    /// Soft-delete the key (it stays recoverable for the vault's retention period).
+    Delete,
+}
+
+/// The attestation authority and the claims its token must carry.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationSpec {
+    /// Microsoft Azure Attestation endpoint that must have issued the token, with `https://`
+    /// (for example `https://sharedeus.eus.attest.azure.net`). It is the release policy's
+    /// `authority` and is compared with the token's issuer.
+    #[schemars(
+        regex(pattern = r"^https://[0-9a-zA-Z.-]+(:[0-9]{1,5})?/?$"),
+        length(max = 253)
+    )]
+    pub authority: String,
+
+    /// Required value of the `x-ms-compliance-status` claim: `azure-signed-katacc-uvm` for
+    /// confidential containers on AKS, `azure-compliant-uvm` on ACI.
+    #[serde(default = "default_compliance_status")]
+    #[schemars(length(min = 1, max = 128))]
+    pub compliance_status: String,
+
+    /// Allow release to a debuggable VM. When false (the default) the release policy requires
+    /// `x-ms-sevsnpvm-is-debuggable` to equal "false".
+    #[serde(default)]
+    pub allow_debuggable: bool,
+
+    /// Further claims that must be present with the given value (for example
+    /// `x-ms-sevsnpvm-vmpl` = "0"). Claims the operator pins itself cannot be set here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        extend(
+            "x-kubernetes-validations" = schema::extra_claims_rules(),
+            "x-kubernetes-list-type" = "map",
+            "x-kubernetes-list-map-keys" = ["claim"]
+        )
+    )]
+    pub extra_claims: Vec<ClaimCondition>,
+}
+
+fn default_compliance_status() -> String {
+    "azure-signed-katacc-uvm".to_string()
+}
+
+/// A claim that must equal a value.
+#[derive(
+    Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimCondition {
+    /// Claim name; dots address nested claims (`x-ms-isolation-tee.x-ms-attestation-type`).
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
+        length(min = 1, max = 128)
+    )]
+    pub claim: String,
+    /// The value the claim must equal, as a string (Microsoft's policies compare `"0"`, `"false"`).
+    #[schemars(length(max = 256))]
+    pub equals: String,
+}
+
+/// Where the agent policy comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySpec {
+    /// ConfigMap of this namespace holding the Kata agent policy as Rego text. The ConfigMap must be
+    /// labelled `ckb.dev/policy: "true"` (the operator watches only those).
+    pub config_map_ref: ConfigMapKeyRef,
+
+    /// Other agent policy hashes (SHA-256 of the Rego text, 64 lowercase hex digits) that may also
+    /// release the key, for example pods whose policy is managed elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        extend("items" = schema::hash_item_schema(), "x-kubernetes-list-type" = "set")
+    )]
+    pub additional_hashes: Vec<String>,
+}
+
+/// A key of a ConfigMap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// ConfigMap name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// Key in the ConfigMap's `data` whose value is the Rego text.
+    #[serde(default = "default_policy_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_policy_key() -> String {
+    "policy.rego".to_string()
+}
+
+/// Per-binding overrides of the SKR sidecar defaults.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image; by default the operator's (a pinned `mcr.microsoft.com/aci/skr` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Port the sidecar listens on, on the pod's loopback (default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Sidecar log level (default warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<SidecarLogLevel>,
+    /// Resource requests and limits of the sidecar container (confidential pods should set limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Log levels the SKR sidecar understands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarLogLevel {
+    /// trace
+    Trace,
+    /// debug
+    Debug,
+    /// info
+    Info,
+    /// warning
+    Warning,
+    /// error
+    Error,
+    /// fatal
+    Fatal,
+    /// panic
+    Panic,
+}
+
+impl SidecarLogLevel {
+    /// The value the sidecar's `LogLevel` variable takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarLogLevel::Trace => "trace",
+            SidecarLogLevel::Debug => "debug",
+            SidecarLogLevel::Info => "info",
+            SidecarLogLevel::Warning => "warning",
+            SidecarLogLevel::Error => "error",
+            SidecarLogLevel::Fatal => "fatal",
+            SidecarLogLevel::Panic => "panic",
+        }
+    }
+}
+
+/// What the operator last observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfidentialKeyBindingStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `KeyReady`, `PolicyResolved`, `ReleasePolicySynced` (see the reasons in the docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The key as found or created in the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyStatus>,
+
+    /// The policy hashes the key's release policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
+
+    /// Number of live pods the webhook injected for this binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_pods: Option<i32>,
+}
+
+/// The key as the vault reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// Full key identifier, `https://<vault>/keys/<name>/<version>`.
+    pub id: String,
+    /// Current version of the key.
+    pub version: String,
+    /// Key type as the vault reports it.
+    #[serde(rename = "type")]
+    pub key_type: String,
+    /// Whether the operator created the key (`Created`), adopted it (`Adopted`) or found its own
+    /// key already there (`Existing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// The hashes bound into the key's release policy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// SHA-256 (lowercase hex) of the policy in the referenced ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_hash: Option<String>,
+    /// The first 12 hex digits of `currentHash`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_hash: Option<String>,
+    /// The attestation authority the release policy trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Every hash the release policy allows, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hash"]))]
+    pub bound_hashes: Vec<BoundHash>,
+}
+
+/// A hash the release policy allows.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundHash {
+    /// SHA-256 (lowercase hex) of an agent policy.
+    pub hash: String,
+    /// Why it is bound.
+    pub reason: BoundHashReason,
+    /// When the hash was first bound (RFC 3339).
+    pub since: String,
+}
+
+/// Why a hash is bound.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum BoundHashReason {
+    /// The policy in the referenced ConfigMap now.
+    Current,
+    /// An earlier policy of this binding that live pods still run.
+    InUse,
+    /// An earlier policy of this binding, kept for the grace period after it stopped being current.
+    Grace,
+    /// Listed in `spec.policy.additionalHashes`.
+    Additional,
+}
+
+impl ConfidentialKeyBinding {
+    /// `<namespace>/<name>`, as used in the `ckb-binding` key tag and in messages.
+    pub fn key_ref(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The condition of the given type, if the status has one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+impl KeySpec {
+    /// The key size the operator uses: the declared one, or 3072 (RSA) / 256 (oct); none for EC.
+    pub fn effective_size(&self) -> Option<u32> {
+        match self.key_type {
+            KeyType::RsaHsm => Some(self.size.unwrap_or(3072)),
+            KeyType::OctHsm => Some(self.size.unwrap_or(256)),
+            KeyType::EcHsm => None,
+        }
+    }
+
+    /// The operations the key gets: the declared ones, or the type's defaults.
+    pub fn effective_operations(&self) -> Vec<KeyOperation> {
+        if let Some(ops) = &self.operations {
+            let mut ops = ops.clone();
+            ops.sort();
+            ops.dedup();
+            return ops;
+        }
+        match self.key_type {
+            KeyType::EcHsm => vec![KeyOperation::Sign, KeyOperation::Verify],
+            KeyType::RsaHsm | KeyType::OctHsm => vec![
+                KeyOperation::Encrypt,
+                KeyOperation::Decrypt,
+                KeyOperation::WrapKey,
+                KeyOperation::UnwrapKey,
+            ],
+        }
+    }
+
+    /// The vault URL without a trailing slash.
+    pub fn vault_url(&self) -> &str {
+        self.vault.trim_end_matches('/')
+    }
+
+    /// Whether the vault is a Managed HSM (`*.managedhsm.azure.net`).
+    pub fn is_managed_hsm(&self) -> bool {
+        self.vault_url().ends_with(".managedhsm.azure.net")
+    }
+}
+
+impl AttestationSpec {
+    /// The authority as the release policy carries it: with `https://`, without a trailing slash.
+    pub fn authority_url(&self) -> &str {
+        self.authority.trim_end_matches('/')
+    }
+}

@@ -1,0 +1,1 @@
+//! Test doubles of Azure Key Vault and Microsoft Azure Attestation (being built).

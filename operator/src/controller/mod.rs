@@ -1,0 +1,5 @@
+//! controller (being built).
+
+/// Controller settings of `ckb-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {}
