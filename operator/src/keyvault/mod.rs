@@ -5,9 +5,23 @@
 //! against the Key Vault double and Lowkey Vault. No SDK type crosses this boundary.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub mod client;
+pub mod credential;
+pub mod errors;
+pub mod limiter;
+pub mod metrics;
+pub mod transport;
+
+pub use client::AzureKeyVault;
+pub use credential::CredentialKind;
+pub use limiter::{RateLimiter, RateLimits};
+pub use metrics::KeyVaultMetrics;
+pub use transport::ResolveOverride;
 
 /// A vault's base URL, normalised: `https://<host>` without a trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,6 +212,20 @@ impl KeyVaultError {
             KeyVaultError::Throttled { .. } | KeyVaultError::Transient { .. }
         )
     }
+
+    /// A short name of the variant, for metrics labels and logs (`not_found`, `throttled`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyVaultError::NotFound { .. } => "not_found",
+            KeyVaultError::DeletedRecoverable { .. } => "deleted_recoverable",
+            KeyVaultError::Forbidden { .. } => "forbidden",
+            KeyVaultError::Throttled { .. } => "throttled",
+            KeyVaultError::Conflict { .. } => "conflict",
+            KeyVaultError::ImmutablePolicy { .. } => "immutable_policy",
+            KeyVaultError::Transient { .. } => "transient",
+            KeyVaultError::InvalidRequest { .. } => "invalid_request",
+        }
+    }
 }
 
 /// The Key Vault operations the operator uses. Every method addresses the key's current version.
@@ -238,4 +266,111 @@ pub trait KeyVault: Send + Sync {
 
 /// Key Vault client settings of `ckb-operator run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct KeyVaultArgs {}
+pub struct KeyVaultArgs {
+    /// How to authenticate to Key Vault. Default: workload-identity when AZURE_FEDERATED_TOKEN_FILE
+    /// is set (an AKS pod with workload identity), else managed-identity. The choice is logged at start.
+    #[arg(long = "kv-credential", env = "CKB_KV_CREDENTIAL", value_enum)]
+    pub credential: Option<CredentialKind>,
+    /// File holding the bearer token of `--kv-credential static-token` (tests and the local demo;
+    /// refused for real Azure vaults unless a --kv-resolve override redirects them).
+    #[arg(long = "kv-static-token-file", env = "CKB_KV_STATIC_TOKEN_FILE")]
+    pub static_token_file: Option<PathBuf>,
+    /// Entra ID authority host for workload identity (default: AZURE_AUTHORITY_HOST, else the public cloud).
+    #[arg(long = "kv-authority-host", env = "CKB_KV_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
+    /// Client id of a user-assigned managed identity (`--kv-credential managed-identity`).
+    #[arg(
+        long = "kv-managed-identity-client-id",
+        env = "CKB_KV_MANAGED_IDENTITY_CLIENT_ID"
+    )]
+    pub managed_identity_client_id: Option<String>,
+    /// Connect to ADDR for a host (`demo.vault.azure.net=127.0.0.1:8443`) or every host under a
+    /// suffix (`.vault.azure.net=127.0.0.1:8443`). Repeatable; for tests and the local demo.
+    #[arg(long = "kv-resolve", env = "CKB_KV_RESOLVE", value_delimiter = ',')]
+    pub resolve: Vec<ResolveOverride>,
+    /// PEM file of the only CA certificates to trust for Key Vault and the token endpoint (the
+    /// double's CA). Default: the system's roots.
+    #[arg(long = "kv-ca-file", env = "CKB_KV_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Key creates per vault per 10 s (Key Vault allows 10 HSM key creates per 10 s per vault).
+    #[arg(long = "kv-create-limit", env = "CKB_KV_CREATE_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_limit: u32,
+    /// Other Key Vault transactions per vault per 10 s (500: the HSM RSA-3072 limit).
+    #[arg(long = "kv-other-limit", env = "CKB_KV_OTHER_LIMIT", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub other_limit: u32,
+    /// Longest a call waits for a rate-limit slot; beyond it the call reports Throttled and the
+    /// binding is requeued (`30s`, `500ms`, `2m`).
+    #[arg(long = "kv-max-wait", env = "CKB_KV_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// Timeout of one Key Vault request, connect to answer (`30s`, `500ms`, `2m`).
+    #[arg(long = "kv-timeout", env = "CKB_KV_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Key Vault REST API version (default: the SDK's, 2025-07-01).
+    #[arg(long = "kv-api-version", env = "CKB_KV_API_VERSION")]
+    pub api_version: Option<String>,
+}
+
+/// Parses `500ms`, `30s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?} is not a duration like 500ms, 30s or 2m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kv: KeyVaultArgs,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
+        assert_eq!(cli.kv.credential, None);
+        assert_eq!((cli.kv.create_limit, cli.kv.other_limit), (10, 500));
+        assert_eq!(cli.kv.max_wait, Duration::from_secs(30));
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kv-credential",
+            "static-token",
+            "--kv-resolve",
+            ".vault.azure.net=127.0.0.1:8443,localhost=127.0.0.1:9",
+            "--kv-resolve",
+            "h.managedhsm.azure.net=127.0.0.1:7",
+            "--kv-create-limit",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(cli.kv.credential, Some(CredentialKind::StaticToken));
+        assert_eq!(cli.kv.resolve.len(), 3);
+        assert_eq!(cli.kv.create_limit, 3);
+        assert!(Cli::try_parse_from(["x", "--kv-create-limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--kv-resolve", "nonsense"]).is_err());
+    }
+}
