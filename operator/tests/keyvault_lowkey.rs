@@ -5,8 +5,9 @@
 //!
 //! The test starts Lowkey itself (one JVM for the whole suite, on a free port, with a throw-away TLS
 //! key store made by `keytool`), polls until it answers, and stops it at the end. It needs `java`
-//! (17+) and the `lowkey-vault-app` 3.4.x jar: `CKB_LOWKEY_JAR`, or the newest
-//! `lowkey-vault-app-*.jar` in `${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/tools/`. When either is
+//! (17+) and the `lowkey-vault-app` 3.4.x jar: `CKB_LOWKEY_JAR`, else the one
+//! `scripts/install-tools.sh lowkey` installs (`${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/tools/
+//! lowkey-vault/lowkey-vault-app.jar`), else the newest `lowkey-vault-app-*.jar` in that tools folder. When either is
 //! missing the test fails and says what to install; it is `#[ignore]`d in the default run because
 //! the jar is not in every build environment: run it with
 //! `cargo test -p ckb-operator --test keyvault_lowkey -- --ignored`.
@@ -46,6 +47,11 @@ fn find_jar() -> Result<PathBuf, String> {
         };
     }
     let dir = cache_dir();
+    // Where `scripts/install-tools.sh lowkey` puts it.
+    let installed = dir.join("lowkey-vault/lowkey-vault-app.jar");
+    if installed.is_file() {
+        return Ok(installed);
+    }
     let mut jars: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|entries| {
             entries
@@ -61,8 +67,9 @@ fn find_jar() -> Result<PathBuf, String> {
     jars.sort();
     jars.pop().ok_or_else(|| {
         format!(
-            "Lowkey Vault jar not found: set CKB_LOWKEY_JAR or put lowkey-vault-app-3.4.x.jar in {} \
-             (scripts/install-tools.sh lowkey, or Maven Central com.github.nagyesta.lowkey-vault:lowkey-vault-app)",
+            "Lowkey Vault jar not found: run scripts/install-tools.sh lowkey, or set CKB_LOWKEY_JAR, \
+             or put lowkey-vault-app-3.4.x.jar in {} (Maven Central \
+             com.github.nagyesta.lowkey-vault:lowkey-vault-app)",
             dir.display()
         )
     })
