@@ -195,6 +195,7 @@ async fn lowkey_suite() {
             static_token_file: Some(token_file),
             authority_host: None,
             managed_identity_client_id: None,
+            workload_identity: Default::default(),
         },
         transport: TransportSettings {
             resolve: vec![

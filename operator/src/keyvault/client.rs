@@ -96,6 +96,7 @@ impl ClientConfig {
                 static_token_file: args.static_token_file.clone(),
                 authority_host: args.authority_host.clone(),
                 managed_identity_client_id: args.managed_identity_client_id.clone(),
+                workload_identity: Default::default(),
             },
             transport,
             limits: RateLimits {
@@ -1066,6 +1067,7 @@ mod tests {
                 static_token_file: None,
                 authority_host: None,
                 managed_identity_client_id: None,
+                workload_identity: Default::default(),
             },
             transport: TransportSettings {
                 resolve: resolve

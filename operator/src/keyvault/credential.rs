@@ -77,6 +77,20 @@ pub struct CredentialSettings {
     pub authority_host: Option<String>,
     /// Client id of a user-assigned managed identity.
     pub managed_identity_client_id: Option<String>,
+    /// Workload identity: tenant, client id and token file. `None` = the SDK reads
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` (set by the AKS webhook).
+    pub workload_identity: WorkloadIdentitySettings,
+}
+
+/// Explicit workload identity settings (tests); each `None` falls back to the SDK's environment variable.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadIdentitySettings {
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Builds the credential. `transport` carries the same trust roots and overrides as the Key Vault
@@ -102,11 +116,14 @@ pub fn build(
                 custom.authority_host = host.clone();
                 client_options.cloud = Some(Arc::new(custom.into()));
             }
+            let wi = &settings.workload_identity;
             let options = azure_identity::WorkloadIdentityCredentialOptions {
                 credential_options: azure_identity::ClientAssertionCredentialOptions {
                     client_options,
                 },
-                ..Default::default()
+                tenant_id: wi.tenant_id.clone(),
+                client_id: wi.client_id.clone(),
+                token_file_path: wi.token_file.clone(),
             };
             azure_identity::WorkloadIdentityCredential::new(Some(options))
                 .map_err(sdk(settings.kind))?
@@ -214,6 +231,7 @@ mod tests {
             static_token_file: None,
             authority_host: None,
             managed_identity_client_id: None,
+            workload_identity: WorkloadIdentitySettings::default(),
         };
         assert!(matches!(
             build(&settings, None),
