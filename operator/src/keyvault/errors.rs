@@ -90,9 +90,10 @@ pub enum CallKind {
 pub fn classify_http(failure: &HttpFailure, kind: CallKind) -> KeyVaultError {
     let message = failure.described();
     let mentions = |needle: &str| failure.message.to_ascii_lowercase().contains(needle);
-    // NB: Key Vault reports a refused change of an immutable policy as a 4xx whose message names
-    // the immutability; the status differs between vault kinds, so the message decides.
-    if kind == CallKind::Update && (400..500).contains(&failure.status) && mentions("immutable") {
+    // NB: Key Vault reports a refused change of an immutable policy (a PATCH, or a new version of a
+    // key whose policy is immutable) as a 4xx whose message names the immutability; the status
+    // differs between vault kinds, so the message decides.
+    if kind != CallKind::Read && (400..500).contains(&failure.status) && mentions("immutable") {
         return KeyVaultError::ImmutablePolicy { message };
     }
     match failure.status {
@@ -258,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn an_immutable_policy_refusal_is_recognised_only_on_update() {
+    fn an_immutable_policy_refusal_is_recognised_on_writes() {
         let body = r#"{"error":{"code":"BadParameter","message":"The release policy of this key is immutable and cannot be changed."}}"#;
         for status in [400, 403, 409] {
             assert!(matches!(
@@ -268,6 +269,10 @@ mod tests {
         }
         assert!(matches!(
             classify_http(&failure(400, body), CallKind::Write),
+            KeyVaultError::ImmutablePolicy { .. }
+        ));
+        assert!(matches!(
+            classify_http(&failure(400, body), CallKind::Read),
             KeyVaultError::InvalidRequest { .. }
         ));
     }
