@@ -6,6 +6,9 @@
 //! I/O; the operator crate depends on it, never the other way round.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -73,6 +76,7 @@ pub mod tags {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct ConfidentialKeyBindingSpec {
     /// Selects the pods of this binding's namespace that get the key. Only confidential pods (a
     /// runtime class in the operator's confidential set, by default `kata-cc-isolation`) are ever
@@ -97,13 +101,17 @@ pub struct ConfidentialKeyBindingSpec {
 /// An exportable HSM-backed key in an Azure Key Vault (Premium) or Managed HSM.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = schema::key_rules()))]
+#[schemars(
+    extend("x-kubernetes-validations" = schema::key_rules()),
+    transform = schema::no_null_members
+)]
 pub struct KeySpec {
     /// Vault URL: `https://<name>.vault.azure.net` (Premium vault) or
     /// `https://<name>.managedhsm.azure.net` (Managed HSM). Immutable.
-    #[schemars(regex(
-        pattern = r"^https://[0-9a-zA-Z-]{3,24}\.(vault|managedhsm)\.azure\.net/?$"
-    ))]
+    #[schemars(
+        regex(pattern = r"^https://[0-9a-zA-Z-]{3,24}\.(vault|managedhsm)\.azure\.net/?$"),
+        length(max = schema::VAULT_MAX_LENGTH)
+    )]
     pub vault: String,
 
     /// Key name in the vault: 1 to 127 letters, digits and dashes. Immutable.
@@ -117,6 +125,7 @@ pub struct KeySpec {
     /// Key size in bits: RSA-HSM 2048, 3072 or 4096 (3072 when unset); oct-HSM 128, 192 or 256
     /// (256 when unset). Not used with EC-HSM, which takes `curve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::key_size_schema")]
     pub size: Option<u32>,
 
     /// Elliptic curve, required with EC-HSM and only allowed there.
@@ -126,7 +135,10 @@ pub struct KeySpec {
     /// Operations the key allows. When unset: wrapKey, unwrapKey, encrypt, decrypt for RSA-HSM and
     /// oct-HSM; sign, verify for EC-HSM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(
+        length(min = 1, max = 6),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub operations: Option<Vec<KeyOperation>>,
 
     /// Take over an existing key that carries no ckb-operator tags (the operator then adds its tags
@@ -250,7 +262,9 @@ pub struct AttestationSpec {
     /// (for example `https://sharedeus.eus.attest.azure.net`). It is the release policy's
     /// `authority` and is compared with the token's issuer.
     #[schemars(
-        regex(pattern = r"^https://[0-9a-zA-Z.-]+(:[0-9]{1,5})?/?$"),
+        regex(
+            pattern = r"^https://[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?(\.[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?)*(:[0-9]{1,5})?/?$"
+        ),
         length(max = 253)
     )]
     pub authority: String,
@@ -342,6 +356,7 @@ fn default_policy_key() -> String {
 /// Per-binding overrides of the SKR sidecar defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct SidecarSpec {
     /// Sidecar image; by default the operator's (a pinned `mcr.microsoft.com/aci/skr` tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,7 +364,7 @@ pub struct SidecarSpec {
     pub image: Option<String>,
     /// Port the sidecar listens on, on the pod's loopback (default 8080).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(schema_with = "schema::port_schema")]
     pub port: Option<u16>,
     /// Sidecar log level (default warning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +412,7 @@ impl SidecarLogLevel {
 /// What the operator last observed and did.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct ConfidentialKeyBindingStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,6 +439,7 @@ pub struct ConfidentialKeyBindingStatus {
 /// The key as the vault reports it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct KeyStatus {
     /// Full key identifier, `https://<vault>/keys/<name>/<version>`.
     pub id: String,
@@ -440,6 +457,7 @@ pub struct KeyStatus {
 /// The hashes bound into the key's release policy.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct PolicyStatus {
     /// SHA-256 (lowercase hex) of the policy in the referenced ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -481,6 +499,41 @@ pub enum BoundHashReason {
     Grace,
     /// Listed in `spec.policy.additionalHashes`.
     Additional,
+}
+
+/// The CustomResourceDefinition of [`ConfidentialKeyBinding`], as `ckb-operator crd` prints it and
+/// the chart installs it.
+///
+/// It is `ConfidentialKeyBinding::crd()` with the one `nullable` the derive adds outside the API
+/// structs (the optional `status` itself) removed, for the same reason as
+/// [`schema::no_null_members`]: a `null` should be pruned, not stored.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = <ConfidentialKeyBinding as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            strip_nullable(root);
+        }
+    }
+    crd
+}
+
+fn strip_nullable(schema: &mut JSONSchemaProps) {
+    schema.nullable = None;
+    for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        strip_nullable(p);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => strip_nullable(s),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(strip_nullable),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        strip_nullable(s);
+    }
 }
 
 impl ConfidentialKeyBinding {
