@@ -1,5 +1,172 @@
-//! controller (being built).
+//! The controller: keeps each binding's Key Vault key and release policy in step with its policy.
+//!
+//! - [`plan`]: the pure decision (policy resolution, allowed hashes, key checks, status, events).
+//! - [`hashes`]: which policy hashes a release policy allows.
+//! - [`status`]: conditions and their transition times.
+//! - [`index`]: pure lookups between bindings, policy ConfigMaps and injected pods.
+//! - [`reconcile`]: the I/O around the decision, the finalizer, the error policy.
+//! - [`runtime`]: the shared caches (also read by the webhook) and the controller loop.
+//! - [`leader`]: Lease-based leader election.
+//! - [`backoff`]: per-binding exponential backoff with jitter.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+pub mod backoff;
+mod core_api;
+pub mod hashes;
+pub mod index;
+pub mod leader;
+pub mod plan;
+pub mod reconcile;
+pub mod runtime;
+pub mod status;
+
+#[cfg(test)]
+mod plan_tests;
+#[cfg(test)]
+mod reconcile_tests;
+#[cfg(test)]
+mod testing;
+
+use crate::keyvault::VaultUrl;
+
+/// Errors in the controller's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A vault in `--allowed-vault` is not an https URL.
+    #[error("--allowed-vault {0:?}: {1}")]
+    Vault(String, String),
+}
 
 /// Controller settings of `ckb-operator run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ControllerArgs {}
+pub struct ControllerArgs {
+    /// Vault the operator may create and manage keys in (`https://<name>.vault.azure.net` or
+    /// `https://<name>.managedhsm.azure.net`); repeat, or comma-separate in the variable. A binding
+    /// naming any other vault gets `KeyReady=False reason=VaultNotAllowed` and its vault is never
+    /// contacted. Empty (the default) allows none: the operator touches no vault until told which.
+    #[arg(
+        long = "allowed-vault",
+        env = "CKB_ALLOWED_VAULTS",
+        value_delimiter = ','
+    )]
+    pub allowed_vaults: Vec<String>,
+
+    /// How long a policy hash that stopped being current stays in the release policy (then it
+    /// stays only while live injected pods still carry it). E.g. `10m`, `1h`, `90s`.
+    #[arg(long, env = "CKB_HASH_GRACE_PERIOD", default_value = "10m", value_parser = parse_duration)]
+    pub hash_grace_period: Duration,
+
+    /// Period after which a converged binding is checked again against Key Vault (jittered by
+    /// ±10%), which restores release policies edited out of band.
+    #[arg(long, env = "CKB_RESYNC_PERIOD", default_value = "10m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+
+    /// How long after its deletion a binding with `deletionPolicy: Delete` waits for an
+    /// unreachable vault; after that its finalizer is released with a Warning event and the key is
+    /// left in place.
+    #[arg(long, env = "CKB_CLEANUP_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub cleanup_timeout: Duration,
+
+    /// Longest wait between retries of a failing binding (retries start at 1s and double).
+    #[arg(long, env = "CKB_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub max_retry_delay: Duration,
+
+    /// Bindings reconciled at the same time.
+    #[arg(long, env = "CKB_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: u16,
+
+    /// Elect a leader through a Lease (turn off only for a single replica).
+    #[arg(long, env = "CKB_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader Lease: the operator's own.
+    #[arg(long, env = "CKB_POD_NAMESPACE", default_value = "ckb-system")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "CKB_LEADER_ELECTION_LEASE",
+        default_value = "ckb-operator"
+    )]
+    pub leader_election_lease: String,
+
+    /// This replica's identity in the Lease (the pod name; defaults to the host name).
+    #[arg(long, env = "CKB_POD_NAME")]
+    pub leader_election_identity: Option<String>,
+
+    /// Value of the `ckb-cluster` key tag. Defaults to the UID of the `kube-system` namespace,
+    /// read once at start; set it only to keep the value across a cluster rebuild.
+    #[arg(long, env = "CKB_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+}
+
+impl ControllerArgs {
+    /// The allow-list, normalised.
+    pub fn allowed_vaults(&self) -> Result<BTreeSet<VaultUrl>, ArgsError> {
+        self.allowed_vaults
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| VaultUrl::parse(v).map_err(|e| ArgsError::Vault(v.clone(), e.to_string())))
+            .collect()
+    }
+}
+
+/// Parses a duration: `90s`, `10m`, `1h30m`, `2 hours`, or ISO 8601 `PT10M`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 90s, 10m, 1h): {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn durations_parse_in_friendly_and_iso_forms() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("PT10M").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+
+    #[test]
+    fn defaults_allow_no_vault_and_flags_repeat() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(cli.args.allowed_vaults().unwrap().is_empty());
+        assert_eq!(cli.args.hash_grace_period, Duration::from_secs(600));
+        assert_eq!(cli.args.resync_period, Duration::from_secs(600));
+        assert!(cli.args.leader_elect);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--allowed-vault",
+            "https://a.vault.azure.net/",
+            "--allowed-vault",
+            "https://B.managedhsm.azure.net",
+            "--leader-elect",
+            "false",
+        ])
+        .unwrap();
+        let v = cli.args.allowed_vaults().unwrap();
+        assert!(v.contains(&VaultUrl::parse("https://a.vault.azure.net").unwrap()));
+        assert!(v.contains(&VaultUrl::parse("https://b.managedhsm.azure.net").unwrap()));
+        assert!(!cli.args.leader_elect);
+        let bad =
+            Cli::try_parse_from(["x", "--allowed-vault", "http://a.vault.azure.net"]).unwrap();
+        assert!(bad.args.allowed_vaults().is_err());
+    }
+}

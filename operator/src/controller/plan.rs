@@ -1,0 +1,865 @@
+//! The reconcile decision, as a pure function of what was observed.
+//!
+//! [`resolve_policy`] turns the referenced ConfigMap into a hash or a reason; [`plan`] turns the
+//! binding, that result, the key as Key Vault reported it and the pods into one [`KeyAction`], the
+//! status to write and the events to publish; [`settle`] folds the outcome of the action back into
+//! the status. The I/O around them (`reconcile.rs`) only reads, calls and writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::{
+    ConfidentialKeyBinding, ConfidentialKeyBindingStatus, KeyStatus, PolicyStatus, labels, tags,
+};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::core_api::{PolicyHash, ReleasePolicy, hash_rego};
+use super::hashes::{Allowed, allowed_hashes};
+use super::status::{Wanted, conditions, new_failures};
+use crate::keyvault::{DeletedVaultKey, KeyVaultError, NewKey, VaultKey, VaultUrl};
+
+/// Total size Kubernetes allows for all annotations of one object (key + value bytes).
+pub const ANNOTATION_BUDGET: usize = 256 * 1024;
+
+/// What the decision needs to know about the operator's configuration.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Vaults the operator may contact. Empty means none.
+    pub allowed_vaults: BTreeSet<VaultUrl>,
+    /// How long a hash that stopped being current stays bound.
+    pub hash_grace: Duration,
+    /// UID of the cluster's `kube-system` namespace (the `ckb-cluster` tag).
+    pub cluster_uid: String,
+}
+
+/// The policy of the referenced ConfigMap, read and hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    /// SHA-256 of the Rego bytes.
+    pub hash: PolicyHash,
+}
+
+/// Why the policy could not be resolved: a reason from the condition vocabulary and a message
+/// naming the ConfigMap and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// A `PolicyResolved` reason.
+    pub reason: &'static str,
+    /// What is wrong, naming the ConfigMap and key.
+    pub message: String,
+}
+
+/// What the reconcile found for the policy ConfigMap.
+#[derive(Debug, Clone, Copy)]
+pub enum PolicyConfigMap<'a> {
+    /// No ConfigMap of that name in the binding's namespace.
+    Missing,
+    /// It exists, and is or is not labelled `ckb.dev/policy: "true"`.
+    Found(&'a ConfigMap),
+}
+
+/// Reads and hashes the policy the binding references, or says why it cannot.
+pub fn resolve_policy(
+    binding: &ConfidentialKeyBinding,
+    cm: PolicyConfigMap<'_>,
+) -> Result<ResolvedPolicy, PolicyProblem> {
+    let r = &binding.spec.policy.config_map_ref;
+    let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
+    let at = format!("ConfigMap {ns}/{} key {:?}", r.name, r.key);
+    let problem = |reason, what: String| PolicyProblem {
+        reason,
+        message: format!("{at}: {what}"),
+    };
+    let cm = match cm {
+        PolicyConfigMap::Missing => {
+            return Err(problem(reasons::CONFIG_MAP_NOT_FOUND, "not found".into()));
+        }
+        PolicyConfigMap::Found(cm) => cm,
+    };
+    let labelled = cm
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::POLICY))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return Err(problem(
+            reasons::CONFIG_MAP_NOT_LABELLED,
+            format!(
+                "the ConfigMap is not labelled {}: \"true\" (only labelled ConfigMaps are watched)",
+                labels::POLICY
+            ),
+        ));
+    }
+    let text = cm.data.as_ref().and_then(|d| d.get(&r.key));
+    let Some(text) = text else {
+        let in_binary = cm
+            .binary_data
+            .as_ref()
+            .is_some_and(|b| b.contains_key(&r.key));
+        return Err(if in_binary {
+            problem(
+                reasons::POLICY_NOT_UTF8,
+                "the policy is in binaryData; put the Rego text in data".into(),
+            )
+        } else {
+            problem(reasons::POLICY_KEY_NOT_FOUND, "no such key in data".into())
+        });
+    };
+    if text.trim().is_empty() {
+        return Err(problem(reasons::POLICY_EMPTY, "the policy is empty".into()));
+    }
+    // The annotation carries base64 (4 bytes per 3) of the text, under its key, next to the
+    // other annotations the webhook adds; all of a pod's annotations share 256 KiB.
+    let encoded = text.len().div_ceil(3) * 4;
+    let ours = labels::AGENT_POLICY.len()
+        + encoded
+        + labels::POLICY_SHA256.len()
+        + 64
+        + labels::BINDINGS.len()
+        + binding.metadata.name.as_deref().unwrap_or_default().len();
+    if ours > ANNOTATION_BUDGET {
+        return Err(problem(
+            reasons::POLICY_TOO_LARGE,
+            format!(
+                "the policy is {} bytes, {} once base64-encoded: with the other annotations the \
+                 webhook adds that is {ours} bytes, over the {ANNOTATION_BUDGET}-byte limit of a \
+                 pod's annotations",
+                text.len(),
+                encoded
+            ),
+        ));
+    }
+    Ok(ResolvedPolicy {
+        hash: hash_rego(text.as_bytes()),
+    })
+}
+
+/// The key as Key Vault reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyObservation {
+    /// Key Vault was not asked (vault not allowed, policy unresolved).
+    NotChecked,
+    /// No key and no deleted key of that name.
+    Absent,
+    /// The key (its current version).
+    Present(VaultKey),
+    /// No key, but a soft-deleted one of that name.
+    Deleted(DeletedVaultKey),
+    /// Asking failed.
+    Failed(KeyVaultError),
+}
+
+/// Everything [`plan`] looks at besides the binding and the configuration.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The policy, or why there is none.
+    pub policy: Result<ResolvedPolicy, PolicyProblem>,
+    /// The key.
+    pub key: KeyObservation,
+    /// Hashes carried by live pods injected for this binding.
+    pub pod_hashes: BTreeSet<String>,
+    /// How many live pods were injected for this binding.
+    pub injected_pods: i32,
+    /// The time of this reconcile.
+    pub now: Timestamp,
+}
+
+/// The one Key Vault write a reconcile makes, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyAction {
+    /// Nothing to write.
+    None,
+    /// Create the key.
+    Create(NewKey),
+    /// Replace the release policy of the current version.
+    UpdatePolicy {
+        /// Version to patch.
+        version: String,
+        /// The new release policy.
+        policy_json: String,
+    },
+    /// Take over an untagged key: add our tags and set the release policy.
+    Adopt {
+        /// Version to patch.
+        version: String,
+        /// The new release policy.
+        policy_json: String,
+        /// The key's tags plus ours.
+        tags: BTreeMap<String, String>,
+    },
+    /// Recover our soft-deleted key (the next pass checks its release policy).
+    Recover,
+}
+
+/// An event to publish on the binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Message.
+    pub note: String,
+}
+
+/// The decision of one reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The Key Vault write to make.
+    pub action: KeyAction,
+    /// Whether Key Vault must be asked about the key first (`false`: vault not allowed or
+    /// policy unresolved; nothing is sent to Key Vault at all).
+    pub contact_vault: bool,
+    /// The status to write if the action succeeds (or when there is none).
+    pub status: ConfidentialKeyBindingStatus,
+    /// Events to publish (new failures; writes are reported by [`settle`]).
+    pub events: Vec<PlannedEvent>,
+    /// When the binding must be looked at again regardless of watches (end of a grace period).
+    pub requeue_after: Option<Duration>,
+    /// The conditions before transition bookkeeping (what [`settle`] amends on failure).
+    pub wanted: Vec<Wanted>,
+}
+
+/// The tags a key of this binding carries.
+pub fn owner_tags(binding: &ConfidentialKeyBinding, cluster_uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::BINDING.to_string(), binding.key_ref()),
+        (tags::CLUSTER.to_string(), cluster_uid.to_string()),
+    ])
+}
+
+/// Who a key belongs to, judged by its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Tagged for this binding in this cluster.
+    Ours,
+    /// No ckb tag at all: adoptable.
+    Untagged,
+    /// Tagged for another binding or cluster (or partly tagged): never touched.
+    Foreign(String),
+}
+
+/// Judges a key's tags.
+pub fn ownership(
+    key_tags: &BTreeMap<String, String>,
+    binding: &ConfidentialKeyBinding,
+    cluster_uid: &str,
+) -> Ownership {
+    let ckb_tags = [tags::MANAGED_BY, tags::BINDING, tags::CLUSTER];
+    let present: Vec<&str> = ckb_tags
+        .iter()
+        .copied()
+        .filter(|t| key_tags.contains_key(*t))
+        .collect();
+    if present.is_empty() {
+        return Ownership::Untagged;
+    }
+    let want = owner_tags(binding, cluster_uid);
+    if want.iter().all(|(k, v)| key_tags.get(k) == Some(v)) {
+        return Ownership::Ours;
+    }
+    let shown = ckb_tags
+        .iter()
+        .map(|t| format!("{t}={}", key_tags.get(*t).map_or("<unset>", |v| v.as_str())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ownership::Foreign(shown)
+}
+
+/// How the key differs from the spec (type, size, curve, exportable); empty when it matches.
+pub fn key_differences(binding: &ConfidentialKeyBinding, key: &VaultKey) -> Vec<String> {
+    let spec = &binding.spec.key;
+    let mut diffs = Vec::new();
+    if key.kty != spec.key_type.as_str() {
+        diffs.push(format!("type is {} (spec: {})", key.kty, spec.key_type));
+    }
+    if let (Some(want), Some(have)) = (spec.effective_size(), key.size)
+        && want != have
+    {
+        diffs.push(format!("size is {have} (spec: {want})"));
+    }
+    if let Some(curve) = spec.curve {
+        match &key.curve {
+            Some(c) if c == curve.as_str() => {}
+            Some(c) => diffs.push(format!("curve is {c} (spec: {})", curve.as_str())),
+            None => diffs.push(format!("curve is unset (spec: {})", curve.as_str())),
+        }
+    }
+    if !key.exportable {
+        diffs.push("the key is not exportable (it can never be released)".into());
+    }
+    if key.managed {
+        diffs.push("the key is managed by another Azure service".into());
+    }
+    diffs
+}
+
+/// The key to create for this binding.
+pub fn new_key(binding: &ConfidentialKeyBinding, policy_json: &str, cluster_uid: &str) -> NewKey {
+    let spec = &binding.spec.key;
+    NewKey {
+        name: spec.name.clone(),
+        kty: spec.key_type.as_str().to_string(),
+        size: spec.effective_size(),
+        curve: spec.curve.map(|c| c.as_str().to_string()),
+        key_ops: spec
+            .effective_operations()
+            .iter()
+            .map(|o| o.as_str().to_string())
+            .collect(),
+        exportable: true,
+        release_policy_json: Some(policy_json.to_string()),
+        tags: owner_tags(binding, cluster_uid),
+    }
+}
+
+fn key_status(key: &VaultKey, origin: &str) -> KeyStatus {
+    KeyStatus {
+        id: key.id.clone(),
+        version: key.version.clone(),
+        key_type: key.kty.clone(),
+        origin: Some(origin.to_string()),
+    }
+}
+
+/// Condition reason and message for a Key Vault failure.
+pub fn failure_reason(e: &KeyVaultError) -> &'static str {
+    match e {
+        KeyVaultError::Forbidden { .. } => reasons::KEY_VAULT_FORBIDDEN,
+        KeyVaultError::Throttled { .. } => reasons::KEY_VAULT_THROTTLED,
+        KeyVaultError::Transient { .. } => reasons::KEY_VAULT_UNAVAILABLE,
+        KeyVaultError::ImmutablePolicy { .. } => reasons::POLICY_IMMUTABLE,
+        KeyVaultError::DeletedRecoverable { .. } => reasons::KEY_DELETED,
+        KeyVaultError::NotFound { .. }
+        | KeyVaultError::Conflict { .. }
+        | KeyVaultError::InvalidRequest { .. } => reasons::KEY_VAULT_REJECTED,
+    }
+}
+
+/// Decides what one reconcile does. Pure: same inputs, same plan.
+pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &PlanConfig) -> Plan {
+    let previous = binding.status.clone().unwrap_or_default();
+    let generation = binding.metadata.generation;
+    let spec = &binding.spec;
+    let vault = VaultUrl::parse(&spec.key.vault);
+    let vault_allowed = vault
+        .as_ref()
+        .is_ok_and(|v| config.allowed_vaults.contains(v));
+
+    let mut status = ConfidentialKeyBindingStatus {
+        observed_generation: generation,
+        conditions: Vec::new(),
+        key: previous.key.clone(),
+        policy: previous.policy.clone(),
+        injected_pods: Some(observed.injected_pods),
+    };
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut action = KeyAction::None;
+    let mut requeue_after = None;
+
+    // 1. Policy.
+    let resolved = match &observed.policy {
+        Ok(p) => {
+            wanted.push(Wanted::yes(
+                types::POLICY_RESOLVED,
+                reasons::POLICY_RESOLVED,
+                format!(
+                    "ConfigMap {}/{} key {:?} hashes to {}",
+                    binding.metadata.namespace.as_deref().unwrap_or_default(),
+                    spec.policy.config_map_ref.name,
+                    spec.policy.config_map_ref.key,
+                    p.hash
+                ),
+            ));
+            Some(p)
+        }
+        Err(problem) => {
+            wanted.push(Wanted::no(
+                types::POLICY_RESOLVED,
+                problem.reason,
+                problem.message.clone(),
+            ));
+            None
+        }
+    };
+
+    // 2. Allowed hashes and the release policy they make.
+    let desired = resolved.map(|p| {
+        let previous_bound = previous
+            .policy
+            .as_ref()
+            .map(|p| p.bound_hashes.clone())
+            .unwrap_or_default();
+        let allowed: Allowed = allowed_hashes(
+            p.hash.as_str(),
+            &spec.policy.additional_hashes,
+            &previous_bound,
+            &observed.pod_hashes,
+            observed.now,
+            config.hash_grace,
+        );
+        requeue_after = allowed.next_expiry;
+        let set: BTreeSet<PolicyHash> = allowed
+            .hashes()
+            .iter()
+            .filter_map(|h| h.parse().ok())
+            .collect();
+        let release = ReleasePolicy::for_binding(spec, &set).map_err(|e| e.to_string());
+        let short = p.hash.as_str()[..12].to_string();
+        (allowed, release, short, p.hash.to_string())
+    });
+
+    let contact_vault = vault_allowed && matches!(desired, Some((_, Ok(_), _, _)));
+
+    // 3. The key.
+    if let Err(e) = &vault {
+        wanted.push(Wanted::no(
+            types::KEY_READY,
+            reasons::KEY_VAULT_REJECTED,
+            format!("vault URL is invalid: {e}"),
+        ));
+    } else if !vault_allowed {
+        wanted.push(Wanted::no(
+            types::KEY_READY,
+            reasons::VAULT_NOT_ALLOWED,
+            format!(
+                "vault {} is not in the operator's allow-list (--allowed-vault); it was not contacted",
+                spec.key.vault_url()
+            ),
+        ));
+    }
+    let mut synced: Option<Wanted> = None;
+    match (&desired, vault_allowed) {
+        (None, true) => wanted.push(Wanted::no(
+            types::KEY_READY,
+            reasons::WAITING_FOR_POLICY,
+            "the key is created once the policy is resolved",
+        )),
+        (Some((_, Err(e), _, _)), _) => {
+            synced = Some(Wanted::no(
+                types::RELEASE_POLICY_SYNCED,
+                reasons::SYNC_FAILED,
+                format!("cannot build the release policy: {e}"),
+            ));
+            if vault_allowed {
+                wanted.push(Wanted::no(
+                    types::KEY_READY,
+                    reasons::WAITING_FOR_POLICY,
+                    "the key is created once a release policy can be built",
+                ));
+            }
+        }
+        (Some((allowed, Ok(release), short, current)), true) => {
+            let policy_json = release.to_json();
+            let (key_cond, sync_cond, act, key_st) = decide_key(
+                binding,
+                &observed.key,
+                release,
+                &policy_json,
+                config,
+                previous.key.as_ref(),
+            );
+            wanted.push(key_cond);
+            synced = Some(sync_cond);
+            action = act;
+            status.key = key_st.or(status.key);
+            // Record the hashes as bound only when Key Vault holds them (or is about to): a
+            // hash recorded but never written would later count as "ours" for InUse.
+            let bound_now = matches!(
+                &action,
+                KeyAction::Create(_) | KeyAction::UpdatePolicy { .. } | KeyAction::Adopt { .. }
+            ) || synced.as_ref().is_some_and(|s| s.ok);
+            if bound_now {
+                status.policy = Some(PolicyStatus {
+                    current_hash: Some(current.clone()),
+                    short_hash: Some(short.clone()),
+                    authority: Some(spec.attestation.authority_url().to_string()),
+                    bound_hashes: allowed.bound.clone(),
+                });
+            } else {
+                let mut p = status.policy.clone().unwrap_or_default();
+                p.current_hash = Some(current.clone());
+                p.short_hash = Some(short.clone());
+                p.authority = Some(spec.attestation.authority_url().to_string());
+                status.policy = Some(p);
+            }
+        }
+        (_, false) => {}
+    }
+    wanted.push(synced.unwrap_or_else(|| {
+        Wanted::no(
+            types::RELEASE_POLICY_SYNCED,
+            reasons::WAITING_FOR_KEY,
+            "waiting for the key",
+        )
+    }));
+
+    status.conditions = conditions(&previous.conditions, &wanted, generation, observed.now);
+    let events = failure_events(&previous.conditions, &status.conditions);
+    Plan {
+        action,
+        contact_vault,
+        status,
+        events,
+        requeue_after,
+        wanted,
+    }
+}
+
+fn failure_events(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    current: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Vec<PlannedEvent> {
+    new_failures(previous, current)
+        .into_iter()
+        .map(|c| PlannedEvent {
+            warning: true,
+            reason: c.reason.clone(),
+            note: c.message.clone(),
+        })
+        .collect()
+}
+
+type KeyDecision = (Wanted, Wanted, KeyAction, Option<KeyStatus>);
+
+fn decide_key(
+    binding: &ConfidentialKeyBinding,
+    key: &KeyObservation,
+    desired: &ReleasePolicy,
+    policy_json: &str,
+    config: &PlanConfig,
+    previous_key: Option<&KeyStatus>,
+) -> KeyDecision {
+    let key_name = &binding.spec.key.name;
+    let vault = binding.spec.key.vault_url();
+    let waiting = || {
+        Wanted::no(
+            types::RELEASE_POLICY_SYNCED,
+            reasons::WAITING_FOR_KEY,
+            "waiting for the key",
+        )
+    };
+    let synced = || {
+        Wanted::yes(
+            types::RELEASE_POLICY_SYNCED,
+            reasons::SYNCED,
+            "the release policy allows exactly the bound hashes",
+        )
+    };
+    // NB: one message whatever was done to get there (created, adopted, patched): the status
+    // then stays byte-identical from the write to every later resync; the action is in events.
+    let available = |_how: &str| {
+        Wanted::yes(
+            types::KEY_READY,
+            reasons::KEY_AVAILABLE,
+            format!("key {key_name} in {vault} belongs to this binding and matches the spec"),
+        )
+    };
+    match key {
+        KeyObservation::NotChecked => (
+            Wanted::no(
+                types::KEY_READY,
+                reasons::KEY_VAULT_UNAVAILABLE,
+                "not checked",
+            ),
+            waiting(),
+            KeyAction::None,
+            None,
+        ),
+        KeyObservation::Failed(e) => (
+            Wanted::no(
+                types::KEY_READY,
+                failure_reason(e),
+                format!("reading key {key_name} in {vault} failed: {e}"),
+            ),
+            waiting(),
+            KeyAction::None,
+            None,
+        ),
+        KeyObservation::Absent => (
+            available("is being created"),
+            synced(),
+            KeyAction::Create(new_key(binding, policy_json, &config.cluster_uid)),
+            None,
+        ),
+        KeyObservation::Deleted(deleted) => {
+            match ownership(&deleted.key.tags, binding, &config.cluster_uid) {
+                Ownership::Ours => (
+                    available("is being recovered from soft-delete"),
+                    waiting(),
+                    KeyAction::Recover,
+                    None,
+                ),
+                Ownership::Untagged | Ownership::Foreign(_) => (
+                    Wanted::no(
+                        types::KEY_READY,
+                        reasons::KEY_DELETED,
+                        format!(
+                            "key {key_name} in {vault} is soft-deleted and is not this binding's: \
+                             purge or recover it, or name another key"
+                        ),
+                    ),
+                    waiting(),
+                    KeyAction::None,
+                    None,
+                ),
+            }
+        }
+        KeyObservation::Present(k) => {
+            let owner = ownership(&k.tags, binding, &config.cluster_uid);
+            let adopting = match &owner {
+                Ownership::Ours => false,
+                Ownership::Untagged if binding.spec.key.adopt => true,
+                Ownership::Untagged => {
+                    return (
+                        Wanted::no(
+                            types::KEY_READY,
+                            reasons::KEY_NOT_OWNED,
+                            format!(
+                                "key {key_name} in {vault} exists without ckb-operator tags; set \
+                                 spec.key.adopt: true to take it over"
+                            ),
+                        ),
+                        waiting(),
+                        KeyAction::None,
+                        None,
+                    );
+                }
+                Ownership::Foreign(shown) => {
+                    return (
+                        Wanted::no(
+                            types::KEY_READY,
+                            reasons::KEY_NOT_OWNED,
+                            format!(
+                                "key {key_name} in {vault} belongs to another binding or cluster \
+                                 ({shown}); it is never modified"
+                            ),
+                        ),
+                        waiting(),
+                        KeyAction::None,
+                        None,
+                    );
+                }
+            };
+            let diffs = key_differences(binding, k);
+            if !diffs.is_empty() {
+                return (
+                    Wanted::no(
+                        types::KEY_READY,
+                        reasons::KEY_MISMATCH,
+                        format!("key {key_name} in {vault}: {}", diffs.join("; ")),
+                    ),
+                    waiting(),
+                    KeyAction::None,
+                    None,
+                );
+            }
+            let same = k
+                .release_policy
+                .as_ref()
+                .and_then(|p| ReleasePolicy::parse_json(&p.json).ok())
+                .is_some_and(|p| p.same_meaning(desired));
+            let immutable = k.release_policy.as_ref().is_some_and(|p| p.immutable);
+            let origin = match previous_key {
+                Some(p)
+                    if p.id.rsplit_once('/').map(|x| x.0) == k.id.rsplit_once('/').map(|x| x.0) =>
+                {
+                    p.origin.clone().unwrap_or_else(|| "Existing".into())
+                }
+                _ => "Existing".into(),
+            };
+            if adopting {
+                if immutable && !same {
+                    return (
+                        Wanted::no(
+                            types::KEY_READY,
+                            reasons::KEY_NOT_OWNED,
+                            format!(
+                                "key {key_name} in {vault} has an immutable release policy that \
+                                 differs; it cannot be adopted"
+                            ),
+                        ),
+                        Wanted::no(
+                            types::RELEASE_POLICY_SYNCED,
+                            reasons::POLICY_IMMUTABLE,
+                            "the key's release policy is immutable and differs",
+                        ),
+                        KeyAction::None,
+                        None,
+                    );
+                }
+                let mut tags = k.tags.clone();
+                tags.extend(owner_tags(binding, &config.cluster_uid));
+                return (
+                    available("is being adopted"),
+                    synced(),
+                    KeyAction::Adopt {
+                        version: k.version.clone(),
+                        policy_json: policy_json.to_string(),
+                        tags,
+                    },
+                    Some(key_status(k, "Adopted")),
+                );
+            }
+            if same {
+                return (
+                    available("is ours and matches the spec"),
+                    synced(),
+                    KeyAction::None,
+                    Some(key_status(k, &origin)),
+                );
+            }
+            if immutable {
+                return (
+                    available("is ours and matches the spec"),
+                    Wanted::no(
+                        types::RELEASE_POLICY_SYNCED,
+                        reasons::POLICY_IMMUTABLE,
+                        "the key's release policy is immutable and differs from the bound \
+                         hashes: it can never change; create a binding for a new key",
+                    ),
+                    KeyAction::None,
+                    Some(key_status(k, &origin)),
+                );
+            }
+            (
+                available("is ours and matches the spec"),
+                synced(),
+                KeyAction::UpdatePolicy {
+                    version: k.version.clone(),
+                    policy_json: policy_json.to_string(),
+                },
+                Some(key_status(k, &origin)),
+            )
+        }
+    }
+}
+
+/// Folds the outcome of the plan's action into its status: the key as returned on success, a
+/// false condition with the error's reason on failure. Returns the status and the events to
+/// publish (one Normal event per successful write, one Warning per new failure).
+pub fn settle(
+    binding: &ConfidentialKeyBinding,
+    plan: &Plan,
+    outcome: Option<&Result<VaultKey, KeyVaultError>>,
+    now: Timestamp,
+) -> (ConfidentialKeyBindingStatus, Vec<PlannedEvent>) {
+    let previous = binding.status.clone().unwrap_or_default();
+    let mut status = plan.status.clone();
+    let Some(outcome) = outcome else {
+        return (status, plan.events.clone());
+    };
+    let vault = binding.spec.key.vault_url();
+    let name = &binding.spec.key.name;
+    let mut events = Vec::new();
+    match outcome {
+        Ok(key) => {
+            let (reason, note, origin) = match &plan.action {
+                KeyAction::Create(_) => (
+                    "KeyCreated",
+                    format!("created key {} in {vault} with the release policy", key.id),
+                    "Created",
+                ),
+                KeyAction::UpdatePolicy { .. } => (
+                    "ReleasePolicyUpdated",
+                    format!("updated the release policy of {}", key.id),
+                    "",
+                ),
+                KeyAction::Adopt { .. } => (
+                    "KeyAdopted",
+                    format!(
+                        "adopted key {}: added ckb tags, set the release policy",
+                        key.id
+                    ),
+                    "Adopted",
+                ),
+                KeyAction::Recover => (
+                    "KeyRecovered",
+                    format!("recovered soft-deleted key {name} in {vault}"),
+                    "",
+                ),
+                KeyAction::None => return (status, plan.events.clone()),
+            };
+            let origin = if origin.is_empty() {
+                status
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.origin.clone())
+                    .unwrap_or_else(|| "Existing".into())
+            } else {
+                origin.to_string()
+            };
+            status.key = Some(key_status(key, &origin));
+            events.push(PlannedEvent {
+                warning: false,
+                reason: reason.into(),
+                note,
+            });
+            events.extend(failure_events(&previous.conditions, &status.conditions));
+        }
+        Err(e) => {
+            let (type_, reason, what) = match &plan.action {
+                KeyAction::UpdatePolicy { .. } => (
+                    types::RELEASE_POLICY_SYNCED,
+                    if matches!(e, KeyVaultError::ImmutablePolicy { .. }) {
+                        reasons::POLICY_IMMUTABLE
+                    } else {
+                        reasons::SYNC_FAILED
+                    },
+                    "updating the release policy",
+                ),
+                KeyAction::Create(_) => (types::KEY_READY, failure_reason(e), "creating the key"),
+                KeyAction::Adopt { .. } => {
+                    (types::KEY_READY, failure_reason(e), "adopting the key")
+                }
+                KeyAction::Recover => (types::KEY_READY, failure_reason(e), "recovering the key"),
+                KeyAction::None => return (status, plan.events.clone()),
+            };
+            let mut wanted = plan.wanted.clone();
+            for w in &mut wanted {
+                if w.type_ == type_ {
+                    *w = Wanted::no(
+                        type_,
+                        reason,
+                        format!("{what} {name} in {vault} failed: {e}"),
+                    );
+                } else if type_ == types::KEY_READY && w.type_ == types::RELEASE_POLICY_SYNCED {
+                    *w = Wanted::no(
+                        types::RELEASE_POLICY_SYNCED,
+                        reasons::WAITING_FOR_KEY,
+                        "waiting for the key",
+                    );
+                }
+            }
+            // The hashes were not written: keep what Key Vault holds as bound.
+            status.policy = match (previous.policy.clone(), status.policy.clone()) {
+                (Some(mut prev), Some(now_p)) => {
+                    prev.current_hash = now_p.current_hash;
+                    prev.short_hash = now_p.short_hash;
+                    prev.authority = now_p.authority;
+                    Some(prev)
+                }
+                (None, Some(mut now_p)) => {
+                    now_p.bound_hashes.clear();
+                    Some(now_p)
+                }
+                (p, None) => p,
+            };
+            status.conditions = conditions(
+                &previous.conditions,
+                &wanted,
+                binding.metadata.generation,
+                now,
+            );
+            events.extend(failure_events(&previous.conditions, &status.conditions));
+        }
+    }
+    (status, events)
+}

@@ -1,0 +1,663 @@
+//! Reconcile tests: the real reconcile (finalizer, status apply, events) against a mock API server
+//! that records every request, and an in-memory Key Vault that logs every call.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::{BoundHashReason, ConfidentialKeyBinding, FINALIZER, labels, tags};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use super::core_api::{ReleasePolicy, hash_rego};
+use super::index::INJECTED_LABEL;
+use super::plan::{PlanConfig, owner_tags};
+use super::reconcile::{Context, Error, Timing, reconcile, retry_delay};
+use super::testing::{FakeVault, MockApi, Op};
+use crate::keyvault::{KeyVaultError, VaultUrl};
+use crate::telemetry::{ControllerMetrics, registry};
+
+const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";
+const REGO_A: &str = "package agent_policy\ndefault allow := true\n";
+const REGO_B: &str = "package agent_policy\ndefault allow := false\n";
+const STATUS_PATH: &str =
+    "PATCH /apis/ckb.dev/v1alpha1/namespaces/payments/confidentialkeybindings/orders/status";
+const EVENT_PATH: &str = "POST /apis/events.k8s.io/v1/namespaces/payments/events";
+const BINDING_PATH: &str =
+    "PATCH /apis/ckb.dev/v1alpha1/namespaces/payments/confidentialkeybindings/orders";
+
+struct Harness {
+    api: MockApi,
+    vault: FakeVault,
+    ctx: Arc<Context>,
+    config_maps: Writer<ConfigMap>,
+    pods: Writer<Pod>,
+    now: Arc<Mutex<Timestamp>>,
+}
+
+fn t0() -> Timestamp {
+    "2026-03-01T12:00:00Z".parse().unwrap()
+}
+
+impl Harness {
+    fn new(allowed: bool, timing: Timing) -> Self {
+        let api = MockApi::default();
+        let client = api.client();
+        let vault = FakeVault::default();
+        let (cm_store, config_maps) = reflector::store::<ConfigMap>();
+        let (pod_store, pods) = reflector::store::<Pod>();
+        let now = Arc::new(Mutex::new(t0()));
+        let clock_now = now.clone();
+        let mut reg = registry();
+        let ctx = Context::new(
+            client.clone(),
+            Arc::new(vault.clone()),
+            PlanConfig {
+                allowed_vaults: if allowed {
+                    [VaultUrl::parse("https://demo.vault.azure.net").unwrap()].into()
+                } else {
+                    Default::default()
+                },
+                hash_grace: Duration::from_secs(600),
+                cluster_uid: CLUSTER.into(),
+            },
+            timing,
+            cm_store,
+            pod_store,
+            Recorder::new(
+                client,
+                Reporter {
+                    controller: "ckb-operator".into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            ControllerMetrics::register(&mut reg),
+            Arc::new(move || *clock_now.lock().unwrap()),
+        );
+        let mut h = Self {
+            api,
+            vault,
+            ctx: Arc::new(ctx),
+            config_maps,
+            pods,
+            now,
+        };
+        h.set_policy(REGO_A);
+        h
+    }
+
+    fn set_policy(&mut self, rego: &str) {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("orders-policy".into()),
+                namespace: Some("payments".into()),
+                labels: Some(BTreeMap::from([(labels::POLICY.into(), "true".into())])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("policy.rego".into(), rego.into())])),
+            ..Default::default()
+        };
+        self.config_maps
+            .apply_watcher_event(&watcher::Event::Apply(cm));
+    }
+
+    fn set_pod(&mut self, name: &str, rego: &str, present: bool) {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("payments".into()),
+                labels: Some(BTreeMap::from([(INJECTED_LABEL.into(), "true".into())])),
+                annotations: Some(BTreeMap::from([
+                    (labels::BINDINGS.into(), "orders".into()),
+                    (
+                        labels::POLICY_SHA256.into(),
+                        hash_rego(rego.as_bytes()).to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ev = if present {
+            watcher::Event::Apply(pod)
+        } else {
+            watcher::Event::Delete(pod)
+        };
+        self.pods.apply_watcher_event(&ev);
+    }
+
+    fn advance(&self, secs: i64) {
+        let mut n = self.now.lock().unwrap();
+        *n += jiff::SignedDuration::from_secs(secs);
+    }
+
+    /// Runs one reconcile and, as the API server would, stores the applied status on `b`.
+    async fn reconcile(&self, b: &mut ConfidentialKeyBinding) -> Result<Action, Error> {
+        let before = self.api.statuses().len();
+        let r = reconcile(Arc::new(b.clone()), self.ctx.clone()).await;
+        let statuses = self.api.statuses();
+        if statuses.len() > before {
+            b.status = Some(serde_json::from_value(statuses.last().unwrap().clone()).unwrap());
+        }
+        r
+    }
+}
+
+fn binding() -> ConfidentialKeyBinding {
+    let mut b: ConfidentialKeyBinding = serde_json::from_value(json!({
+        "apiVersion": "ckb.dev/v1alpha1",
+        "kind": "ConfidentialKeyBinding",
+        "metadata": {"name": "orders", "namespace": "payments", "generation": 1,
+                     "finalizers": [FINALIZER], "uid": "b-uid"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "orders"}},
+            "key": {"vault": "https://demo.vault.azure.net", "name": "orders-key", "type": "RSA-HSM", "size": 3072},
+            "attestation": {"authority": "https://sharedeus.eus.attest.azure.net"},
+            "policy": {"configMapRef": {"name": "orders-policy", "key": "policy.rego"}}
+        }
+    }))
+    .unwrap();
+    b.metadata.resource_version = Some("1".into());
+    b
+}
+
+fn policy_json(b: &ConfidentialKeyBinding, regos: &[&str]) -> String {
+    let set = regos.iter().map(|r| hash_rego(r.as_bytes())).collect();
+    ReleasePolicy::for_binding(&b.spec, &set).unwrap().to_json()
+}
+
+fn cond(b: &ConfidentialKeyBinding, t: &str) -> (String, String) {
+    let c = b.condition(t).unwrap_or_else(|| panic!("no {t} condition"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn untagged_key(b: &ConfidentialKeyBinding) -> crate::keyvault::VaultKey {
+    crate::keyvault::VaultKey {
+        id: "https://demo.vault.azure.net/keys/orders-key/v0".into(),
+        name: "orders-key".into(),
+        version: "v0".into(),
+        kty: "RSA-HSM".into(),
+        size: Some(3072),
+        curve: None,
+        key_ops: vec!["wrapKey".into()],
+        exportable: true,
+        enabled: true,
+        tags: BTreeMap::from([("team".into(), "payments".into())]),
+        release_policy: Some(crate::keyvault::StoredReleasePolicy {
+            content_type: None,
+            json: policy_json(b, &[REGO_B]),
+            immutable: false,
+        }),
+        managed: false,
+    }
+}
+
+fn quick() -> Timing {
+    Timing {
+        // Zero: every reconcile reads Key Vault (no verified-cache shortcut), as at each resync.
+        resync: Duration::ZERO,
+        ..Timing::default()
+    }
+}
+
+/// One-shot cases: the binding and vault as set up, the exact API requests and Key Vault calls
+/// one reconcile makes, and the resulting KeyReady reason.
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    /// No key yet: create it, apply status, one KeyCreated event.
+    Create,
+    /// The binding has no finalizer yet: add it, nothing else.
+    AddFinalizer,
+    /// The vault is not allowed: no Key Vault call at all.
+    VaultNotAllowed,
+    /// A key tagged for another binding exists: KeyNotOwned, zero writes.
+    ForeignTags,
+    /// An untagged key exists and adopt is false: KeyNotOwned, zero writes.
+    UntaggedNoAdopt,
+    /// An untagged key exists and adopt is true: PATCH with our tags and policy.
+    Adopt,
+    /// The policy ConfigMap is missing: PolicyResolved=False, no Key Vault call.
+    PolicyMissing,
+    /// The ConfigMap exists but is not labelled: PolicyResolved=False, no Key Vault call.
+    PolicyNotLabelled,
+    /// Our key was soft-deleted: recover it, then fix its release policy.
+    RecoverOurs,
+}
+
+struct Expect {
+    api: Vec<&'static str>,
+    vault: Vec<Op>,
+    key_ready: Option<&'static str>,
+    events: Vec<&'static str>,
+}
+
+async fn run(s: Scenario) {
+    let allowed = !matches!(s, Scenario::VaultNotAllowed);
+    let mut h = Harness::new(allowed, quick());
+    let mut b = binding();
+    let expect = match s {
+        Scenario::Create => Expect {
+            api: vec![STATUS_PATH, EVENT_PATH],
+            vault: vec![Op::Get, Op::GetDeleted, Op::Create],
+            key_ready: Some(reasons::KEY_AVAILABLE),
+            events: vec!["KeyCreated"],
+        },
+        Scenario::AddFinalizer => {
+            b.metadata.finalizers = None;
+            Expect {
+                api: vec![BINDING_PATH],
+                vault: vec![],
+                key_ready: None,
+                events: vec![],
+            }
+        }
+        Scenario::VaultNotAllowed => Expect {
+            api: vec![STATUS_PATH, EVENT_PATH],
+            vault: vec![],
+            key_ready: Some(reasons::VAULT_NOT_ALLOWED),
+            events: vec![reasons::VAULT_NOT_ALLOWED],
+        },
+        Scenario::ForeignTags => {
+            let mut k = untagged_key(&b);
+            k.tags = owner_tags(&b, CLUSTER);
+            k.tags.insert(tags::BINDING.into(), "other/orders".into());
+            h.vault.put(k);
+            Expect {
+                api: vec![STATUS_PATH, EVENT_PATH],
+                vault: vec![Op::Get],
+                key_ready: Some(reasons::KEY_NOT_OWNED),
+                events: vec![reasons::KEY_NOT_OWNED],
+            }
+        }
+        Scenario::UntaggedNoAdopt => {
+            h.vault.put(untagged_key(&b));
+            Expect {
+                api: vec![STATUS_PATH, EVENT_PATH],
+                vault: vec![Op::Get],
+                key_ready: Some(reasons::KEY_NOT_OWNED),
+                events: vec![reasons::KEY_NOT_OWNED],
+            }
+        }
+        Scenario::Adopt => {
+            b.spec.key.adopt = true;
+            h.vault.put(untagged_key(&b));
+            Expect {
+                api: vec![STATUS_PATH, EVENT_PATH],
+                vault: vec![Op::Get, Op::Update],
+                key_ready: Some(reasons::KEY_AVAILABLE),
+                events: vec!["KeyAdopted"],
+            }
+        }
+        Scenario::PolicyMissing => {
+            h.config_maps
+                .apply_watcher_event(&watcher::Event::Delete(ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some("orders-policy".into()),
+                        namespace: Some("payments".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }));
+            Expect {
+                api: vec![
+                    "GET /api/v1/namespaces/payments/configmaps/orders-policy",
+                    STATUS_PATH,
+                    EVENT_PATH,
+                ],
+                vault: vec![],
+                key_ready: Some(reasons::WAITING_FOR_POLICY),
+                events: vec![reasons::CONFIG_MAP_NOT_FOUND],
+            }
+        }
+        Scenario::PolicyNotLabelled => {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("orders-policy".into()),
+                    namespace: Some("payments".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("policy.rego".into(), REGO_A.into())])),
+                ..Default::default()
+            };
+            h.config_maps
+                .apply_watcher_event(&watcher::Event::Delete(cm.clone()));
+            h.api.serve_config_map(&cm);
+            Expect {
+                api: vec![
+                    "GET /api/v1/namespaces/payments/configmaps/orders-policy",
+                    STATUS_PATH,
+                    EVENT_PATH,
+                ],
+                vault: vec![],
+                key_ready: Some(reasons::WAITING_FOR_POLICY),
+                events: vec![reasons::CONFIG_MAP_NOT_LABELLED],
+            }
+        }
+        Scenario::RecoverOurs => {
+            let mut k = untagged_key(&b);
+            k.tags = owner_tags(&b, CLUSTER);
+            h.vault.put(k);
+            let url = VaultUrl::parse("https://demo.vault.azure.net").unwrap();
+            crate::keyvault::KeyVault::delete_key(&h.vault, &url, "orders-key")
+                .await
+                .unwrap();
+            h.vault.clear_log();
+            Expect {
+                api: vec![STATUS_PATH, EVENT_PATH, EVENT_PATH],
+                vault: vec![Op::Get, Op::GetDeleted, Op::Recover, Op::Get, Op::Update],
+                key_ready: Some(reasons::KEY_AVAILABLE),
+                events: vec!["KeyRecovered", "ReleasePolicyUpdated"],
+            }
+        }
+    };
+    let r = h.reconcile(&mut b).await;
+    assert!(r.is_ok(), "{s:?}: {r:?}");
+    assert_eq!(h.api.lines(), expect.api, "{s:?}: API requests");
+    assert_eq!(h.vault.log(), expect.vault, "{s:?}: Key Vault calls");
+    let events: Vec<String> = h.api.events().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(events, expect.events, "{s:?}: events");
+    if let Some(reason) = expect.key_ready {
+        assert_eq!(cond(&b, types::KEY_READY).1, reason, "{s:?}");
+        let ready = reason == reasons::KEY_AVAILABLE;
+        assert_eq!(cond(&b, types::READY).0 == "True", ready, "{s:?}");
+    }
+    // The status is applied with our field manager, forced.
+    for c in h.api.calls().iter().filter(|c| c.path.ends_with("/status")) {
+        assert_eq!(c.body["apiVersion"], "ckb.dev/v1alpha1");
+        assert_eq!(c.body["kind"], "ConfidentialKeyBinding");
+    }
+}
+
+#[tokio::test]
+async fn scenarios() {
+    for s in [
+        Scenario::Create,
+        Scenario::AddFinalizer,
+        Scenario::VaultNotAllowed,
+        Scenario::ForeignTags,
+        Scenario::UntaggedNoAdopt,
+        Scenario::Adopt,
+        Scenario::PolicyMissing,
+        Scenario::PolicyNotLabelled,
+        Scenario::RecoverOurs,
+    ] {
+        run(s).await;
+    }
+}
+
+#[tokio::test]
+async fn created_key_carries_tags_policy_and_status_names_it() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    let k = h.vault.key("orders-key").unwrap();
+    assert_eq!(k.tags, owner_tags(&b, CLUSTER));
+    assert!(k.exportable);
+    assert_eq!(k.release_policy.unwrap().json, policy_json(&b, &[REGO_A]));
+    let st = b.status.as_ref().unwrap();
+    assert_eq!(st.key.as_ref().unwrap().id, k.id);
+    assert_eq!(st.key.as_ref().unwrap().origin.as_deref(), Some("Created"));
+    assert_eq!(
+        st.policy.as_ref().unwrap().current_hash.as_deref(),
+        Some(hash_rego(REGO_A.as_bytes()).as_str())
+    );
+    assert_eq!(st.observed_generation, Some(1));
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_write_over_many_resyncs() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.vault.clear_log();
+    h.api.clear();
+    for i in 0..50 {
+        h.advance(600);
+        let action = h.reconcile(&mut b).await.unwrap();
+        assert_ne!(action, Action::await_change(), "resync {i} must requeue");
+    }
+    assert_eq!(h.vault.writes(), vec![], "no Key Vault write");
+    assert_eq!(h.vault.log(), vec![Op::Get; 50], "one GET per resync");
+    assert_eq!(
+        h.api.lines(),
+        Vec::<String>::new(),
+        "no status write, no event"
+    );
+}
+
+#[tokio::test]
+async fn watch_triggers_within_a_resync_period_do_not_call_key_vault() {
+    let timing = Timing {
+        resync: Duration::from_secs(600),
+        ..Timing::default()
+    };
+    let h = Harness::new(true, timing);
+    let mut b = binding();
+    let action = h.reconcile(&mut b).await.unwrap();
+    assert_ne!(action, Action::await_change());
+    h.vault.clear_log();
+    for _ in 0..20 {
+        h.reconcile(&mut b).await.unwrap();
+    }
+    assert_eq!(h.vault.log(), vec![], "no Key Vault call: nothing changed");
+}
+
+#[tokio::test]
+async fn out_of_band_edit_is_restored_at_resync() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.vault
+        .set_policy("orders-key", &policy_json(&b, &[REGO_A, REGO_B]));
+    h.vault.clear_log();
+    h.api.clear();
+    h.advance(600);
+    h.reconcile(&mut b).await.unwrap();
+    assert_eq!(h.vault.log(), vec![Op::Get, Op::Update]);
+    assert_eq!(
+        h.vault
+            .key("orders-key")
+            .unwrap()
+            .release_policy
+            .unwrap()
+            .json,
+        policy_json(&b, &[REGO_A])
+    );
+    assert_eq!(
+        h.api.events(),
+        vec![("Normal".to_string(), "ReleasePolicyUpdated".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn policy_change_patches_old_and_new_then_prunes_old_after_grace_when_pods_are_gone() {
+    let mut h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.set_pod("orders-1", REGO_A, true);
+    h.set_policy(REGO_B);
+    h.vault.clear_log();
+    h.reconcile(&mut b).await.unwrap();
+    assert_eq!(h.vault.writes(), vec![Op::Update]);
+    let json = |h: &Harness| {
+        h.vault
+            .key("orders-key")
+            .unwrap()
+            .release_policy
+            .unwrap()
+            .json
+    };
+    assert_eq!(json(&h), policy_json(&b, &[REGO_A, REGO_B]));
+    let reasons_now = |b: &ConfidentialKeyBinding| {
+        b.status
+            .as_ref()
+            .unwrap()
+            .policy
+            .as_ref()
+            .unwrap()
+            .bound_hashes
+            .iter()
+            .map(|h| h.reason)
+            .collect::<Vec<_>>()
+    };
+    assert!(reasons_now(&b).contains(&BoundHashReason::Grace));
+    assert_eq!(b.status.as_ref().unwrap().injected_pods, Some(1));
+
+    // Grace over, the pod still runs A: A stays, nothing written.
+    h.advance(660);
+    h.vault.clear_log();
+    h.reconcile(&mut b).await.unwrap();
+    assert_eq!(h.vault.writes(), vec![]);
+    assert!(reasons_now(&b).contains(&BoundHashReason::InUse));
+
+    // The pod is gone: A is pruned.
+    h.set_pod("orders-1", REGO_A, false);
+    h.reconcile(&mut b).await.unwrap();
+    assert_eq!(h.vault.writes(), vec![Op::Update]);
+    assert_eq!(json(&h), policy_json(&b, &[REGO_B]));
+    assert_eq!(reasons_now(&b), vec![BoundHashReason::Current]);
+}
+
+#[tokio::test]
+async fn a_throttle_storm_converges_and_status_shows_it() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.vault.fail_next(
+        None,
+        7,
+        KeyVaultError::Throttled {
+            retry_after: Duration::from_secs(2),
+            message: "Too Many Requests".into(),
+        },
+    );
+    let mut saw_throttled_status = false;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 20, "did not converge");
+        match h.reconcile(&mut b).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.kind(), "throttled");
+                saw_throttled_status |=
+                    cond(&b, types::KEY_READY).1 == reasons::KEY_VAULT_THROTTLED;
+                let delay = retry_delay(&b, &e, &h.ctx);
+                assert!(
+                    delay >= Duration::from_secs(2),
+                    "Retry-After honoured: {delay:?}"
+                );
+            }
+        }
+    }
+    assert!(saw_throttled_status);
+    assert_eq!(cond(&b, types::READY).0, "True");
+    assert_eq!(h.vault.writes(), vec![Op::Create], "exactly one create");
+    // One Warning for the throttling, not one per attempt.
+    let throttled_events = h
+        .api
+        .events()
+        .iter()
+        .filter(|(_, r)| r == reasons::KEY_VAULT_THROTTLED)
+        .count();
+    assert_eq!(throttled_events, 1);
+}
+
+fn deleting(mut b: ConfidentialKeyBinding, policy: &str, at: Timestamp) -> ConfidentialKeyBinding {
+    b.spec.key.deletion_policy = serde_json::from_value(json!(policy)).unwrap();
+    b.metadata.deletion_timestamp = Some(Time(at));
+    b
+}
+
+#[tokio::test]
+async fn delete_policy_soft_deletes_our_key_and_releases_the_finalizer() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.vault.clear_log();
+    h.api.clear();
+    let mut gone = deleting(b, "Delete", t0());
+    h.reconcile(&mut gone).await.unwrap();
+    assert_eq!(h.vault.log(), vec![Op::Get, Op::Delete]);
+    assert!(h.vault.is_deleted("orders-key"));
+    assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
+    let patch = &h.api.calls()[1].body;
+    assert_eq!(patch[1]["op"], "remove", "{patch}");
+}
+
+#[tokio::test]
+async fn retain_policy_leaves_the_key_and_calls_no_vault() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.vault.clear_log();
+    h.api.clear();
+    let mut gone = deleting(b, "Retain", t0());
+    h.reconcile(&mut gone).await.unwrap();
+    assert_eq!(h.vault.log(), vec![]);
+    assert!(h.vault.key("orders-key").is_some());
+    assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
+}
+
+#[tokio::test]
+async fn a_binding_whose_key_was_never_created_deletes_without_key_vault() {
+    let h = Harness::new(true, quick());
+    let mut gone = deleting(binding(), "Delete", t0());
+    h.reconcile(&mut gone).await.unwrap();
+    assert_eq!(h.vault.log(), vec![]);
+    assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
+}
+
+#[tokio::test]
+async fn delete_of_a_key_no_longer_ours_leaves_it() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    let mut k = h.vault.key("orders-key").unwrap();
+    k.tags.insert(tags::BINDING.into(), "someone/else".into());
+    h.vault.put(k);
+    h.vault.clear_log();
+    let mut gone = deleting(b, "Delete", t0());
+    h.reconcile(&mut gone).await.unwrap();
+    assert_eq!(h.vault.writes(), vec![]);
+    assert!(h.vault.key("orders-key").is_some());
+}
+
+#[tokio::test]
+async fn unreachable_vault_keeps_the_finalizer_until_the_cleanup_timeout_then_releases_it() {
+    let h = Harness::new(true, quick());
+    let mut b = binding();
+    h.reconcile(&mut b).await.unwrap();
+    h.api.clear();
+    let unavailable = KeyVaultError::Transient {
+        message: "connection refused".into(),
+        outcome_unknown: false,
+    };
+    h.vault.fail_next(None, 100, unavailable);
+    let mut gone = deleting(b, "Delete", t0());
+    // Within the timeout: the finalizer stays, the error is retried.
+    h.advance(60);
+    assert!(h.reconcile(&mut gone).await.is_err());
+    assert!(h.reconcile(&mut gone).await.is_err());
+    assert!(!h.api.lines().contains(&BINDING_PATH.to_string()));
+    assert_eq!(
+        h.api.events(),
+        vec![("Warning".to_string(), "KeyDeleteFailed".to_string())]
+    );
+    // Past it: released, with a Warning, the key left in place.
+    h.advance(600);
+    h.reconcile(&mut gone).await.unwrap();
+    assert!(h.api.lines().contains(&BINDING_PATH.to_string()));
+    assert!(
+        h.api
+            .events()
+            .contains(&("Warning".to_string(), "CleanupAbandoned".to_string()))
+    );
+    assert!(h.vault.key("orders-key").is_some());
+}
