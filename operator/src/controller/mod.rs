@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 pub mod backoff;
-mod core_api;
 pub mod hashes;
 pub mod index;
 pub mod leader;

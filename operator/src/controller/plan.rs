@@ -15,10 +15,10 @@ use ckb_crds::{
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::core_api::{PolicyHash, ReleasePolicy, hash_rego};
 use super::hashes::{Allowed, allowed_hashes};
 use super::status::{Wanted, conditions, new_failures};
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, NewKey, VaultKey, VaultUrl};
+use crate::policy::{PolicyHash, ReleasePolicy, hash_rego};
 
 /// Total size Kubernetes allows for all annotations of one object (key + value bytes).
 pub const ANNOTATION_BUDGET: usize = 256 * 1024;

@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pretty_assertions::assert_eq;
 
-use super::core_api::{ReleasePolicy, hash_rego};
 use super::plan::*;
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, StoredReleasePolicy, VaultKey, VaultUrl};
+use crate::policy::{ReleasePolicy, hash_rego};
 
 const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";
 const REGO_A: &str = "package agent_policy\ndefault allow := true\n";

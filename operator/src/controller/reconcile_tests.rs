@@ -16,12 +16,12 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::core_api::{ReleasePolicy, hash_rego};
 use super::index::INJECTED_LABEL;
 use super::plan::{PlanConfig, owner_tags};
 use super::reconcile::{Context, Error, Timing, reconcile, retry_delay};
 use super::testing::{FakeVault, MockApi, Op};
 use crate::keyvault::{KeyVaultError, VaultUrl};
+use crate::policy::{ReleasePolicy, hash_rego};
 use crate::telemetry::{ControllerMetrics, registry};
 
 const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";

@@ -172,19 +172,17 @@ fn queue(
         all(&initial_store)
     });
     let live = stream::unfold((rx, bindings), move |(mut rx, store)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(r) => return Some((vec![r], (rx, store))),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "trigger queue overflowed; reconciling every binding"
-                    );
-                    let refs = all(&store);
-                    return Some((refs, (rx, store)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(r) => Some((vec![r], (rx, store))),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "trigger queue overflowed; reconciling every binding"
+                );
+                let refs = all(&store);
+                Some((refs, (rx, store)))
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     });
     initial
