@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: controller (on the leader) and admission webhook (on every replica).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the ConfidentialKeyBinding CustomResourceDefinition as YAML.
     Crd(crd::CrdArgs),
     /// Print the hostdata value (SHA-256, lowercase hex) of an agent policy.
@@ -54,7 +54,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Crd(args) => crd::run(args),
             Command::Hash(args) => hash::run(args),
             Command::ReleasePolicy(args) => release_policy::run(args),

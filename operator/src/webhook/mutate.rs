@@ -263,27 +263,24 @@ pub fn host_of(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-// NB: these three follow domain.md §1 (hash the decoded Rego bytes; standard base64 with
-// padding). They move to `crate::policy::hash` once that module lands.
-
 /// SHA-256 (lowercase hex) of the Rego text: the pod's `x-ms-sevsnpvm-hostdata`.
 fn policy_hash(rego: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(rego.as_bytes()))
+    crate::policy::hash::hash_rego(rego.as_bytes()).to_string()
 }
 
-/// SHA-256 of the Rego text an annotation value (standard base64) decodes to. Line breaks are
-/// ignored, as the Kata shim's Go decoder ignores them.
+/// SHA-256 of the Rego text an annotation value (standard base64) decodes to.
+// NB: line breaks are dropped first, as the Kata shim's Go decoder (`base64.StdEncoding`) ignores
+// them: a wrapped value runs, and its hash is that of the decoded bytes.
 fn annotation_hash(value: &str) -> Option<String> {
     let compact: String = value.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-    let bytes = STANDARD.decode(compact).ok()?;
-    use sha2::Digest as _;
-    Some(hex::encode(sha2::Sha256::digest(&bytes)))
+    crate::policy::hash::hash_annotation(&compact)
+        .ok()
+        .map(|h| h.to_string())
 }
 
 /// The annotation value of a policy: standard base64 with padding of the Rego text.
 pub fn encode_policy_annotation(rego: &str) -> String {
-    STANDARD.encode(rego.as_bytes())
+    crate::policy::hash::encode_annotation(rego)
 }
 
 fn short(hash: &str) -> &str {
