@@ -482,7 +482,8 @@ pub struct BoundHash {
     pub hash: String,
     /// Why it is bound.
     pub reason: BoundHashReason,
-    /// When the hash was first bound (RFC 3339).
+    /// Since when the hash is bound for this reason (RFC 3339). For `Grace`, when it stopped
+    /// being current: the grace period runs from then.
     pub since: String,
 }
 

@@ -41,6 +41,20 @@ pub enum Error {
     },
 }
 
+/// Logging and probe settings of `ckb-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` HTTP server.
+    #[arg(long, env = "CKB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "CKB_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Log filter: a level (`info`) or per-module directives (`info,ckb_operator=debug`).
+    #[arg(long, env = "CKB_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
