@@ -1,3 +1,136 @@
-//! `ckb-doubles`: runs the Key Vault and Attestation doubles on loopback (being built).
+//! `ckb-doubles`: runs the Key Vault and Attestation doubles on loopback until SIGTERM/SIGINT.
+//!
+//! When ready it writes the CA certificate to `--ca-out`, and prints (and writes to
+//! `--ready-file`, atomically) `{"addr": "127.0.0.1:<port>", "port": <port>, "ca_file": ...}`.
 
-fn main() {}
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use ckb_doubles::keyvault::throttle::ThrottleLimits;
+use ckb_doubles::{Config, KeyVaultDouble, Permission};
+use clap::Parser;
+
+/// Key Vault + Attestation doubles over HTTPS, for tests and the local demo.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CKB_DOUBLES_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where to write the CA certificate (PEM) clients must trust.
+    #[arg(long, env = "CKB_DOUBLES_CA_OUT")]
+    ca_out: Option<PathBuf>,
+    /// Where to write the ready JSON (address, port, CA path) once serving.
+    #[arg(long, env = "CKB_DOUBLES_READY_FILE")]
+    ready_file: Option<PathBuf>,
+    /// Accept only the configured tokens (otherwise any bearer token has every permission).
+    #[arg(long, env = "CKB_DOUBLES_STRICT_AUTH")]
+    strict_auth: bool,
+    /// Extra token and its permissions, `TOKEN=get,create,...` (repeatable); the defaults
+    /// `operator-token`, `release-token`, `admin-token`, `reader-token` stay.
+    #[arg(long = "token", env = "CKB_DOUBLES_TOKENS", value_delimiter = ';')]
+    tokens: Vec<String>,
+    /// Tenant named in the 401 challenge.
+    #[arg(long, env = "CKB_DOUBLES_TENANT")]
+    tenant: Option<String>,
+    /// Throttling window in milliseconds (Azure: 10000).
+    #[arg(long, env = "CKB_DOUBLES_WINDOW_MS", default_value_t = 10_000)]
+    window_ms: u64,
+    /// HSM key creates per window and vault (Azure: 10).
+    #[arg(long, env = "CKB_DOUBLES_HSM_CREATES", default_value_t = 10)]
+    hsm_creates: u32,
+    /// Other transactions per window and vault (Azure, RSA-3072 HSM keys: 500).
+    #[arg(long, env = "CKB_DOUBLES_OTHER_OPS", default_value_t = 500)]
+    other_ops: u32,
+    /// Where release reaches attestation authorities, `SUFFIX=IP:PORT` (repeatable; default:
+    /// every `*.attest.azure.net` is this process).
+    #[arg(
+        long = "authority-resolve",
+        env = "CKB_DOUBLES_AUTHORITY_RESOLVE",
+        value_delimiter = ';'
+    )]
+    authority_resolve: Vec<String>,
+}
+
+fn parse_token(spec: &str) -> anyhow::Result<(String, BTreeSet<Permission>)> {
+    let (token, perms) = spec
+        .split_once('=')
+        .with_context(|| format!("--token {spec}: expected TOKEN=perm,perm"))?;
+    let perms = perms
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            serde_json::from_value::<Permission>(serde_json::Value::from(p.trim()))
+                .with_context(|| format!("unknown permission {p:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((token.to_owned(), perms))
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config {
+        listen: args.listen,
+        strict_auth: args.strict_auth,
+        throttle: ThrottleLimits {
+            window_ms: args.window_ms,
+            hsm_creates: args.hsm_creates,
+            other: args.other_ops,
+            ..ThrottleLimits::default()
+        },
+        ..Config::default()
+    };
+    if let Some(t) = args.tenant {
+        config.tenant = t;
+    }
+    for spec in &args.tokens {
+        let (token, perms) = parse_token(spec)?;
+        config.tokens.insert(token, perms);
+    }
+    for spec in &args.authority_resolve {
+        let Some((suffix, addr)) = spec.split_once('=') else {
+            bail!("--authority-resolve {spec}: expected SUFFIX=IP:PORT");
+        };
+        config.authority_resolve.push((
+            suffix.to_owned(),
+            addr.parse().context("authority address")?,
+        ));
+    }
+
+    let double = KeyVaultDouble::start(config).await?;
+    if let Some(path) = &args.ca_out {
+        write_atomically(path, double.ca_pem().as_bytes())?;
+    }
+    let ready = serde_json::json!({
+        "addr": double.addr().to_string(),
+        "port": double.addr().port(),
+        "ca_file": args.ca_out.as_ref().map(|p| p.display().to_string()),
+        "pid": std::process::id(),
+    });
+    println!("{ready}");
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, ready.to_string().as_bytes())?;
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    double.shutdown().await;
+    Ok(())
+}
