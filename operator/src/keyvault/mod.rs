@@ -3,6 +3,18 @@
 //! [`KeyVault`] is the contract between the controller and Key Vault. The production implementation
 //! wraps the official SDK (`azure_security_keyvault_keys`); tests use the same implementation
 //! against the Key Vault double and Lowkey Vault. No SDK type crosses this boundary.
+//!
+//! Using it from `run`:
+//! - `AzureKeyVault::from_args(&args.keyvault)?` builds the client (credential logged at start);
+//!   share it as `Arc<dyn KeyVault>`: its per-vault rate limits and SDK clients are process-wide.
+//! - `client.metrics().register(&mut registry)` adds the `ckb_keyvault_*` series (registry without
+//!   a prefix of its own).
+//! - Errors say what to do: [`KeyVaultError::Throttled`] carries the delay to requeue after (the
+//!   vault is already backed off for every caller); [`KeyVaultError::Transient`] is retryable, and
+//!   when `outcome_unknown` is set a write may have happened, so read before writing again
+//!   (`create_key` already does this for itself: a create whose answer was lost is resolved by a
+//!   GET, and a retried create of that key reads first, so no second version is made); the others
+//!   need a change of spec, permissions or vault state.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
