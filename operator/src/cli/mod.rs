@@ -20,8 +20,6 @@ pub struct Cli {
 }
 
 /// Subcommands.
-// NB: parsed once per process; boxing `run`'s many flags would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: controller (on the leader) and admission webhook (on every replica).

@@ -1,4 +1,22 @@
-//! `ckb-operator run`: the operator process.
+//! `ckb-operator run`: the operator process. Every replica serves the webhook and the probes and
+//! keeps the shared caches; the replica holding the Lease also runs the controller.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::controller::leader::LeaseSettings;
+use crate::controller::plan::PlanConfig;
+use crate::controller::reconcile::{Context, Timing};
+use crate::controller::runtime::{Elected, cluster_uid, reflectors, run_elected};
+use crate::keyvault::{AzureKeyVault, KeyVault};
+use crate::telemetry::{self, ControllerMetrics, Readiness};
+use crate::webhook::{StoreSources, WebhookMetrics, WebhookState};
 
 /// Arguments of `ckb-operator run`.
 #[derive(Debug, clap::Args)]
@@ -12,9 +30,219 @@ pub struct RunArgs {
     /// Webhook settings.
     #[command(flatten)]
     pub webhook: crate::webhook::WebhookArgs,
+    /// Logging, metrics and probes.
+    #[command(flatten)]
+    pub telemetry: telemetry::TelemetryArgs,
 }
 
-/// Runs the operator until it is told to stop.
-pub async fn run(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`run` is being built (issue 4)")
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.telemetry.log_format, &args.telemetry.log_level)?;
+    let vault = AzureKeyVault::from_args(&args.keyvault).context("Key Vault client")?;
+    let mut registry = telemetry::registry();
+    vault.metrics().register(&mut registry);
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    operate(args, client, Arc::new(vault), registry, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+}
+
+fn identity(args: &crate::controller::ControllerArgs) -> String {
+    args.leader_election_identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("ckb-operator-{:08x}", rand::random::<u32>()))
+}
+
+/// Everything once the clients exist: caches, webhook, probes, and the controller on the leader.
+/// Returns after `shutdown` resolves and the parts have stopped.
+pub async fn operate(
+    args: RunArgs,
+    client: kube::Client,
+    vault: Arc<dyn KeyVault>,
+    mut registry: prometheus_client::registry::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let c = &args.controller;
+    let allowed_vaults = c.allowed_vaults()?;
+    if allowed_vaults.is_empty() {
+        warn!(
+            "no --allowed-vault given: no vault will be contacted, every binding reports VaultNotAllowed"
+        );
+    }
+    let cluster = cluster_uid(&client, c.cluster_id.as_deref())
+        .await
+        .context("reading the kube-system namespace UID (the ckb-cluster tag)")?;
+    info!(cluster = %cluster, vaults = ?allowed_vaults, "starting");
+
+    let stop = CancellationToken::new();
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_on_signal.cancel();
+    });
+
+    let metrics = ControllerMetrics::register(&mut registry);
+    let webhook_metrics = WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
+
+    // Caches: on every replica (the webhook reads them).
+    let (caches, triggers, driver) = reflectors(client.clone());
+    let reflector_task = tokio::spawn(driver);
+
+    // Readiness: caches listed and the webhook serving its certificate.
+    let readiness = Readiness::default();
+    readiness.require("caches");
+    readiness.require("webhook");
+    let webhook_state = WebhookState::new();
+    {
+        let (readiness, caches, state, stop) = (
+            readiness.clone(),
+            caches.clone(),
+            webhook_state.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = caches.wait_until_ready() => readiness.set("caches", true),
+                _ = stop.cancelled() => return,
+            }
+            info!("caches synced");
+            loop {
+                readiness.set("webhook", state.is_ready());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    // Webhook: on every replica.
+    let sources = Arc::new(StoreSources::new(
+        caches.bindings.clone(),
+        caches.config_maps.clone(),
+    ));
+    let webhook = {
+        let stop = stop.clone();
+        let client = client.clone();
+        let args = args.webhook.clone();
+        tokio::spawn(async move {
+            let r = crate::webhook::serve(
+                args,
+                Some(client),
+                sources,
+                webhook_metrics,
+                webhook_state,
+                stop.clone().cancelled_owned(),
+            )
+            .await;
+            if let Err(e) = &r {
+                error!(error = %e, "webhook failed; stopping");
+                stop.cancel();
+            }
+            r
+        })
+    };
+
+    // Probes and metrics.
+    let probes = {
+        let stop = stop.clone();
+        let router = telemetry::router(Arc::new(registry), readiness);
+        let addr = args.telemetry.metrics_addr;
+        tokio::spawn(async move {
+            let r = telemetry::serve(addr, router, stop.clone(), None).await;
+            if let Err(e) = &r {
+                error!(error = %e, "metrics server failed; stopping");
+                stop.cancel();
+            }
+            r
+        })
+    };
+
+    // Controller: on the leader.
+    let id = identity(c);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        vault,
+        PlanConfig {
+            allowed_vaults,
+            hash_grace: c.hash_grace_period,
+            cluster_uid: cluster,
+        },
+        Timing {
+            resync: c.resync_period,
+            cleanup_timeout: c.cleanup_timeout,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: c.max_retry_delay,
+        },
+        caches.config_maps.clone(),
+        caches.pods.clone(),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: ckb_crds::FIELD_MANAGER.into(),
+                instance: Some(id.clone()),
+            },
+        ),
+        metrics,
+        Arc::new(jiff::Timestamp::now),
+    ));
+    let election = c.leader_elect.then(|| LeaseSettings {
+        namespace: c.leader_election_namespace.clone(),
+        name: c.leader_election_lease.clone(),
+        identity: id,
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
+    });
+    run_elected(
+        Elected {
+            client,
+            ctx,
+            caches,
+            triggers,
+            election,
+            concurrency: c.max_concurrent_reconciles.max(1),
+            drain: Duration::from_secs(10),
+        },
+        stop.clone(),
+    )
+    .await;
+
+    // Shutdown: the controller has drained and released the Lease; stop the rest.
+    stop.cancel();
+    reflector_task.abort();
+    let webhook_result = tokio::time::timeout(Duration::from_secs(10), webhook).await;
+    let probes_result = tokio::time::timeout(Duration::from_secs(5), probes).await;
+    info!("stopped");
+    if let Ok(Ok(Err(e))) = webhook_result {
+        return Err(e).context("webhook");
+    }
+    if let Ok(Ok(Err(e))) = probes_result {
+        return Err(e).context("metrics server");
+    }
+    Ok(())
 }
