@@ -22,6 +22,8 @@ pub mod runtime;
 pub mod status;
 
 #[cfg(test)]
+mod double_tests;
+#[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
 mod reconcile_tests;

@@ -20,37 +20,45 @@ use super::index::INJECTED_LABEL;
 use super::plan::{PlanConfig, owner_tags};
 use super::reconcile::{Context, Error, Timing, reconcile, retry_delay};
 use super::testing::{FakeVault, MockApi, Op};
-use crate::keyvault::{KeyVaultError, VaultUrl};
+use crate::keyvault::{KeyVault, KeyVaultError, VaultUrl};
 use crate::policy::{ReleasePolicy, hash_rego};
 use crate::telemetry::{ControllerMetrics, registry};
 
-const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";
-const REGO_A: &str = "package agent_policy\ndefault allow := true\n";
-const REGO_B: &str = "package agent_policy\ndefault allow := false\n";
+pub(super) const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";
+pub(super) const REGO_A: &str = "package agent_policy\ndefault allow := true\n";
+pub(super) const REGO_B: &str = "package agent_policy\ndefault allow := false\n";
 const STATUS_PATH: &str =
     "PATCH /apis/ckb.dev/v1alpha1/namespaces/payments/confidentialkeybindings/orders/status";
 const EVENT_PATH: &str = "POST /apis/events.k8s.io/v1/namespaces/payments/events";
 const BINDING_PATH: &str =
     "PATCH /apis/ckb.dev/v1alpha1/namespaces/payments/confidentialkeybindings/orders";
 
-struct Harness {
-    api: MockApi,
-    vault: FakeVault,
-    ctx: Arc<Context>,
-    config_maps: Writer<ConfigMap>,
+pub(super) struct Harness {
+    pub(super) api: MockApi,
+    fake: Option<FakeVault>,
+    pub(super) ctx: Arc<Context>,
+    pub(super) config_maps: Writer<ConfigMap>,
     pods: Writer<Pod>,
     now: Arc<Mutex<Timestamp>>,
 }
 
-fn t0() -> Timestamp {
+pub(super) fn t0() -> Timestamp {
     "2026-03-01T12:00:00Z".parse().unwrap()
 }
 
 impl Harness {
     fn new(allowed: bool, timing: Timing) -> Self {
+        let fake = FakeVault::default();
+        let mut h = Self::with_vault(allowed, timing, Arc::new(fake.clone()));
+        h.fake = Some(fake);
+        h
+    }
+
+    /// A harness whose controller talks to `vault` (the in-memory fake, or the real client
+    /// pointed at the Key Vault double).
+    pub(super) fn with_vault(allowed: bool, timing: Timing, vault: Arc<dyn KeyVault>) -> Self {
         let api = MockApi::default();
         let client = api.client();
-        let vault = FakeVault::default();
         let (cm_store, config_maps) = reflector::store::<ConfigMap>();
         let (pod_store, pods) = reflector::store::<Pod>();
         let now = Arc::new(Mutex::new(t0()));
@@ -58,7 +66,7 @@ impl Harness {
         let mut reg = registry();
         let ctx = Context::new(
             client.clone(),
-            Arc::new(vault.clone()),
+            vault,
             PlanConfig {
                 allowed_vaults: if allowed {
                     [VaultUrl::parse("https://demo.vault.azure.net").unwrap()].into()
@@ -83,7 +91,7 @@ impl Harness {
         );
         let mut h = Self {
             api,
-            vault,
+            fake: None,
             ctx: Arc::new(ctx),
             config_maps,
             pods,
@@ -93,7 +101,12 @@ impl Harness {
         h
     }
 
-    fn set_policy(&mut self, rego: &str) {
+    /// The in-memory vault (for tests built with [`Harness::new`]).
+    fn fake(&self) -> &FakeVault {
+        self.fake.as_ref().expect("a FakeVault harness")
+    }
+
+    pub(super) fn set_policy(&mut self, rego: &str) {
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some("orders-policy".into()),
@@ -108,7 +121,7 @@ impl Harness {
             .apply_watcher_event(&watcher::Event::Apply(cm));
     }
 
-    fn set_pod(&mut self, name: &str, rego: &str, present: bool) {
+    pub(super) fn set_pod(&mut self, name: &str, rego: &str, present: bool) {
         let pod = Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -133,13 +146,13 @@ impl Harness {
         self.pods.apply_watcher_event(&ev);
     }
 
-    fn advance(&self, secs: i64) {
+    pub(super) fn advance(&self, secs: i64) {
         let mut n = self.now.lock().unwrap();
         *n += jiff::SignedDuration::from_secs(secs);
     }
 
     /// Runs one reconcile and, as the API server would, stores the applied status on `b`.
-    async fn reconcile(&self, b: &mut ConfidentialKeyBinding) -> Result<Action, Error> {
+    pub(super) async fn reconcile(&self, b: &mut ConfidentialKeyBinding) -> Result<Action, Error> {
         let before = self.api.statuses().len();
         let r = reconcile(Arc::new(b.clone()), self.ctx.clone()).await;
         let statuses = self.api.statuses();
@@ -150,7 +163,7 @@ impl Harness {
     }
 }
 
-fn binding() -> ConfidentialKeyBinding {
+pub(super) fn binding() -> ConfidentialKeyBinding {
     let mut b: ConfidentialKeyBinding = serde_json::from_value(json!({
         "apiVersion": "ckb.dev/v1alpha1",
         "kind": "ConfidentialKeyBinding",
@@ -168,12 +181,12 @@ fn binding() -> ConfidentialKeyBinding {
     b
 }
 
-fn policy_json(b: &ConfidentialKeyBinding, regos: &[&str]) -> String {
+pub(super) fn policy_json(b: &ConfidentialKeyBinding, regos: &[&str]) -> String {
     let set = regos.iter().map(|r| hash_rego(r.as_bytes())).collect();
     ReleasePolicy::for_binding(&b.spec, &set).unwrap().to_json()
 }
 
-fn cond(b: &ConfidentialKeyBinding, t: &str) -> (String, String) {
+pub(super) fn cond(b: &ConfidentialKeyBinding, t: &str) -> (String, String) {
     let c = b.condition(t).unwrap_or_else(|| panic!("no {t} condition"));
     (c.status.clone(), c.reason.clone())
 }
@@ -199,7 +212,7 @@ fn untagged_key(b: &ConfidentialKeyBinding) -> crate::keyvault::VaultKey {
     }
 }
 
-fn quick() -> Timing {
+pub(super) fn quick() -> Timing {
     Timing {
         // Zero: every reconcile reads Key Vault (no verified-cache shortcut), as at each resync.
         resync: Duration::ZERO,
@@ -268,7 +281,7 @@ async fn run(s: Scenario) {
             let mut k = untagged_key(&b);
             k.tags = owner_tags(&b, CLUSTER);
             k.tags.insert(tags::BINDING.into(), "other/orders".into());
-            h.vault.put(k);
+            h.fake().put(k);
             Expect {
                 api: vec![STATUS_PATH, EVENT_PATH],
                 vault: vec![Op::Get],
@@ -277,7 +290,7 @@ async fn run(s: Scenario) {
             }
         }
         Scenario::UntaggedNoAdopt => {
-            h.vault.put(untagged_key(&b));
+            h.fake().put(untagged_key(&b));
             Expect {
                 api: vec![STATUS_PATH, EVENT_PATH],
                 vault: vec![Op::Get],
@@ -287,7 +300,7 @@ async fn run(s: Scenario) {
         }
         Scenario::Adopt => {
             b.spec.key.adopt = true;
-            h.vault.put(untagged_key(&b));
+            h.fake().put(untagged_key(&b));
             Expect {
                 api: vec![STATUS_PATH, EVENT_PATH],
                 vault: vec![Op::Get, Op::Update],
@@ -343,12 +356,12 @@ async fn run(s: Scenario) {
         Scenario::RecoverOurs => {
             let mut k = untagged_key(&b);
             k.tags = owner_tags(&b, CLUSTER);
-            h.vault.put(k);
+            h.fake().put(k);
             let url = VaultUrl::parse("https://demo.vault.azure.net").unwrap();
-            crate::keyvault::KeyVault::delete_key(&h.vault, &url, "orders-key")
+            crate::keyvault::KeyVault::delete_key(h.fake(), &url, "orders-key")
                 .await
                 .unwrap();
-            h.vault.clear_log();
+            h.fake().clear_log();
             Expect {
                 api: vec![STATUS_PATH, EVENT_PATH, EVENT_PATH],
                 vault: vec![Op::Get, Op::GetDeleted, Op::Recover, Op::Get, Op::Update],
@@ -360,7 +373,7 @@ async fn run(s: Scenario) {
     let r = h.reconcile(&mut b).await;
     assert!(r.is_ok(), "{s:?}: {r:?}");
     assert_eq!(h.api.lines(), expect.api, "{s:?}: API requests");
-    assert_eq!(h.vault.log(), expect.vault, "{s:?}: Key Vault calls");
+    assert_eq!(h.fake().log(), expect.vault, "{s:?}: Key Vault calls");
     let events: Vec<String> = h.api.events().into_iter().map(|(_, r)| r).collect();
     assert_eq!(events, expect.events, "{s:?}: events");
     if let Some(reason) = expect.key_ready {
@@ -397,7 +410,7 @@ async fn created_key_carries_tags_policy_and_status_names_it() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    let k = h.vault.key("orders-key").unwrap();
+    let k = h.fake().key("orders-key").unwrap();
     assert_eq!(k.tags, owner_tags(&b, CLUSTER));
     assert!(k.exportable);
     assert_eq!(k.release_policy.unwrap().json, policy_json(&b, &[REGO_A]));
@@ -416,15 +429,15 @@ async fn steady_state_makes_no_write_over_many_resyncs() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.api.clear();
     for i in 0..50 {
         h.advance(600);
         let action = h.reconcile(&mut b).await.unwrap();
         assert_ne!(action, Action::await_change(), "resync {i} must requeue");
     }
-    assert_eq!(h.vault.writes(), vec![], "no Key Vault write");
-    assert_eq!(h.vault.log(), vec![Op::Get; 50], "one GET per resync");
+    assert_eq!(h.fake().writes(), vec![], "no Key Vault write");
+    assert_eq!(h.fake().log(), vec![Op::Get; 50], "one GET per resync");
     assert_eq!(
         h.api.lines(),
         Vec::<String>::new(),
@@ -442,11 +455,11 @@ async fn watch_triggers_within_a_resync_period_do_not_call_key_vault() {
     let mut b = binding();
     let action = h.reconcile(&mut b).await.unwrap();
     assert_ne!(action, Action::await_change());
-    h.vault.clear_log();
+    h.fake().clear_log();
     for _ in 0..20 {
         h.reconcile(&mut b).await.unwrap();
     }
-    assert_eq!(h.vault.log(), vec![], "no Key Vault call: nothing changed");
+    assert_eq!(h.fake().log(), vec![], "no Key Vault call: nothing changed");
 }
 
 #[tokio::test]
@@ -454,15 +467,15 @@ async fn out_of_band_edit_is_restored_at_resync() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    h.vault
+    h.fake()
         .set_policy("orders-key", &policy_json(&b, &[REGO_A, REGO_B]));
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.api.clear();
     h.advance(600);
     h.reconcile(&mut b).await.unwrap();
-    assert_eq!(h.vault.log(), vec![Op::Get, Op::Update]);
+    assert_eq!(h.fake().log(), vec![Op::Get, Op::Update]);
     assert_eq!(
-        h.vault
+        h.fake()
             .key("orders-key")
             .unwrap()
             .release_policy
@@ -483,11 +496,11 @@ async fn policy_change_patches_old_and_new_then_prunes_old_after_grace_when_pods
     h.reconcile(&mut b).await.unwrap();
     h.set_pod("orders-1", REGO_A, true);
     h.set_policy(REGO_B);
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.reconcile(&mut b).await.unwrap();
-    assert_eq!(h.vault.writes(), vec![Op::Update]);
+    assert_eq!(h.fake().writes(), vec![Op::Update]);
     let json = |h: &Harness| {
-        h.vault
+        h.fake()
             .key("orders-key")
             .unwrap()
             .release_policy
@@ -512,15 +525,15 @@ async fn policy_change_patches_old_and_new_then_prunes_old_after_grace_when_pods
 
     // Grace over, the pod still runs A: A stays, nothing written.
     h.advance(660);
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.reconcile(&mut b).await.unwrap();
-    assert_eq!(h.vault.writes(), vec![]);
+    assert_eq!(h.fake().writes(), vec![]);
     assert!(reasons_now(&b).contains(&BoundHashReason::InUse));
 
     // The pod is gone: A is pruned.
     h.set_pod("orders-1", REGO_A, false);
     h.reconcile(&mut b).await.unwrap();
-    assert_eq!(h.vault.writes(), vec![Op::Update]);
+    assert_eq!(h.fake().writes(), vec![Op::Update]);
     assert_eq!(json(&h), policy_json(&b, &[REGO_B]));
     assert_eq!(reasons_now(&b), vec![BoundHashReason::Current]);
 }
@@ -529,7 +542,7 @@ async fn policy_change_patches_old_and_new_then_prunes_old_after_grace_when_pods
 async fn a_throttle_storm_converges_and_status_shows_it() {
     let h = Harness::new(true, quick());
     let mut b = binding();
-    h.vault.fail_next(
+    h.fake().fail_next(
         None,
         7,
         KeyVaultError::Throttled {
@@ -558,7 +571,7 @@ async fn a_throttle_storm_converges_and_status_shows_it() {
     }
     assert!(saw_throttled_status);
     assert_eq!(cond(&b, types::READY).0, "True");
-    assert_eq!(h.vault.writes(), vec![Op::Create], "exactly one create");
+    assert_eq!(h.fake().writes(), vec![Op::Create], "exactly one create");
     // One Warning for the throttling, not one per attempt.
     let throttled_events = h
         .api
@@ -569,7 +582,11 @@ async fn a_throttle_storm_converges_and_status_shows_it() {
     assert_eq!(throttled_events, 1);
 }
 
-fn deleting(mut b: ConfidentialKeyBinding, policy: &str, at: Timestamp) -> ConfidentialKeyBinding {
+pub(super) fn deleting(
+    mut b: ConfidentialKeyBinding,
+    policy: &str,
+    at: Timestamp,
+) -> ConfidentialKeyBinding {
     b.spec.key.deletion_policy = serde_json::from_value(json!(policy)).unwrap();
     b.metadata.deletion_timestamp = Some(Time(at));
     b
@@ -580,12 +597,12 @@ async fn delete_policy_soft_deletes_our_key_and_releases_the_finalizer() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.api.clear();
     let mut gone = deleting(b, "Delete", t0());
     h.reconcile(&mut gone).await.unwrap();
-    assert_eq!(h.vault.log(), vec![Op::Get, Op::Delete]);
-    assert!(h.vault.is_deleted("orders-key"));
+    assert_eq!(h.fake().log(), vec![Op::Get, Op::Delete]);
+    assert!(h.fake().is_deleted("orders-key"));
     assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
     let patch = &h.api.calls()[1].body;
     assert_eq!(patch[1]["op"], "remove", "{patch}");
@@ -596,12 +613,12 @@ async fn retain_policy_leaves_the_key_and_calls_no_vault() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    h.vault.clear_log();
+    h.fake().clear_log();
     h.api.clear();
     let mut gone = deleting(b, "Retain", t0());
     h.reconcile(&mut gone).await.unwrap();
-    assert_eq!(h.vault.log(), vec![]);
-    assert!(h.vault.key("orders-key").is_some());
+    assert_eq!(h.fake().log(), vec![]);
+    assert!(h.fake().key("orders-key").is_some());
     assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
 }
 
@@ -610,7 +627,7 @@ async fn a_binding_whose_key_was_never_created_deletes_without_key_vault() {
     let h = Harness::new(true, quick());
     let mut gone = deleting(binding(), "Delete", t0());
     h.reconcile(&mut gone).await.unwrap();
-    assert_eq!(h.vault.log(), vec![]);
+    assert_eq!(h.fake().log(), vec![]);
     assert_eq!(h.api.lines(), vec![EVENT_PATH, BINDING_PATH]);
 }
 
@@ -619,14 +636,14 @@ async fn delete_of_a_key_no_longer_ours_leaves_it() {
     let h = Harness::new(true, quick());
     let mut b = binding();
     h.reconcile(&mut b).await.unwrap();
-    let mut k = h.vault.key("orders-key").unwrap();
+    let mut k = h.fake().key("orders-key").unwrap();
     k.tags.insert(tags::BINDING.into(), "someone/else".into());
-    h.vault.put(k);
-    h.vault.clear_log();
+    h.fake().put(k);
+    h.fake().clear_log();
     let mut gone = deleting(b, "Delete", t0());
     h.reconcile(&mut gone).await.unwrap();
-    assert_eq!(h.vault.writes(), vec![]);
-    assert!(h.vault.key("orders-key").is_some());
+    assert_eq!(h.fake().writes(), vec![]);
+    assert!(h.fake().key("orders-key").is_some());
 }
 
 #[tokio::test]
@@ -639,7 +656,7 @@ async fn unreachable_vault_keeps_the_finalizer_until_the_cleanup_timeout_then_re
         message: "connection refused".into(),
         outcome_unknown: false,
     };
-    h.vault.fail_next(None, 100, unavailable);
+    h.fake().fail_next(None, 100, unavailable);
     let mut gone = deleting(b, "Delete", t0());
     // Within the timeout: the finalizer stays, the error is retried.
     h.advance(60);
@@ -659,5 +676,5 @@ async fn unreachable_vault_keeps_the_finalizer_until_the_cleanup_timeout_then_re
             .events()
             .contains(&("Warning".to_string(), "CleanupAbandoned".to_string()))
     );
-    assert!(h.vault.key("orders-key").is_some());
+    assert!(h.fake().key("orders-key").is_some());
 }

@@ -1,0 +1,345 @@
+//! Reconcile against the Key Vault double: the real reconcile, the real Key Vault client (official
+//! SDK, HTTPS, 401 challenge) pointed at the double by host override, and the double's request log
+//! as the evidence of what was (not) written.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ckb_crds::ConfidentialKeyBinding;
+use ckb_crds::conditions::{reasons, types};
+use ckb_doubles::{Config, Fault, KeyVaultDouble, LogEntry};
+
+use super::plan::owner_tags;
+use super::reconcile::retry_delay;
+use super::reconcile_tests::{
+    CLUSTER, Harness, REGO_A, REGO_B, binding, cond, deleting, policy_json, quick, t0,
+};
+use crate::keyvault::client::ClientConfig;
+use crate::keyvault::credential::{CredentialKind, CredentialSettings};
+use crate::keyvault::transport::TransportSettings;
+use crate::keyvault::{AzureKeyVault, KeyVault, NewKey, RateLimits, VaultUrl};
+
+const HOST: &str = "demo.vault.azure.net";
+
+struct Setup {
+    double: KeyVaultDouble,
+    /// A second client, playing a human with `az` (out-of-band changes).
+    admin: AzureKeyVault,
+    h: Harness,
+    _dir: tempfile::TempDir,
+}
+
+fn client(double: &KeyVaultDouble, dir: &tempfile::TempDir) -> AzureKeyVault {
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "operator-token").unwrap();
+    let addr = double.addr();
+    AzureKeyVault::new(ClientConfig {
+        credential: CredentialSettings {
+            kind: CredentialKind::StaticToken,
+            static_token_file: Some(token_file),
+            authority_host: None,
+            managed_identity_client_id: None,
+            workload_identity: Default::default(),
+        },
+        transport: TransportSettings {
+            resolve: vec![format!(".vault.azure.net={addr}").parse().unwrap()],
+            ca_pem: Some(double.ca_pem().into_bytes()),
+            timeout: Some(Duration::from_secs(10)),
+        },
+        limits: RateLimits::default(),
+        read_retries: 2,
+        read_retry_delay: Duration::from_millis(20),
+        api_version: None,
+    })
+    .unwrap()
+}
+
+async fn setup(allowed: bool) -> Setup {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let double = KeyVaultDouble::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let operator = client(&double, &dir);
+    let admin = client(&double, &dir);
+    let h = Harness::with_vault(allowed, quick(), Arc::new(operator));
+    Setup {
+        double,
+        admin,
+        h,
+        _dir: dir,
+    }
+}
+
+fn url() -> VaultUrl {
+    VaultUrl::parse("https://demo.vault.azure.net").unwrap()
+}
+
+/// Authenticated requests (the SDK's token-less first probe is the auth challenge, not a call).
+fn calls(log: &[LogEntry]) -> Vec<String> {
+    log.iter()
+        .filter(|e| e.authenticated)
+        .map(|e| format!("{} {}", e.method, e.path.trim_end_matches('/')))
+        .collect()
+}
+
+fn writes(log: &[LogEntry]) -> Vec<String> {
+    log.iter()
+        .filter(|e| e.write)
+        .map(|e| format!("{} {}", e.method, e.path.trim_end_matches('/')))
+        .collect()
+}
+
+fn versions(double: &KeyVaultDouble, name: &str) -> usize {
+    double.keys()[HOST]["keys"][name]
+        .as_array()
+        .map_or(0, |v| v.len())
+}
+
+async fn stored_policy(s: &Setup) -> String {
+    s.admin
+        .get_key(&url(), "orders-key")
+        .await
+        .unwrap()
+        .release_policy
+        .unwrap()
+        .json
+}
+
+#[tokio::test]
+async fn creates_once_then_steady_state_makes_no_write_over_many_resyncs() {
+    let s = setup(true).await;
+    let mut b = binding();
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(cond(&b, types::READY).0, "True");
+    assert_eq!(
+        writes(&s.double.log()),
+        vec!["POST /keys/orders-key/create"]
+    );
+    let k = s.admin.get_key(&url(), "orders-key").await.unwrap();
+    assert!(k.exportable);
+    assert_eq!(k.kty, "RSA-HSM");
+    assert_eq!(k.tags, owner_tags(&b, CLUSTER));
+    s.double.clear_log();
+    s.h.api.clear();
+    for _ in 0..25 {
+        s.h.advance(600);
+        s.h.reconcile(&mut b).await.unwrap();
+    }
+    let log = s.double.log();
+    assert_eq!(
+        writes(&log),
+        Vec::<String>::new(),
+        "no write in steady state"
+    );
+    assert_eq!(
+        calls(&log),
+        vec!["GET /keys/orders-key"; 25],
+        "one GET per resync"
+    );
+    assert_eq!(versions(&s.double, "orders-key"), 1);
+    assert!(s.h.api.lines().is_empty(), "no status write, no event");
+}
+
+#[tokio::test]
+async fn policy_change_patches_old_and_new_then_prunes_old() {
+    let mut s = setup(true).await;
+    let mut b = binding();
+    s.h.reconcile(&mut b).await.unwrap();
+    s.h.set_pod("orders-1", REGO_A, true);
+    s.h.set_policy(REGO_B);
+    s.double.clear_log();
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(writes(&s.double.log()).len(), 1);
+    assert!(writes(&s.double.log())[0].starts_with("PATCH /keys/orders-key/"));
+    assert!(
+        crate::policy::ReleasePolicy::parse_json(&stored_policy(&s).await)
+            .unwrap()
+            .same_meaning(
+                &crate::policy::ReleasePolicy::parse_json(&policy_json(&b, &[REGO_A, REGO_B]))
+                    .unwrap()
+            )
+    );
+    // Grace over and the pod gone: the old hash is pruned.
+    s.h.advance(660);
+    s.h.set_pod("orders-1", REGO_A, false);
+    s.h.reconcile(&mut b).await.unwrap();
+    let now = crate::policy::ReleasePolicy::parse_json(&stored_policy(&s).await).unwrap();
+    let want = crate::policy::ReleasePolicy::parse_json(&policy_json(&b, &[REGO_B])).unwrap();
+    assert!(now.same_meaning(&want));
+    assert_eq!(
+        versions(&s.double, "orders-key"),
+        1,
+        "PATCH, never a new version"
+    );
+}
+
+#[tokio::test]
+async fn out_of_band_edit_is_restored_at_resync() {
+    let s = setup(true).await;
+    let mut b = binding();
+    s.h.reconcile(&mut b).await.unwrap();
+    let k = s.admin.get_key(&url(), "orders-key").await.unwrap();
+    let widened = policy_json(&b, &[REGO_A, REGO_B]);
+    s.admin
+        .update_key(&url(), "orders-key", &k.version, Some(&widened), None)
+        .await
+        .unwrap();
+    s.double.clear_log();
+    s.h.advance(600);
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(writes(&s.double.log()).len(), 1);
+    let restored = crate::policy::ReleasePolicy::parse_json(&stored_policy(&s).await).unwrap();
+    let want = crate::policy::ReleasePolicy::parse_json(&policy_json(&b, &[REGO_A])).unwrap();
+    assert!(restored.same_meaning(&want));
+}
+
+fn new_key(b: &ConfidentialKeyBinding, tags: std::collections::BTreeMap<String, String>) -> NewKey {
+    NewKey {
+        name: "orders-key".into(),
+        kty: "RSA-HSM".into(),
+        size: Some(3072),
+        curve: None,
+        key_ops: vec!["wrapKey".into(), "unwrapKey".into()],
+        exportable: true,
+        release_policy_json: Some(policy_json(b, &[REGO_B])),
+        tags,
+    }
+}
+
+#[tokio::test]
+async fn foreign_tags_mean_key_not_owned_and_zero_writes() {
+    let s = setup(true).await;
+    let mut b = binding();
+    let mut foreign = owner_tags(&b, CLUSTER);
+    foreign.insert(ckb_crds::tags::CLUSTER.into(), "another-cluster".into());
+    s.admin
+        .create_key(&url(), &new_key(&b, foreign))
+        .await
+        .unwrap();
+    s.double.clear_log();
+    for adopt in [false, true] {
+        b.spec.key.adopt = adopt;
+        s.h.reconcile(&mut b).await.unwrap();
+        assert_eq!(cond(&b, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
+    }
+    assert_eq!(writes(&s.double.log()), Vec::<String>::new());
+    assert_eq!(calls(&s.double.log()), vec!["GET /keys/orders-key"; 2]);
+}
+
+#[tokio::test]
+async fn adopt_takes_an_untagged_key_with_our_tags_and_policy() {
+    let s = setup(true).await;
+    let mut b = binding();
+    let untagged = std::collections::BTreeMap::from([("team".to_string(), "payments".to_string())]);
+    s.admin
+        .create_key(&url(), &new_key(&b, untagged))
+        .await
+        .unwrap();
+    s.double.clear_log();
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(cond(&b, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
+    assert_eq!(writes(&s.double.log()), Vec::<String>::new());
+    b.spec.key.adopt = true;
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(cond(&b, types::READY).0, "True");
+    let k = s.admin.get_key(&url(), "orders-key").await.unwrap();
+    assert_eq!(k.tags.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        k.tags.get(ckb_crds::tags::BINDING).map(String::as_str),
+        Some("payments/orders")
+    );
+    assert_eq!(
+        b.status
+            .as_ref()
+            .unwrap()
+            .key
+            .as_ref()
+            .unwrap()
+            .origin
+            .as_deref(),
+        Some("Adopted")
+    );
+    assert_eq!(versions(&s.double, "orders-key"), 1);
+}
+
+#[tokio::test]
+async fn delete_soft_deletes_and_retain_leaves_the_key() {
+    for policy in ["Delete", "Retain"] {
+        let s = setup(true).await;
+        let mut b = binding();
+        s.h.reconcile(&mut b).await.unwrap();
+        s.double.clear_log();
+        let mut gone = deleting(b, policy, t0());
+        s.h.reconcile(&mut gone).await.unwrap();
+        let log = s.double.log();
+        let exists = s.admin.get_key(&url(), "orders-key").await.is_ok();
+        if policy == "Delete" {
+            assert_eq!(writes(&log), vec!["DELETE /keys/orders-key"]);
+            assert!(!exists);
+            assert!(s.admin.get_deleted_key(&url(), "orders-key").await.is_ok());
+        } else {
+            assert_eq!(calls(&log), Vec::<String>::new());
+            assert!(exists);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_vault_not_allowed_gets_zero_requests() {
+    let s = setup(false).await;
+    let mut b = binding();
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(cond(&b, types::KEY_READY).1, reasons::VAULT_NOT_ALLOWED);
+    let mut gone = deleting(b, "Delete", t0());
+    s.h.reconcile(&mut gone).await.unwrap();
+    assert!(s.double.log().is_empty(), "{:?}", s.double.log());
+}
+
+#[tokio::test]
+async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttling() {
+    let s = setup(true).await;
+    let mut b = binding();
+    let mut storm = Fault::status("POST", "^/keys/orders-key/create$", 429);
+    storm.count = Some(3);
+    storm.retry_after_secs = Some(1);
+    s.double.inject(storm).unwrap();
+    let mut throttled_seen = false;
+    let started = Instant::now();
+    loop {
+        match s.h.reconcile(&mut b).await {
+            Ok(_) => break,
+            Err(e) => {
+                throttled_seen |= cond(&b, types::KEY_READY).1 == reasons::KEY_VAULT_THROTTLED;
+                let delay = retry_delay(&b, &e, &s.h.ctx);
+                assert!(
+                    delay >= Duration::from_secs(1),
+                    "Retry-After honoured: {delay:?}"
+                );
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "did not converge"
+        );
+    }
+    assert!(
+        throttled_seen,
+        "the status showed KeyVaultThrottled while throttled"
+    );
+    assert_eq!(cond(&b, types::READY).0, "True");
+    assert_eq!(
+        versions(&s.double, "orders-key"),
+        1,
+        "exactly one key version"
+    );
+    let warnings: Vec<_> =
+        s.h.api
+            .events()
+            .into_iter()
+            .filter(|(_, r)| r == reasons::KEY_VAULT_THROTTLED)
+            .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one event for the throttling, not one per attempt"
+    );
+}
