@@ -174,3 +174,128 @@ impl Attestation {
         Ok(signer.sign_compact(header, claims.to_string().as_bytes())?)
     }
 }
+
+/// Size of an AMD SEV-SNP attestation report (SEV-SNP ABI specification, `ATTESTATION_REPORT`).
+pub const SNP_REPORT_LEN: usize = 0x4A0;
+
+/// Fields of an SEV-SNP report the claims come from (offsets from the SEV-SNP ABI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpReport {
+    /// POLICY (0x08, 8 bytes little-endian); bit 19 allows debugging.
+    pub policy: u64,
+    /// VMPL (0x30, 4 bytes little-endian).
+    pub vmpl: u32,
+    /// REPORT_DATA (0x50, 64 bytes).
+    pub report_data: Vec<u8>,
+    /// MEASUREMENT (0x90, 48 bytes).
+    pub measurement: Vec<u8>,
+    /// HOST_DATA (0xC0, 32 bytes).
+    pub host_data: Vec<u8>,
+}
+
+impl SnpReport {
+    /// Parses a raw report.
+    pub fn parse(raw: &[u8]) -> Result<Self, String> {
+        if raw.len() != SNP_REPORT_LEN {
+            return Err(format!(
+                "an SEV-SNP report has {SNP_REPORT_LEN} bytes, this one {}",
+                raw.len()
+            ));
+        }
+        let mut policy = [0u8; 8];
+        policy.copy_from_slice(&raw[0x08..0x10]);
+        let mut vmpl = [0u8; 4];
+        vmpl.copy_from_slice(&raw[0x30..0x34]);
+        Ok(Self {
+            policy: u64::from_le_bytes(policy),
+            vmpl: u32::from_le_bytes(vmpl),
+            report_data: raw[0x50..0x90].to_vec(),
+            measurement: raw[0x90..0xC0].to_vec(),
+            host_data: raw[0xC0..0xE0].to_vec(),
+        })
+    }
+
+    /// Writes the fields into a zeroed report (for tests and demos that play the hardware).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut raw = vec![0u8; SNP_REPORT_LEN];
+        raw[0x08..0x10].copy_from_slice(&self.policy.to_le_bytes());
+        raw[0x30..0x34].copy_from_slice(&self.vmpl.to_le_bytes());
+        copy_padded(&mut raw[0x50..0x90], &self.report_data);
+        copy_padded(&mut raw[0x90..0xC0], &self.measurement);
+        copy_padded(&mut raw[0xC0..0xE0], &self.host_data);
+        raw
+    }
+
+    /// Whether POLICY allows debugging (bit 19).
+    pub fn debuggable(&self) -> bool {
+        self.policy & (1 << 19) != 0
+    }
+}
+
+fn copy_padded(dst: &mut [u8], src: &[u8]) {
+    let n = src.len().min(dst.len());
+    dst[..n].copy_from_slice(&src[..n]);
+}
+
+/// Turns the body of `POST /attest/SevSnpVm` (as the SKR sidecar sends it) into the token it
+/// earns: `report` = base64url(JSON `{"SnpReport": base64url(raw report), ...}`),
+/// `runtimeData` = `{"data": base64url(JWKS JSON), "dataType": "JSON"}`.
+///
+/// NB: the double does not verify the report's AMD signature (VCEK chain) nor the UVM
+/// endorsement; it trusts the report's fields, checks that REPORT_DATA binds the runtime data,
+/// and reports the AKS compliance status.
+pub fn token_request_for_attest(body: &Value, host: &str) -> Result<TokenRequest, String> {
+    use crate::jose::b64url_decode;
+    let report = body
+        .get("report")
+        .and_then(Value::as_str)
+        .and_then(b64url_decode)
+        .ok_or("report must be base64url")?;
+    let report: Value =
+        serde_json::from_slice(&report).map_err(|e| format!("report is not JSON: {e}"))?;
+    let raw = report
+        .get("SnpReport")
+        .and_then(Value::as_str)
+        .and_then(b64url_decode)
+        .ok_or("report.SnpReport must be base64url")?;
+    let snp = SnpReport::parse(&raw)?;
+    let data = body
+        .pointer("/runtimeData/data")
+        .and_then(Value::as_str)
+        .and_then(b64url_decode)
+        .ok_or("runtimeData.data must be base64url")?;
+    match body
+        .pointer("/runtimeData/dataType")
+        .and_then(Value::as_str)
+    {
+        Some("JSON") => {}
+        other => {
+            return Err(format!(
+                "runtimeData.dataType must be \"JSON\", not {other:?}"
+            ));
+        }
+    }
+    let runtime: Value =
+        serde_json::from_slice(&data).map_err(|e| format!("runtimeData is not JSON: {e}"))?;
+    if snp.report_data[..32] != sha2_256(&data)[..] {
+        return Err("REPORT_DATA does not hold the SHA-256 of the runtime data".into());
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "x-ms-sevsnpvm-reportdata".into(),
+        hex::encode(&snp.report_data).into(),
+    );
+    extra.insert(
+        "x-ms-sevsnpvm-launchmeasurement".into(),
+        hex::encode(&snp.measurement).into(),
+    );
+    Ok(TokenRequest {
+        issuer_host: host.to_owned(),
+        hostdata: hex::encode(&snp.host_data),
+        runtime,
+        debuggable: snp.debuggable(),
+        vmpl: snp.vmpl,
+        extra_claims: extra,
+        ..TokenRequest::default()
+    })
+}

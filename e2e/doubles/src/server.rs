@@ -478,7 +478,10 @@ async fn dispatch(
         }
     }
 
-    let (response, wrote) = if attestation || path == "/certs" || path.starts_with("/.well-known/")
+    let (response, wrote) = if attestation
+        || path == "/certs"
+        || path.starts_with("/.well-known/")
+        || path.starts_with("/attest/")
     {
         (
             attestation_handler(&shared, &method, &path, &host, &body),
@@ -544,8 +547,27 @@ fn attestation_handler(
     method: &Method,
     path: &str,
     host: &str,
-    _body: &[u8],
+    body: &[u8],
 ) -> Response {
+    // The sidecar writes `SevSnpVM`, the REST reference `SevSnpVm`.
+    if method == Method::POST && path.eq_ignore_ascii_case("/attest/SevSnpVm") {
+        let req = serde_json::from_slice::<Value>(body)
+            .map_err(|e| format!("body is not JSON: {e}"))
+            .and_then(|b| crate::attestation::token_request_for_attest(&b, host));
+        return match req {
+            Ok(req) => match shared.attestation.mint(&req, now_secs()) {
+                Ok(token) => json_response(200, &json!({"token": token})),
+                Err(e) => json_response(
+                    500,
+                    &json!({"error": {"code": "InternalError", "message": e.to_string()}}),
+                ),
+            },
+            Err(m) => json_response(
+                400,
+                &json!({"error": {"code": "InvalidParameter", "message": m}}),
+            ),
+        };
+    }
     match (method.as_str(), path) {
         ("GET", "/certs") => json_response(200, &shared.attestation.jwks()),
         ("GET", "/.well-known/openid-configuration") => {

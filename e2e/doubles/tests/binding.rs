@@ -605,3 +605,115 @@ async fn the_sidecar_rejects_an_answer_signed_for_another_host() {
         "only the runtime key unwraps"
     );
 }
+
+/// The sidecar's own attest call (`POST /attest/SevSnpVM`, body as the sidecar builds it with
+/// Go's padded base64url), from a raw SEV-SNP report whose HOST_DATA is the policy hash.
+async fn attest_raw(
+    s: &Setup,
+    runtime: &RuntimeKey,
+    policy_bits: u64,
+    host_data: &[u8],
+    bind: bool,
+) -> (u16, Value) {
+    use base64::Engine as _;
+    let padded = |b: &[u8]| base64::engine::general_purpose::URL_SAFE.encode(b);
+    let runtime_data = serde_json::to_vec(&runtime.jwks()).unwrap();
+    let report_data = if bind {
+        sha2::Sha256::digest(&runtime_data).to_vec()
+    } else {
+        vec![7u8; 32]
+    };
+    let report = ckb_doubles::attestation::SnpReport {
+        policy: policy_bits,
+        vmpl: 0,
+        report_data,
+        measurement: vec![0xab; 48],
+        host_data: host_data.to_vec(),
+    };
+    let inner = json!({
+        "SnpReport": padded(&report.to_bytes()),
+        "VcekCertChain": padded(b"-----BEGIN CERTIFICATE-----\n"),
+        "Endorsements": padded(json!({"Uvm": [padded(b"cose")]}).to_string().as_bytes()),
+    });
+    let body = json!({
+        "report": padded(inner.to_string().as_bytes()),
+        "runtimeData": {"data": padded(&runtime_data), "dataType": "JSON"},
+        "nonce": 42,
+    });
+    let (status, _, answer) = s
+        .env
+        .call(
+            "POST",
+            MAA,
+            "/attest/SevSnpVM?api-version=2020-10-01",
+            None,
+            Some(body),
+        )
+        .await;
+    (status, answer)
+}
+
+#[tokio::test]
+async fn the_sidecars_attest_call_yields_a_token_that_releases_only_for_the_bound_policy() {
+    let s = Setup::new().await;
+    let created = s
+        .create(VAULT, "k", exportable("RSA-HSM", &aks_policy(MAA, &s.hash)))
+        .await;
+    let hash_bytes = hex::decode(&s.hash).unwrap();
+    let url = s.env.url(VAULT);
+
+    let runtime = RuntimeKey::generate().unwrap();
+    let (status, answer) = attest_raw(&s, &runtime, 0x3_0000, &hash_bytes, true).await;
+    assert_eq!(status, 200, "{answer}");
+    let token = answer["token"].as_str().unwrap();
+    let claims: Value = serde_json::from_slice(&CompactJws::parse(token).unwrap().payload).unwrap();
+    assert_eq!(claims["x-ms-sevsnpvm-hostdata"], s.hash);
+    assert_eq!(claims["x-ms-sevsnpvm-is-debuggable"], false);
+    assert_eq!(claims["x-ms-sevsnpvm-vmpl"], 0);
+    assert_eq!(claims["x-ms-runtime"], runtime.jwks());
+    assert_eq!(claims["iss"], format!("https://{MAA}"));
+    assert_eq!(claims["x-ms-sevsnpvm-launchmeasurement"], "ab".repeat(48));
+    let released = sidecar::release_key(
+        &s.env.client,
+        &s.call(&url, "k", token),
+        &runtime,
+        &s.trust(),
+    )
+    .await
+    .unwrap();
+    let private = rsa::PrivateKey::from_pkcs8_der(&released.key_bytes).unwrap();
+    assert_eq!(b64url(&private.n_bytes()), created["key"]["n"]);
+
+    // Debug allowed in the guest policy (bit 19): the token says so and release is refused.
+    let runtime = RuntimeKey::generate().unwrap();
+    let (_, answer) = attest_raw(&s, &runtime, 0x3_0000 | (1 << 19), &hash_bytes, true).await;
+    let token = answer["token"].as_str().unwrap();
+    assert_refused(
+        sidecar::release_key(
+            &s.env.client,
+            &s.call(&url, "k", token),
+            &runtime,
+            &s.trust(),
+        )
+        .await,
+        "debug report",
+        "x-ms-sevsnpvm-is-debuggable",
+    );
+    // Another pod's HOST_DATA.
+    let (_, answer) = attest_raw(&s, &runtime, 0x3_0000, &[9u8; 32], true).await;
+    let token = answer["token"].as_str().unwrap();
+    assert_refused(
+        sidecar::release_key(
+            &s.env.client,
+            &s.call(&url, "k", token),
+            &runtime,
+            &s.trust(),
+        )
+        .await,
+        "other host data",
+        "x-ms-sevsnpvm-hostdata",
+    );
+    // REPORT_DATA that does not bind the runtime key: no token at all.
+    let (status, answer) = attest_raw(&s, &runtime, 0x3_0000, &hash_bytes, false).await;
+    assert_eq!(status, 400, "{answer}");
+}
