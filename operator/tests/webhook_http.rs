@@ -491,3 +491,50 @@ async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
     );
     let _ = r.stop.take().map(|s| s.send(()));
 }
+
+#[tokio::test]
+async fn mounted_certificates_are_reloaded_when_the_files_change() {
+    let hosts = vec!["127.0.0.1".to_string()];
+    let a = material(&hosts, &CertTimings::default());
+    let b = material(&hosts, &CertTimings::default());
+    let dir = tempfile::tempdir().unwrap();
+    let write = |m: &TlsMaterial| {
+        // Written as kubelet does for a Secret volume: the new pair appears at once (rename).
+        for (name, content) in [("tls.crt", &m.tls_crt), ("tls.key", &m.tls_key)] {
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, content).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        }
+    };
+    write(&a);
+    let mut r = start(&a).await;
+    tokio::spawn(certs::watch_cert_dir(
+        dir.path().to_path_buf(),
+        r.tls.clone(),
+        Duration::from_millis(50),
+    ));
+    let review = read("pod-create-confidential.json");
+    assert!(
+        admit_once(&client(&a.ca_crt), r.addr, &review)
+            .await
+            .is_ok()
+    );
+    write(&b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admit_once(&client(&b.ca_crt), r.addr, &review)
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new certificate never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        admit_once(&client(&a.ca_crt), r.addr, &review)
+            .await
+            .is_err()
+    );
+    let _ = r.stop.take().map(|s| s.send(()));
+}
