@@ -859,11 +859,12 @@ mod api_tests {
         fn answer(&mut self, method: &str, path: &str, body: Value) -> (u16, Value) {
             self.log.push(format!("{method} {path}"));
             let secret_write = method == "POST" || method == "PUT";
-            if secret_write && path.contains("/secrets") {
-                if let Some(other) = self.race.take() {
-                    self.rv += 1;
-                    self.secret = Some(secret_json(&other, self.rv));
-                }
+            if secret_write
+                && path.contains("/secrets")
+                && let Some(other) = self.race.take()
+            {
+                self.rv += 1;
+                self.secret = Some(secret_json(&other, self.rv));
             }
             match (method, path) {
                 ("GET", "/api/v1/namespaces/ckb-system/secrets/tls") => match &self.secret {
@@ -1087,15 +1088,16 @@ mod api_tests {
                 .unwrap(),
             0
         );
-        let f = fake.lock().unwrap();
-        let mwc = f.mwc.as_ref().unwrap();
-        for w in mwc["webhooks"].as_array().unwrap() {
-            assert_eq!(w["clientConfig"]["caBundle"], json!(good));
-            assert_eq!(w["clientConfig"]["service"]["path"], "/mutate");
+        {
+            let f = fake.lock().unwrap();
+            let mwc = f.mwc.as_ref().unwrap();
+            for w in mwc["webhooks"].as_array().unwrap() {
+                assert_eq!(w["clientConfig"]["caBundle"], json!(good));
+                assert_eq!(w["clientConfig"]["service"]["path"], "/mutate");
+            }
+            assert_eq!(f.log.iter().filter(|l| l.starts_with("PATCH")).count(), 1);
         }
-        assert_eq!(f.log.iter().filter(|l| l.starts_with("PATCH")).count(), 1);
         // A missing configuration is not an error (the chart may install it later).
-        drop(f);
         let empty = Arc::new(Mutex::new(Fake::default()));
         assert_eq!(
             ensure_ca_bundle(&client(empty), "ckb-operator", &m.ca_bundle)
