@@ -875,3 +875,45 @@ async fn admin_api_over_http() {
         .unwrap();
     assert_eq!(ca, env.double.ca_pem());
 }
+
+#[tokio::test]
+async fn other_operations_have_their_own_configurable_budget() {
+    let env = Env::with(Config {
+        throttle: ThrottleLimits {
+            other: 3,
+            ..ThrottleLimits::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(env.op("GET", VAULT, "/keys/missing", None).await.0, 404);
+    }
+    let (status, headers, _) = env
+        .call(
+            "GET",
+            VAULT,
+            "/keys/missing?api-version=7.4",
+            Some("operator-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+    // Creates draw from the create budget, and the other vault is untouched.
+    assert_eq!(
+        env.op(
+            "POST",
+            VAULT,
+            "/keys/k/create",
+            Some(json!({"kty": "EC-HSM"}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        env.op("GET", OTHER_VAULT, "/keys/missing", None).await.0,
+        404
+    );
+}
