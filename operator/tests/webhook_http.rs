@@ -538,3 +538,95 @@ async fn mounted_certificates_are_reloaded_when_the_files_change() {
     );
     let _ = r.stop.take().map(|s| s.send(()));
 }
+
+#[derive(clap::Parser)]
+struct TestCli {
+    #[command(flatten)]
+    webhook: ckb_operator::webhook::WebhookArgs,
+}
+
+#[test]
+fn flags_have_the_documented_defaults() {
+    use clap::Parser as _;
+    let cli = TestCli::parse_from(["test", "--webhook-namespace", "ckb-system"]);
+    let w = &cli.webhook;
+    assert_eq!(w.addr.to_string(), "0.0.0.0:9443");
+    assert_eq!(w.secret, "ckb-operator-webhook-tls");
+    assert_eq!(w.config_name, "ckb-operator");
+    assert_eq!(
+        w.hosts(),
+        vec![
+            "ckb-operator-webhook.ckb-system.svc".to_string(),
+            "ckb-operator-webhook.ckb-system.svc.cluster.local".to_string()
+        ]
+    );
+    assert_eq!(w.max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(
+        w.mutation.confidential_runtime_classes,
+        vec!["kata-cc-isolation".to_string()]
+    );
+    assert_eq!(w.mutation.defaults(), SidecarDefaults::default());
+    let cli = TestCli::parse_from([
+        "test",
+        "--confidential-runtime-class",
+        "kata-cc-isolation,kata-cc",
+        "--sidecar-log-level",
+        "Debug",
+        "--webhook-cert-hosts",
+        "127.0.0.1,localhost",
+    ]);
+    assert_eq!(cli.webhook.mutation.confidential_runtime_classes.len(), 2);
+    assert_eq!(cli.webhook.mutation.sidecar_log_level.as_str(), "debug");
+    assert_eq!(
+        cli.webhook.hosts(),
+        vec!["127.0.0.1".to_string(), "localhost".into()]
+    );
+    assert!(TestCli::try_parse_from(["test", "--sidecar-log-level", "loud"]).is_err());
+}
+
+#[tokio::test]
+async fn serve_with_mounted_certificates_becomes_ready_and_admits() {
+    use clap::Parser as _;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let hosts = vec!["127.0.0.1".to_string()];
+    let m = material(&hosts, &CertTimings::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &m.tls_crt).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &m.tls_key).unwrap();
+    // A free loopback port (serve binds the address it is given).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cli = TestCli::parse_from([
+        "test",
+        "--webhook-addr",
+        &addr.to_string(),
+        "--webhook-cert-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let state = WebhookState::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(ckb_operator::webhook::serve(
+        cli.webhook,
+        None,
+        Arc::new(sources()),
+        WebhookMetrics::default(),
+        state.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let c = client(&m.ca_crt);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !state.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let review = read("pod-create-confidential.json");
+    let answer = admit_once(&c, addr, &review).await.unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    assert!(!state.is_ready(), "not ready once stopped");
+}
