@@ -4,12 +4,14 @@
 //! - [`keyvault`]: the Key Vault client (official SDK), credentials, per-vault rate limits.
 //! - [`controller`]: the reconcile loop that keeps each binding's key and release policy in step.
 //! - [`webhook`]: the pure pod mutation, its TLS admission server and certificate management.
+//! - [`rbac`]: every Kubernetes API call the operator makes (the chart's RBAC is checked against it).
 //! - [`cli`]: the `ckb-operator` command line (`run`, `crd`, `hash`, `release-policy`, `render`).
 
 pub mod cli;
 pub mod controller;
 pub mod keyvault;
 pub mod policy;
+pub mod rbac;
 pub mod telemetry;
 pub mod webhook;
 
