@@ -8,6 +8,10 @@ the operator's built-in default.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: CKB_WEBHOOK_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
 - name: CKB_POD_NAME
   valueFrom:
     fieldRef:
