@@ -278,8 +278,12 @@ fn every_rendered_object_is_valid_for_kubernetes_1_33_and_1_34() {
         }
     }
     for kind in &skipped {
-        eprintln!(
-            "NOTE: {kind} is not validated offline (its schema belongs to another project's CRD)"
+        // Straight to stderr, past the test harness's capture: a skip must show in every run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTE (chart test): {kind} objects are not validated offline (their schema is another \
+             project's CRD)"
         );
     }
     assert!(
@@ -670,10 +674,7 @@ fn crd_is_the_generated_one_and_kept_on_uninstall() {
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    let generated = serde_json::to_value(
-        <ckb_operator::crds::ConfidentialKeyBinding as kube::CustomResourceExt>::crd(),
-    )
-    .expect("CRD serializes");
+    let generated = serde_json::to_value(ckb_operator::crds::crd()).expect("CRD serializes");
     assert_eq!(crd["metadata"]["name"], generated["metadata"]["name"]);
     // helm re-serializes the file: compare by meaning (a YAML `0.0` and `0` are the same bound).
     let differences = json_differences(&crd["spec"], &generated["spec"], "spec");
