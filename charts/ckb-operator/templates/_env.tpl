@@ -20,8 +20,8 @@ the operator's built-in default.
   value: {{ .Values.logging.level | quote }}
 - name: CKB_LOG_FORMAT
   value: {{ .Values.logging.format | quote }}
-- name: CKB_METRICS_PORT
-  value: {{ .Values.metrics.port | quote }}
+- name: CKB_METRICS_ADDR
+  value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
 - name: CKB_KV_CREDENTIAL
   value: {{ .Values.keyVault.credential | quote }}
 {{- with .Values.keyVault.allowedVaults }}
