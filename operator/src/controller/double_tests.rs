@@ -12,7 +12,7 @@ use ckb_doubles::{Config, Fault, KeyVaultDouble, LogEntry};
 use super::plan::owner_tags;
 use super::reconcile::retry_delay;
 use super::reconcile_tests::{
-    CLUSTER, Harness, REGO_A, REGO_B, binding, cond, deleting, policy_json, quick, t0,
+    CLUSTER, Harness, REGO_A, REGO_B, binding, cond, deleting, demo_allowed, policy_json, quick, t0,
 };
 use crate::keyvault::client::ClientConfig;
 use crate::keyvault::credential::{CredentialKind, CredentialSettings};
@@ -30,6 +30,14 @@ struct Setup {
 }
 
 fn client(double: &KeyVaultDouble, dir: &tempfile::TempDir) -> AzureKeyVault {
+    client_with(double, dir, RateLimits::default())
+}
+
+fn client_with(
+    double: &KeyVaultDouble,
+    dir: &tempfile::TempDir,
+    limits: RateLimits,
+) -> AzureKeyVault {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "operator-token").unwrap();
     let addr = double.addr();
@@ -46,7 +54,7 @@ fn client(double: &KeyVaultDouble, dir: &tempfile::TempDir) -> AzureKeyVault {
             ca_pem: Some(double.ca_pem().into_bytes()),
             timeout: Some(Duration::from_secs(10)),
         },
-        limits: RateLimits::default(),
+        limits,
         read_retries: 2,
         read_retry_delay: Duration::from_millis(20),
         api_version: None,
@@ -60,7 +68,7 @@ async fn setup(allowed: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let operator = client(&double, &dir);
     let admin = client(&double, &dir);
-    let h = Harness::with_vault(allowed, quick(), Arc::new(operator));
+    let h = Harness::with_vault(demo_allowed(allowed), quick(), Arc::new(operator));
     Setup {
         double,
         admin,
@@ -341,5 +349,105 @@ async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttl
         warnings.len(),
         1,
         "one event for the throttling, not one per attempt"
+    );
+}
+
+/// Figures more than a test (it prints them): bindings per second to Ready for a batch over 1 and
+/// over 10 vaults, against the double throttling at Key Vault's limits with time scaled by 10 (a
+/// 1 s window instead of 10 s, so the limit is 10 creates/s per vault instead of 1), and the ratio
+/// to that limit. It asserts what must hold whatever the machine: every binding Ready, exactly one
+/// key version each, and that the limits are per vault (ten vaults go clearly faster than one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_to_ready_under_real_throttling() {
+    use futures::StreamExt;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    const N: usize = 100;
+    const PER_WINDOW: u32 = 10;
+    let window = Duration::from_secs(1);
+    let mut rates: Vec<f64> = Vec::new();
+    for vaults in [1usize, 10] {
+        let config = Config {
+            throttle: ckb_doubles::keyvault::throttle::ThrottleLimits {
+                window_ms: 1000,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let double = KeyVaultDouble::start(config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let limits = RateLimits {
+            creates: PER_WINDOW,
+            window,
+            ..RateLimits::default()
+        };
+        let kv = client_with(&double, &dir, limits);
+        let allowed = (0..vaults)
+            .map(|v| VaultUrl::parse(&format!("https://bench{v}.vault.azure.net")).unwrap())
+            .collect();
+        let h = Harness::with_vault(allowed, quick(), Arc::new(kv));
+        let mut pending: Vec<ConfidentialKeyBinding> = (0..N)
+            .map(|i| {
+                let mut b = binding();
+                b.metadata.name = Some(format!("b{i}"));
+                b.spec.key.name = format!("key-{i}");
+                // EC keys: the double generates them in microseconds, so the figure measures
+                // the controller and the throttling, not RSA key generation on a busy machine.
+                b.spec.key.key_type = ckb_crds::KeyType::EcHsm;
+                b.spec.key.size = None;
+                b.spec.key.curve = Some(ckb_crds::Curve::P256);
+                b.spec.key.vault = format!("https://bench{}.vault.azure.net", i % vaults);
+                b
+            })
+            .collect();
+        let started = Instant::now();
+        let mut done = Vec::new();
+        for _ in 0..50 {
+            let results: Vec<(ConfidentialKeyBinding, bool)> = futures::stream::iter(pending)
+                .map(|mut b| {
+                    let h = &h;
+                    async move {
+                        let ok = h.reconcile(&mut b).await.is_ok();
+                        (b, ok)
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            pending = Vec::new();
+            for (b, ok) in results {
+                if ok { done.push(b) } else { pending.push(b) }
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(
+            pending.is_empty(),
+            "{} bindings never converged",
+            pending.len()
+        );
+        assert!(done.iter().all(|b| cond(b, types::READY).0 == "True"));
+        let keys = double.keys();
+        for v in 0..vaults {
+            let host = format!("bench{v}.vault.azure.net");
+            for (name, versions) in keys[&host]["keys"].as_object().unwrap() {
+                assert_eq!(versions.as_array().unwrap().len(), 1, "{host}/{name}");
+            }
+        }
+        let rate = N as f64 / elapsed;
+        let limit = f64::from(PER_WINDOW) / window.as_secs_f64() * vaults as f64;
+        println!(
+            "throughput: {N} bindings over {vaults} vault(s) Ready in {elapsed:.1} s: \
+             {rate:.1} bindings/s, limit {limit:.0} creates/s, ratio {:.2}",
+            rate / limit
+        );
+        rates.push(rate);
+    }
+    assert!(
+        rates[1] > 1.5 * rates[0],
+        "10 vaults ({:.1}/s) should beat 1 vault ({:.1}/s): limits are per vault",
+        rates[1],
+        rates[0]
     );
 }

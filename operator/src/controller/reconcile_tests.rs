@@ -42,6 +42,15 @@ pub(super) struct Harness {
     now: Arc<Mutex<Timestamp>>,
 }
 
+/// The allow-list: the demo vault, or nothing.
+pub(super) fn demo_allowed(allowed: bool) -> std::collections::BTreeSet<VaultUrl> {
+    if allowed {
+        [VaultUrl::parse("https://demo.vault.azure.net").unwrap()].into()
+    } else {
+        Default::default()
+    }
+}
+
 pub(super) fn t0() -> Timestamp {
     "2026-03-01T12:00:00Z".parse().unwrap()
 }
@@ -49,14 +58,18 @@ pub(super) fn t0() -> Timestamp {
 impl Harness {
     fn new(allowed: bool, timing: Timing) -> Self {
         let fake = FakeVault::default();
-        let mut h = Self::with_vault(allowed, timing, Arc::new(fake.clone()));
+        let mut h = Self::with_vault(demo_allowed(allowed), timing, Arc::new(fake.clone()));
         h.fake = Some(fake);
         h
     }
 
     /// A harness whose controller talks to `vault` (the in-memory fake, or the real client
     /// pointed at the Key Vault double).
-    pub(super) fn with_vault(allowed: bool, timing: Timing, vault: Arc<dyn KeyVault>) -> Self {
+    pub(super) fn with_vault(
+        allowed_vaults: std::collections::BTreeSet<VaultUrl>,
+        timing: Timing,
+        vault: Arc<dyn KeyVault>,
+    ) -> Self {
         let api = MockApi::default();
         let client = api.client();
         let (cm_store, config_maps) = reflector::store::<ConfigMap>();
@@ -68,11 +81,7 @@ impl Harness {
             client.clone(),
             vault,
             PlanConfig {
-                allowed_vaults: if allowed {
-                    [VaultUrl::parse("https://demo.vault.azure.net").unwrap()].into()
-                } else {
-                    Default::default()
-                },
+                allowed_vaults,
                 hash_grace: Duration::from_secs(600),
                 cluster_uid: CLUSTER.into(),
             },
@@ -153,9 +162,21 @@ impl Harness {
 
     /// Runs one reconcile and, as the API server would, stores the applied status on `b`.
     pub(super) async fn reconcile(&self, b: &mut ConfidentialKeyBinding) -> Result<Action, Error> {
-        let before = self.api.statuses().len();
+        let path = format!(
+            "/namespaces/{}/confidentialkeybindings/{}/status",
+            b.metadata.namespace.as_deref().unwrap_or_default(),
+            b.metadata.name.as_deref().unwrap_or_default()
+        );
+        let mine = |api: &MockApi| {
+            api.calls()
+                .into_iter()
+                .filter(|c| c.path.ends_with(&path))
+                .map(|c| c.body["status"].clone())
+                .collect::<Vec<_>>()
+        };
+        let before = mine(&self.api).len();
         let r = reconcile(Arc::new(b.clone()), self.ctx.clone()).await;
-        let statuses = self.api.statuses();
+        let statuses = mine(&self.api);
         if statuses.len() > before {
             b.status = Some(serde_json::from_value(statuses.last().unwrap().clone()).unwrap());
         }

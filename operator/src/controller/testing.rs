@@ -380,15 +380,6 @@ impl MockApi {
             })
             .collect()
     }
-
-    /// The statuses applied so far.
-    pub fn statuses(&self) -> Vec<Value> {
-        self.calls()
-            .iter()
-            .filter(|c| c.path.ends_with("/status"))
-            .map(|c| c.body["status"].clone())
-            .collect()
-    }
 }
 
 fn not_found_status(name: &str) -> Value {
