@@ -1344,3 +1344,72 @@ fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
         "Chart.yaml appVersion {app_version} is not the workspace version"
     );
 }
+
+#[test]
+fn values_reach_the_operators_environment() {
+    let docs = render(&Case::new(
+        "env",
+        &[
+            (
+                "keyVault.allowedVaults",
+                r#"["https://contoso.vault.azure.net","https://hsm1.managedhsm.azure.net"]"#,
+            ),
+            ("keyVault.credential", r#""managed-identity""#),
+            ("controller.resyncPeriod", r#""1h""#),
+            ("controller.hashGracePeriod", r#""30m""#),
+            ("controller.cleanupTimeout", r#""5m""#),
+            ("sidecar.image", r#""mcr.microsoft.com/aci/skr:2.13""#),
+            ("sidecar.port", "8181"),
+            ("sidecar.logLevel", r#""debug""#),
+            ("logging.level", r#""info,ckb_operator=debug""#),
+            ("logging.format", r#""text""#),
+            ("metrics.port", "9090"),
+            ("webhook.port", "10250"),
+        ],
+    ));
+    for (name, value) in [
+        (
+            "CKB_ALLOWED_VAULTS",
+            "https://contoso.vault.azure.net,https://hsm1.managedhsm.azure.net",
+        ),
+        ("CKB_KV_CREDENTIAL", "managed-identity"),
+        ("CKB_RESYNC_PERIOD", "1h"),
+        ("CKB_HASH_GRACE_PERIOD", "30m"),
+        ("CKB_CLEANUP_TIMEOUT", "5m"),
+        ("CKB_SIDECAR_IMAGE", "mcr.microsoft.com/aci/skr:2.13"),
+        ("CKB_SIDECAR_PORT", "8181"),
+        ("CKB_SIDECAR_LOG_LEVEL", "debug"),
+        ("CKB_LOG_LEVEL", "info,ckb_operator=debug"),
+        ("CKB_LOG_FORMAT", "text"),
+        ("CKB_METRICS_ADDR", "0.0.0.0:9090"),
+        ("CKB_WEBHOOK_ADDR", "0.0.0.0:10250"),
+    ] {
+        assert_eq!(env_value(&docs, name), value, "{name}");
+    }
+    let c = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let port = |n: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()["containerPort"]
+            .clone()
+    };
+    assert_eq!(port("metrics"), 9090);
+    assert_eq!(port("webhook"), 10250);
+
+    // Unset optional values keep the operator's own defaults: the chart sets nothing for them.
+    let env = deployment_env(&render(&Case::new("defaults", &[])));
+    for name in [
+        "CKB_ALLOWED_VAULTS",
+        "CKB_SIDECAR_IMAGE",
+        "CKB_SIDECAR_PORT",
+        "CKB_SIDECAR_LOG_LEVEL",
+    ] {
+        assert!(
+            !env.contains_key(name),
+            "{name} set although its value is empty"
+        );
+    }
+}

@@ -32,6 +32,8 @@ the operator's built-in default.
   value: {{ .Values.controller.resyncPeriod | quote }}
 - name: CKB_HASH_GRACE_PERIOD
   value: {{ .Values.controller.hashGracePeriod | quote }}
+- name: CKB_CLEANUP_TIMEOUT
+  value: {{ .Values.controller.cleanupTimeout | quote }}
 - name: CKB_LEADER_ELECTION_LEASE
   value: {{ include "ckb-operator.leaseName" . | quote }}
 - name: CKB_WEBHOOK_ADDR
