@@ -443,6 +443,16 @@ async fn dispatch(
         None
     };
     let log = |status: Option<u16>, write: bool, fault: Option<String>| {
+        tracing::info!(
+            method = %method,
+            host = %host,
+            path = %path,
+            api_version = api_version.as_deref().unwrap_or("-"),
+            status = status.map_or_else(|| "reset".to_owned(), |s| s.to_string()),
+            write,
+            fault = fault.as_deref().unwrap_or("-"),
+            "request"
+        );
         let mut log = lock(&shared.log);
         let seq = log.len() as u64 + 1;
         log.push(LogEntry {

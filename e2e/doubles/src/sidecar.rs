@@ -208,6 +208,37 @@ pub struct Trust {
     pub roots: Vec<Vec<u8>>,
 }
 
+impl Trust {
+    /// Roots from PEM text (one or more `CERTIFICATE` blocks), e.g. the file the `ckb-doubles`
+    /// binary writes with `--ca-out`.
+    pub fn from_pem(pem: &str) -> Result<Self, SidecarError> {
+        let mut roots = Vec::new();
+        let mut current: Option<String> = None;
+        for line in pem.lines().map(str::trim) {
+            match line {
+                "-----BEGIN CERTIFICATE-----" => current = Some(String::new()),
+                "-----END CERTIFICATE-----" => {
+                    let b64 = current.take().unwrap_or_default();
+                    roots.push(b64std_decode(&b64).ok_or_else(|| {
+                        SidecarError::Invalid("a PEM certificate is not base64".into())
+                    })?);
+                }
+                other => {
+                    if let Some(c) = current.as_mut() {
+                        c.push_str(other);
+                    }
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(SidecarError::Invalid(
+                "no certificate in the PEM text".into(),
+            ));
+        }
+        Ok(Self { roots })
+    }
+}
+
 /// One release call.
 #[derive(Debug, Clone)]
 pub struct ReleaseCall<'a> {
@@ -489,6 +520,7 @@ pub async fn attest(
 
 /// The whole sidecar flow for a pod whose policy hashes to `hostdata`: runtime key, token from
 /// the attestation double at `maa_url` (issuer `https://<maa_host>`), release from the vault.
+/// `call.token` is ignored: the token is the one just obtained.
 pub async fn release_for_pod(
     client: &reqwest::Client,
     call: &ReleaseCall<'_>,

@@ -597,6 +597,9 @@ async fn the_sidecar_rejects_an_answer_signed_for_another_host() {
     sidecar::open_release(jws, VAULT, &runtime, &s.trust()).expect("accepted for its own host");
     let wrong_host = sidecar::open_release(jws, OTHER_VAULT, &runtime, &s.trust());
     assert!(matches!(wrong_host, Err(SidecarError::Invalid(m)) if m.contains("names")));
+    let from_pem = Trust::from_pem(&s.env.double.ca_pem()).unwrap();
+    assert_eq!(from_pem.roots, s.trust().roots);
+    sidecar::open_release(jws, VAULT, &runtime, &from_pem).expect("CA read from PEM");
     let untrusted = sidecar::open_release(jws, VAULT, &runtime, &Trust { roots: vec![] });
     assert!(untrusted.is_err());
     let other_runtime = RuntimeKey::generate().unwrap();
