@@ -611,16 +611,7 @@ async fn creates_are_paced_by_the_local_limit() {
     .await;
     let started = tokio::time::Instant::now();
     // EC keys: quick to make, so the time measured is the pacing.
-    let keys: Vec<_> = (0..5)
-        .map(|i| {
-            let mut k = new_key(&format!("paced-{i}"), DOUBLE);
-            k.kty = "EC-HSM".into();
-            k.size = None;
-            k.curve = Some("P-256".into());
-            k.key_ops = vec!["sign".into(), "verify".into()];
-            k
-        })
-        .collect();
+    let keys: Vec<_> = (0..5).map(|i| ec_key(&format!("paced-{i}"))).collect();
     let results =
         futures::future::join_all(keys.iter().map(|k| s.kv.create_key(&s.vault, k))).await;
     for r in results {
@@ -740,4 +731,97 @@ async fn workload_identity_gets_its_token_from_the_authority_host() {
     kv.get_key(&vault, "orders-key")
         .await
         .expect("token reused");
+}
+
+// ---- the local limit against the service's ----
+
+fn ec_key(name: &str) -> ckb_operator::keyvault::NewKey {
+    let mut k = new_key(name, DOUBLE);
+    k.kty = "EC-HSM".into();
+    k.size = None;
+    k.curve = Some("P-256".into());
+    k.key_ops = vec!["sign".into(), "verify".into()];
+    k
+}
+
+/// The double counting HSM creates like Key Vault (10 per window), with a 1 s window to keep the
+/// test short, and the client's limit set to the same figure.
+async fn throttled_setup(client_creates: u32) -> Setup {
+    let config = Config {
+        throttle: ckb_doubles::keyvault::throttle::ThrottleLimits {
+            window_ms: 1000,
+            hsm_creates: 10,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    setup(
+        Options {
+            limits: RateLimits {
+                creates: client_creates,
+                window: Duration::from_secs(1),
+                margin: Duration::from_millis(100),
+                max_wait: Duration::from_secs(30),
+                ..RateLimits::default()
+            },
+            ..Options::default()
+        },
+        config,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn at_the_services_limit_the_client_paces_creates_and_never_sees_a_429() {
+    let s = throttled_setup(10).await;
+    let keys: Vec<_> = (0..25).map(|i| ec_key(&format!("burst-{i}"))).collect();
+    let started = tokio::time::Instant::now();
+    let results =
+        futures::future::join_all(keys.iter().map(|k| s.kv.create_key(&s.vault, k))).await;
+    let elapsed = started.elapsed();
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let log = s.double.log();
+    let throttled = log.iter().filter(|e| e.status == Some(429)).count();
+    assert_eq!(throttled, 0, "{log:#?}");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.authenticated && e.method == "POST")
+            .count(),
+        25
+    );
+    // 25 creates at 10 per 1.1 s: the last window starts after 2.2 s.
+    assert!(elapsed >= Duration::from_millis(2200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn above_the_services_limit_the_excess_is_throttled_once_and_typed() {
+    // A client allowed 100 creates per window against a service allowing 10: the service's 429s
+    // come back as Throttled, each call sends one request, and no key is made twice.
+    let s = throttled_setup(100).await;
+    let keys: Vec<_> = (0..25).map(|i| ec_key(&format!("burst-{i}"))).collect();
+    let results =
+        futures::future::join_all(keys.iter().map(|k| s.kv.create_key(&s.vault, k))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let throttled = results
+        .iter()
+        .filter(|r| matches!(r, Err(KeyVaultError::Throttled { retry_after, .. }) if *retry_after <= Duration::from_secs(1)))
+        .count();
+    assert_eq!(ok + throttled, 25, "{results:?}");
+    assert_eq!(ok, 10, "the service admits 10 per window");
+    let log = s.double.log();
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.authenticated && e.method == "POST")
+            .count(),
+        25,
+        "one request per call"
+    );
+    let made: usize = (0..25)
+        .map(|i| versions(&s.double, "demo.vault.azure.net", &format!("burst-{i}")))
+        .sum();
+    assert_eq!(made, 10);
+    assert_eq!(s.kv.metrics().throttled_count("demo.vault.azure.net"), 15);
 }

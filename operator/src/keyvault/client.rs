@@ -102,8 +102,8 @@ impl ClientConfig {
             limits: RateLimits {
                 creates: args.create_limit,
                 other: args.other_limit,
-                window: Duration::from_secs(10),
                 max_wait: args.max_wait,
+                ..RateLimits::default()
             },
             read_retries: 2,
             read_retry_delay: Duration::from_millis(100),
@@ -310,8 +310,8 @@ impl AzureKeyVault {
         let mut delay = self.read_retry_delay;
         let mut attempt = 1;
         loop {
-            let waited = match self.limiter.acquire(&host, op.class()).await {
-                Ok(w) => w,
+            let permit = match self.limiter.acquire(&host, op.class()).await {
+                Ok(p) => p,
                 Err(e) => {
                     self.metrics
                         .throttled
@@ -328,9 +328,12 @@ impl AzureKeyVault {
             self.metrics
                 .limiter_wait
                 .get_or_create(&op_labels)
-                .observe(waited.as_secs_f64());
+                .observe(permit.waited().as_secs_f64());
             let started = tokio::time::Instant::now();
-            let result = match send(client.clone()).await {
+            let sent = send(client.clone()).await;
+            // The call is over for the service: its window now runs from here.
+            drop(permit);
+            let result = match sent {
                 Ok(response) => match response.into_model() {
                     Ok(model) => convert(model).map_err(|m| unexpected_answer(op, m)),
                     Err(e) => Err(unexpected_answer(op, e.to_string())),

@@ -4,17 +4,25 @@
 //! HSM transactions 500 for RSA-3072) and answers 429 beyond that. Each vault host gets two windows
 //! (creates, everything else) and a shared back-off deadline set when the service still says 429.
 //!
-//! The window is a sliding log of reserved start instants: a call may start only when fewer than
-//! `limit` calls started in the `window` before it. This is stricter than a token bucket (which lets a
+//! Each window is a sliding log of calls: a call may start only when fewer than `limit` calls are
+//! in the log within `window + margin`. A sliding log is stricter than a token bucket (which lets a
 //! full bucket plus its refill through in the first window) and matches how the service counts.
-//! A caller reserves its slot under the lock and then sleeps until that instant: no polling, no hot
-//! loop, and waiters are served in order. A wait longer than `max_wait` is not taken: the caller gets
-//! [`KeyVaultError::Throttled`] with the delay, so a controller worker requeues instead of blocking.
+//! NB: the service counts a request when it *arrives*, which is somewhere between when we start it
+//! and when its answer comes back; so a call is logged at its start while in flight and moved to
+//! its completion when it ends ([`Permit`] drop). A later call is spaced from that completion, so it
+//! cannot arrive inside the service's window of the earlier one, however the network delays
+//! either. A call whose slot depends on one still in flight waits for that one to finish.
+//!
+//! Waiting is asynchronous and bounded: a caller sleeps until the instant its slot opens (or an
+//! in-flight call completes), never polls, and a wait longer than `max_wait` is not taken: the
+//! caller gets [`KeyVaultError::Throttled`] with the delay, so a controller worker requeues instead
+//! of blocking.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::KeyVaultError;
@@ -37,6 +45,8 @@ pub struct RateLimits {
     pub other: u32,
     /// The window Key Vault counts over (10 s).
     pub window: Duration,
+    /// Added to the window, for clock and counting differences with the service.
+    pub margin: Duration,
     /// The longest a call waits locally for a slot before it is reported as throttled.
     pub max_wait: Duration,
 }
@@ -47,46 +57,60 @@ impl Default for RateLimits {
             creates: 10,
             other: 500,
             window: Duration::from_secs(10),
+            margin: Duration::from_millis(200),
             max_wait: Duration::from_secs(30),
         }
     }
 }
 
-/// A sliding window of reserved start instants (sorted, oldest first).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u64,
+    /// Start while in flight, completion once done.
+    at: Instant,
+    in_flight: bool,
+}
+
+/// When the next call may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Now,
+    At(Instant),
+    /// The call that decides is still in flight.
+    AfterCompletion,
+}
+
 #[derive(Debug, Default)]
 struct Window {
-    starts: VecDeque<Instant>,
+    entries: Vec<Entry>,
 }
 
 impl Window {
-    /// The earliest instant at or after `not_before` at which one more start keeps at most `limit`
-    /// starts in any `window`.
-    fn next_slot(
-        &mut self,
-        now: Instant,
-        not_before: Instant,
-        limit: u32,
-        window: Duration,
-    ) -> Instant {
-        while self.starts.front().is_some_and(|&t| t + window <= now) {
-            self.starts.pop_front();
-        }
-        let limit = limit.max(1) as usize;
-        let mut slot = not_before.max(now);
-        if self.starts.len() >= limit {
-            // The start `limit` places back must have left the window before this one begins.
-            let blocking = self.starts[self.starts.len() - limit];
-            slot = slot.max(blocking + window);
-        }
-        slot
+    fn prune(&mut self, now: Instant, span: Duration) {
+        self.entries.retain(|e| e.in_flight || e.at + span > now);
     }
 
-    fn reserve(&mut self, slot: Instant) {
-        // Slots are handed out in non-decreasing order (each is at least the latest window edge), but
-        // a back-off can move `not_before` for a later caller only forward, so insertion stays sorted;
-        // keep the log sorted even if that ever changed.
-        let at = self.starts.partition_point(|&t| t <= slot);
-        self.starts.insert(at, slot);
+    fn next_slot(&self, now: Instant, limit: u32, span: Duration) -> Slot {
+        let limit = limit.max(1) as usize;
+        if self.entries.len() < limit {
+            return Slot::Now;
+        }
+        // The `limit`-th most recent call (in-flight ones count as the most recent) must have left
+        // the window.
+        let mut done: Vec<Instant> = self
+            .entries
+            .iter()
+            .filter(|e| !e.in_flight)
+            .map(|e| e.at)
+            .collect();
+        let in_flight = self.entries.len() - done.len();
+        if in_flight >= limit {
+            return Slot::AfterCompletion;
+        }
+        done.sort();
+        let blocking = done[done.len() - (limit - in_flight)];
+        let at = blocking + span;
+        if at <= now { Slot::Now } else { Slot::At(at) }
     }
 }
 
@@ -98,11 +122,62 @@ struct VaultState {
     backoff_until: Option<Instant>,
 }
 
+impl VaultState {
+    fn window(&mut self, class: CallClass) -> &mut Window {
+        match class {
+            CallClass::Create => &mut self.creates,
+            CallClass::Other => &mut self.other,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    vaults: Mutex<HashMap<String, VaultState>>,
+    /// Woken when an in-flight call completes.
+    completed: Notify,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
 /// Rate limiter keyed by vault host. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     limits: RateLimits,
-    vaults: Arc<Mutex<HashMap<String, VaultState>>>,
+    shared: Arc<Shared>,
+}
+
+/// A started call. Dropping it records the call's completion (also when the call is cancelled).
+#[derive(Debug)]
+pub struct Permit {
+    limiter: RateLimiter,
+    host: String,
+    class: CallClass,
+    id: u64,
+    waited: Duration,
+}
+
+impl Permit {
+    /// How long the caller waited for its slot.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        {
+            let mut vaults = self.limiter.lock();
+            if let Some(state) = vaults.get_mut(&self.host) {
+                let window = state.window(self.class);
+                if let Some(e) = window.entries.iter_mut().find(|e| e.id == self.id) {
+                    e.at = now;
+                    e.in_flight = false;
+                }
+            }
+        }
+        self.limiter.shared.completed.notify_waiters();
+    }
 }
 
 impl RateLimiter {
@@ -110,7 +185,7 @@ impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
         Self {
             limits,
-            vaults: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -119,62 +194,91 @@ impl RateLimiter {
         self.limits
     }
 
-    /// Waits (asynchronously) for a slot on `host` for a call of `class`, and takes it.
-    ///
-    /// Returns the time waited, or [`KeyVaultError::Throttled`] without taking a slot when the wait
-    /// would exceed `max_wait`.
-    pub async fn acquire(&self, host: &str, class: CallClass) -> Result<Duration, KeyVaultError> {
-        let start = Instant::now();
-        loop {
-            let slot = self.reserve(host, class)?;
-            tokio::time::sleep_until(slot).await;
-            // A 429 seen by another caller while this one slept moves the vault's deadline: honour it
-            // (the slot taken stays counted, which only makes the limiter more conservative).
-            match self.backoff_deadline(host) {
-                Some(until) if until > Instant::now() => {
-                    if until - Instant::now() > self.limits.max_wait {
-                        return Err(throttled_locally(host, until - Instant::now()));
-                    }
-                    tokio::time::sleep_until(until).await;
-                    // Take a fresh slot after the back-off: the old one was before the deadline.
-                    continue;
-                }
-                _ => return Ok(start.elapsed()),
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VaultState>> {
+        self.shared.vaults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves the next slot or refuses when it is too far away.
-    fn reserve(&self, host: &str, class: CallClass) -> Result<Instant, KeyVaultError> {
-        let now = Instant::now();
-        let mut vaults = self.vaults.lock().unwrap_or_else(|e| e.into_inner());
-        let state = vaults.entry(host.to_owned()).or_default();
-        let not_before = state.backoff_until.unwrap_or(now);
-        let (window, limit) = match class {
-            CallClass::Create => (&mut state.creates, self.limits.creates),
-            CallClass::Other => (&mut state.other, self.limits.other),
+    /// Waits (asynchronously) for a slot on `host` for a call of `class`, and takes it. Keep the
+    /// permit for the duration of the call.
+    ///
+    /// Refuses with [`KeyVaultError::Throttled`], taking no slot, when the wait would exceed
+    /// `max_wait`.
+    pub async fn acquire(&self, host: &str, class: CallClass) -> Result<Permit, KeyVaultError> {
+        let start = Instant::now();
+        let deadline = start + self.limits.max_wait;
+        let span = self.limits.window + self.limits.margin;
+        let limit = match class {
+            CallClass::Create => self.limits.creates,
+            CallClass::Other => self.limits.other,
         };
-        let slot = window.next_slot(now, not_before, limit, self.limits.window);
-        let wait = slot.saturating_duration_since(now);
-        if wait > self.limits.max_wait {
-            return Err(throttled_locally(host, wait));
+        loop {
+            // Registered before the state is read, so a completion in between is not missed.
+            let completed = self.shared.completed.notified();
+            let now = Instant::now();
+            let wait_until = {
+                let mut vaults = self.lock();
+                let state = vaults.entry(host.to_owned()).or_default();
+                let backoff = state.backoff_until.filter(|&b| b > now);
+                let window = state.window(class);
+                window.prune(now, span);
+                match (backoff, window.next_slot(now, limit, span)) {
+                    (None, Slot::Now) => {
+                        let id = self
+                            .shared
+                            .next_id
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        window.entries.push(Entry {
+                            id,
+                            at: now,
+                            in_flight: true,
+                        });
+                        return Ok(Permit {
+                            limiter: self.clone(),
+                            host: host.to_owned(),
+                            class,
+                            id,
+                            waited: now - start,
+                        });
+                    }
+                    (Some(b), Slot::Now) => Some(b),
+                    (b, Slot::At(at)) => Some(b.map_or(at, |b| b.max(at))),
+                    (b, Slot::AfterCompletion) => b,
+                }
+            };
+            match wait_until {
+                Some(at) => {
+                    if at > deadline {
+                        return Err(throttled_locally(host, at - now));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = completed => {}
+                    }
+                }
+                None => {
+                    // Only a completion can open the slot; it must come before the deadline.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(throttled_locally(host, span));
+                        }
+                        _ = completed => {}
+                    }
+                }
+            }
         }
-        window.reserve(slot);
-        Ok(slot)
     }
 
     /// Records that `host` answered 429: no call to it starts for `retry_after`.
     pub fn back_off(&self, host: &str, retry_after: Duration) {
         let until = Instant::now() + retry_after;
-        let mut vaults = self.vaults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut vaults = self.lock();
         let state = vaults.entry(host.to_owned()).or_default();
         state.backoff_until = Some(state.backoff_until.map_or(until, |u| u.max(until)));
     }
 
     /// The back-off deadline of `host`, if one is set.
     pub fn backoff_deadline(&self, host: &str) -> Option<Instant> {
-        let vaults = self.vaults.lock().unwrap_or_else(|e| e.into_inner());
-        vaults.get(host).and_then(|s| s.backoff_until)
+        self.lock().get(host).and_then(|s| s.backoff_until)
     }
 }
 
@@ -197,6 +301,7 @@ mod tests {
             creates,
             other,
             window: Duration::from_secs(10),
+            margin: Duration::ZERO,
             max_wait: Duration::from_secs(max_wait_s),
         })
     }
@@ -236,6 +341,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_margin_widens_the_window() {
+        let limiter = RateLimiter::new(RateLimits {
+            creates: 1,
+            margin: Duration::from_millis(500),
+            ..RateLimits::default()
+        });
+        limiter.acquire("a", CallClass::Create).await.expect("slot");
+        let waited = limiter
+            .acquire("a", CallClass::Create)
+            .await
+            .expect("slot")
+            .waited();
+        assert_eq!(waited, Duration::from_millis(10_500));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn vaults_and_classes_have_separate_windows() {
         let limiter = limiter(2, 3, 600);
         let t0 = Instant::now();
@@ -249,7 +370,11 @@ mod tests {
         // Nothing above had to wait.
         assert_eq!(Instant::now(), t0);
         // The third create on "a" waits for the window.
-        let waited = limiter.acquire("a", CallClass::Create).await.expect("slot");
+        let waited = limiter
+            .acquire("a", CallClass::Create)
+            .await
+            .expect("slot")
+            .waited();
         assert_eq!(waited, Duration::from_secs(10));
     }
 
@@ -269,7 +394,11 @@ mod tests {
         }
         // The refused call took no slot: after the window the next call starts at once.
         tokio::time::advance(Duration::from_secs(10)).await;
-        let waited = limiter.acquire("a", CallClass::Create).await.expect("slot");
+        let waited = limiter
+            .acquire("a", CallClass::Create)
+            .await
+            .expect("slot")
+            .waited();
         assert_eq!(waited, Duration::ZERO);
     }
 
@@ -282,13 +411,17 @@ mod tests {
             limiter.acquire("a", CallClass::Other),
             limiter.acquire("b", CallClass::Other)
         );
-        assert_eq!(a.expect("slot"), Duration::from_secs(7));
-        assert_eq!(b.expect("slot"), Duration::ZERO);
+        assert_eq!(a.expect("slot").waited(), Duration::from_secs(7));
+        assert_eq!(b.expect("slot").waited(), Duration::ZERO);
         assert_eq!(Instant::now() - t0, Duration::from_secs(7));
         // A shorter Retry-After never shortens a longer back-off.
         limiter.back_off("a", Duration::from_secs(20));
         limiter.back_off("a", Duration::from_secs(1));
-        let waited = limiter.acquire("a", CallClass::Other).await.expect("slot");
+        let waited = limiter
+            .acquire("a", CallClass::Other)
+            .await
+            .expect("slot")
+            .waited();
         assert_eq!(waited, Duration::from_secs(20));
     }
 
@@ -303,8 +436,36 @@ mod tests {
         // The waiter has a slot at t=10; a 429 at t=1 says "retry after 30 s".
         tokio::time::sleep(Duration::from_secs(1)).await;
         limiter.back_off("a", Duration::from_secs(30));
-        let waited = waiter.await.expect("task").expect("slot");
+        let waited = waiter.await.expect("task").expect("slot").waited();
         assert_eq!(waited, Duration::from_secs(31));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_runs_from_completion_and_waits_for_calls_in_flight() {
+        let limiter = limiter(1, 1, 60);
+        let first = limiter.acquire("a", CallClass::Create).await.expect("slot");
+        let second = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire("a", CallClass::Create).await })
+        };
+        // The first call takes 4 s (a slow answer): the service may have counted it as late as
+        // its completion, so the next one starts a window after that, not after its start.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!second.is_finished());
+        drop(first);
+        let waited = second.await.expect("task").expect("slot").waited();
+        assert_eq!(waited, Duration::from_secs(14));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_in_flight_past_max_wait_refuses_the_next() {
+        let limiter = limiter(1, 1, 5);
+        let _stuck = limiter.acquire("a", CallClass::Create).await.expect("slot");
+        let err = limiter
+            .acquire("a", CallClass::Create)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, KeyVaultError::Throttled { .. }), "{err:?}");
     }
 
     #[tokio::test(start_paused = true)]
