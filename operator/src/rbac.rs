@@ -4,8 +4,10 @@
 //! a new verb, a subresource), add it to [`API_ACCESS`] in the same change.** The chart test
 //! (`operator/tests/chart.rs`) renders `charts/ckb-operator/templates/rbac.yaml` with helm and
 //! compares the granted rules with this table both ways: a call missing from the chart fails the
-//! test, and so does a grant the table does not justify. The end-to-end suite then runs the operator
-//! with exactly the chart's RBAC, so a call missing from both fails there.
+//! test, and so does a grant the table does not justify. Another test there scans the operator's
+//! code for `Api<T>` and the event `Recorder`, and fails when a resource used in the code is
+//! missing here or a resource here is used nowhere. The end-to-end suite then runs the operator
+//! with exactly the chart's RBAC, so a missing verb fails there.
 //!
 //! Verbs are the authorizer's verbs, not HTTP methods: a watch is `list` + `watch`, server-side
 //! apply is `patch`, a GET by name is `get`. `create` cannot be limited by `resourceNames` (the

@@ -1413,3 +1413,105 @@ fn values_reach_the_operators_environment() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// rbac.rs against the code: every resource the operator's code opens an `Api` on is in the table,
+// and every resource in the table is used somewhere (resource level; the verbs are exercised by the
+// end-to-end suite, which runs the operator with exactly the chart's RBAC).
+// ---------------------------------------------------------------------------------------------
+
+/// Rust source files of the operator, without test code.
+fn operator_sources() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo_root().join("operator/src"), &mut files);
+    files
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            !name.ends_with("_tests.rs") && name != "testing.rs"
+        })
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("source");
+            // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+            let code = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            (p, code)
+        })
+        .collect()
+}
+
+/// The (group, resource) an `Api<T>` of the operator's code talks to.
+fn resource_of(type_name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match type_name {
+        "ConfidentialKeyBinding" => ("ckb.dev", "confidentialkeybindings"),
+        "ConfigMap" => ("", "configmaps"),
+        "Pod" => ("", "pods"),
+        "Namespace" => ("", "namespaces"),
+        "Lease" => ("coordination.k8s.io", "leases"),
+        "Secret" => ("", "secrets"),
+        "MutatingWebhookConfiguration" => (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        ),
+        _ => return None,
+    })
+}
+
+#[test]
+fn rbac_table_names_every_resource_the_code_uses_and_no_other() {
+    let mut used: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    for (path, code) in operator_sources() {
+        let file = path
+            .strip_prefix(repo_root())
+            .unwrap()
+            .display()
+            .to_string();
+        for (i, _) in code
+            .match_indices("Api<")
+            .chain(code.match_indices("Api::<"))
+        {
+            let rest = &code[i..];
+            let inner = &rest[rest.find('<').unwrap() + 1..rest.find('>').expect("closing >")];
+            let type_name = inner.rsplit("::").next().unwrap().trim();
+            let resource = resource_of(type_name).unwrap_or_else(|| {
+                panic!(
+                    "{file} opens an Api<{type_name}>: add its resource to operator/src/rbac.rs \
+                     (and to resource_of() in this test)"
+                )
+            });
+            used.entry(resource).or_default().push(file.clone());
+        }
+        // kube's event Recorder writes events.k8s.io/v1 Events.
+        if code.contains("Recorder") {
+            used.entry(("events.k8s.io", "events"))
+                .or_default()
+                .push(file.clone());
+        }
+    }
+    let table: BTreeSet<(&str, &str)> = API_ACCESS.iter().map(|r| (r.group, r.resource)).collect();
+    for (resource, files) in &used {
+        assert!(
+            table.contains(resource),
+            "{resource:?} is used by {files:?} but not in rbac.rs"
+        );
+    }
+    for resource in &table {
+        assert!(
+            used.contains_key(resource),
+            "rbac.rs grants {resource:?}, which no operator code uses: remove it"
+        );
+    }
+}
