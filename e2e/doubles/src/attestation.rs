@@ -299,3 +299,64 @@ pub fn token_request_for_attest(body: &Value, host: &str) -> Result<TokenRequest
         ..TokenRequest::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_fields_are_read_at_the_abi_offsets() {
+        let mut raw = vec![0u8; SNP_REPORT_LEN];
+        raw[0x08 + 2] = 0x08; // POLICY bit 19 (DEBUG)
+        raw[0x30] = 2; // VMPL
+        raw[0x50] = 0x11; // REPORT_DATA[0]
+        raw[0x90 + 47] = 0x22; // MEASUREMENT[47]
+        raw[0xC0] = 0x33; // HOST_DATA[0]
+        raw[0xC0 + 31] = 0x44; // HOST_DATA[31]
+        raw[0xE0] = 0xff; // just past HOST_DATA
+        let r = SnpReport::parse(&raw).unwrap();
+        assert!(r.debuggable());
+        assert_eq!(r.vmpl, 2);
+        assert_eq!(r.report_data[0], 0x11);
+        assert_eq!(r.measurement[47], 0x22);
+        assert_eq!(r.host_data.len(), 32);
+        assert_eq!((r.host_data[0], r.host_data[31]), (0x33, 0x44));
+        assert!(SnpReport::parse(&raw[1..]).is_err());
+        let mut again = r.to_bytes();
+        again[0xE0] = 0xff;
+        assert_eq!(again, raw);
+    }
+
+    #[test]
+    fn claims_have_the_types_of_maa_tokens() {
+        let req = TokenRequest {
+            hostdata: "ab".repeat(32),
+            runtime: serde_json::json!({"keys": [{"kty": "RSA"}]}),
+            ..TokenRequest::default()
+        };
+        let c = Attestation::claims(&req, 1_000_000);
+        assert_eq!(c["iss"], format!("https://{DEFAULT_MAA_HOST}"));
+        assert_eq!(c["x-ms-sevsnpvm-is-debuggable"], false);
+        assert_eq!(c["x-ms-sevsnpvm-vmpl"], 0);
+        assert_eq!(
+            c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+            8 * 3600
+        );
+        assert_eq!(c["x-ms-sevsnpvm-reportdata"].as_str().unwrap().len(), 128);
+        assert!(
+            c["x-ms-sevsnpvm-reportdata"]
+                .as_str()
+                .unwrap()
+                .ends_with(&"0".repeat(64))
+        );
+        assert_eq!(c["x-ms-runtime"], req.runtime);
+        let expired = Attestation::claims(
+            &TokenRequest {
+                expired: true,
+                ..req
+            },
+            1_000_000,
+        );
+        assert!(expired["exp"].as_i64().unwrap() < 1_000_000);
+    }
+}

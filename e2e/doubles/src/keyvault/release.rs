@@ -280,3 +280,77 @@ pub fn build_answer(
         .map_err(|err| ServiceError::new(500, "InternalServerError", err.to_string()))?;
     Ok(json!({ "value": jws }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsa_jwk(ops: Option<&[&str]>, use_: Option<&str>, n_len: usize) -> Value {
+        let mut k = json!({"kty": "RSA", "n": b64url(&vec![0xc1; n_len]), "e": "AQAB", "kid": format!("k{n_len}")});
+        if let Some(ops) = ops {
+            k["key_ops"] = json!(ops);
+        }
+        if let Some(u) = use_ {
+            k["use"] = u.into();
+        }
+        k
+    }
+
+    #[test]
+    fn the_first_encryption_key_of_the_runtime_keys_is_used() {
+        let claims = json!({"x-ms-runtime": {"keys": [
+            rsa_jwk(Some(&["verify"]), None, 256),
+            rsa_jwk(None, Some("enc"), 384),
+            rsa_jwk(Some(&["encrypt"]), None, 512),
+        ]}});
+        let k = runtime_key(&claims).unwrap();
+        assert_eq!((k.n.len(), k.kid.as_deref()), (384, Some("k384")));
+        let claims =
+            json!({"x-ms-runtime": {"keys": [rsa_jwk(Some(&["sign"]), Some("sig"), 256)]}});
+        assert_eq!(runtime_key(&claims).unwrap_err().status, 403);
+        let claims = json!({"x-ms-runtime": {"keys": [rsa_jwk(Some(&["encrypt"]), None, 128)]}});
+        assert!(runtime_key(&claims).unwrap_err().message.contains("2048"));
+        assert_eq!(runtime_key(&json!({})).unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn release_body_validation() {
+        let r = parse_request(&json!({"target": "t"})).unwrap();
+        assert_eq!(r.enc, WrapAlg::CkmRsaAesKeyWrap);
+        let r = parse_request(&json!({"target": "t", "enc": "RSA_AES_KEY_WRAP_384", "nonce": "n"}))
+            .unwrap();
+        assert_eq!(
+            (r.enc, r.nonce.as_deref()),
+            (WrapAlg::RsaAesKeyWrap384, Some("n"))
+        );
+        assert_eq!(
+            parse_request(&json!({"target": ""})).unwrap_err().status,
+            400
+        );
+        assert_eq!(parse_request(&json!({})).unwrap_err().status, 400);
+        assert_eq!(
+            parse_request(&json!({"target": "t", "enc": "RSA-OAEP"}))
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn tokens_that_are_not_rs256_jwts_are_refused_before_any_fetch() {
+        assert_eq!(inspect_target("a.b").unwrap_err().status, 403);
+        let none_alg = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none"}"#),
+            b64url(br#"{"iss":"https://a"}"#)
+        );
+        assert!(
+            inspect_target(&none_alg)
+                .unwrap_err()
+                .message
+                .contains("RS256")
+        );
+        let no_iss = format!("{}.{}.c2ln", b64url(br#"{"alg":"RS256"}"#), b64url(b"{}"));
+        assert!(inspect_target(&no_iss).unwrap_err().message.contains("iss"));
+    }
+}
