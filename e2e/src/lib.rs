@@ -1,1 +1,5 @@
-//! Test doubles (Key Vault, Attestation) and the local control-plane harness for end-to-end tests.
+//! End-to-end support for ckb-operator: a real local control plane (etcd, kube-apiserver,
+//! kube-controller-manager built from Go modules) that the e2e tests and the demo run against.
+
+pub mod cluster;
+pub mod demo;
