@@ -1163,4 +1163,92 @@ mod tests {
             .await
             .expect("allowed behind an override");
     }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kv: KeyVaultArgs,
+    }
+
+    fn args(extra: &[&str]) -> KeyVaultArgs {
+        use clap::Parser as _;
+        let mut argv = vec!["ckb-operator"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("flags parse").kv
+    }
+
+    #[test]
+    fn flags_become_the_client_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["demo.vault.azure.net".to_owned()])
+            .expect("cert");
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").expect("write");
+        let a = args(&[
+            "--kv-credential",
+            "static-token",
+            "--kv-static-token-file",
+            token.to_str().expect("utf8"),
+            "--kv-resolve",
+            ".vault.azure.net=127.0.0.1:8443",
+            "--kv-ca-file",
+            ca.to_str().expect("utf8"),
+            "--kv-create-limit",
+            "5",
+            "--kv-other-limit",
+            "50",
+            "--kv-max-wait",
+            "2s",
+            "--kv-timeout",
+            "1500ms",
+            "--kv-api-version",
+            "7.4",
+        ]);
+        let config = ClientConfig::from_args(&a, None).expect("config");
+        assert_eq!(config.credential.kind, CredentialKind::StaticToken);
+        assert_eq!(config.transport.resolve.len(), 1);
+        assert_eq!(
+            config.transport.ca_pem.as_deref(),
+            Some(cert.cert.pem().as_bytes())
+        );
+        assert_eq!(config.transport.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            (
+                config.limits.creates,
+                config.limits.other,
+                config.limits.max_wait
+            ),
+            (5, 50, Duration::from_secs(2))
+        );
+        assert_eq!(config.limits.window, Duration::from_secs(10));
+        assert_eq!(config.api_version.as_deref(), Some("7.4"));
+        AzureKeyVault::from_args(&a).expect("client builds without contacting anything");
+
+        // The default credential follows the pod.
+        let plain = args(&[]);
+        assert_eq!(
+            ClientConfig::from_args(
+                &plain,
+                Some("/var/run/secrets/azure/tokens/azure-identity-token")
+            )
+            .expect("config")
+            .credential
+            .kind,
+            CredentialKind::WorkloadIdentity
+        );
+        assert_eq!(
+            ClientConfig::from_args(&plain, None)
+                .expect("config")
+                .credential
+                .kind,
+            CredentialKind::ManagedIdentity
+        );
+
+        // A CA file that cannot be read stops start-up with its path in the message.
+        let missing = args(&["--kv-ca-file", "/nonexistent/ca.pem"]);
+        let err = ClientConfig::from_args(&missing, None).expect_err("missing CA");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
 }
