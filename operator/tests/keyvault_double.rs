@@ -446,7 +446,7 @@ async fn reads_are_retried_briefly_on_5xx_and_resets() {
 async fn a_create_that_times_out_after_applying_makes_exactly_one_version() {
     let s = setup(
         Options {
-            timeout: Duration::from_millis(1500),
+            timeout: Duration::from_millis(2500),
             ..Options::default()
         },
         Config::default(),
@@ -456,11 +456,13 @@ async fn a_create_that_times_out_after_applying_makes_exactly_one_version() {
         .inject(
             Fault::status("POST", CREATE_PATH, 500)
                 .after_apply()
-                .delayed(4000),
+                .delayed(6000),
         )
         .expect("fault");
+    // An EC key: made in microseconds, so the create is surely applied before the client's
+    // timeout, however busy the machine.
     let key =
-        s.kv.create_key(&s.vault, &new_key("orders-key", DOUBLE))
+        s.kv.create_key(&s.vault, &ec_key("orders-key"))
             .await
             .expect("the lost create is found by a GET and returned");
     assert_eq!(key.name, "orders-key");
@@ -474,7 +476,7 @@ async fn a_create_that_times_out_after_applying_makes_exactly_one_version() {
         "a GET resolved the outcome: {log:#?}"
     );
     // Past the fault's delay still one version: nothing was resent.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     assert_eq!(versions(&s.double, "demo.vault.azure.net", "orders-key"), 1);
     assert!(calls(&s.double.log(), "POST", CREATE_PATH) <= 1);
     assert_eq!(
