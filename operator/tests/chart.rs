@@ -39,7 +39,13 @@ fn tools_dir() -> PathBuf {
 /// A tool named by `env_var`, else found in the tools cache, else on PATH; a clear failure otherwise.
 fn tool(env_var: &str, cached: &Path, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env_var) {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "${env_var} names {}, which does not exist",
+            p.display()
+        );
+        return p;
     }
     if cached.is_file() {
         return cached.to_path_buf();
@@ -1517,4 +1523,50 @@ fn rbac_table_names_every_resource_the_code_uses_and_no_other() {
             "rbac.rs grants {resource:?}, which no operator code uses: remove it"
         );
     }
+}
+
+/// The default of the `run` flag whose environment variable is `env`.
+fn run_flag_default(env: &str) -> Option<String> {
+    let cli = ckb_operator::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("a `run` subcommand");
+    let arg = run
+        .get_arguments()
+        .find(|a| a.get_env().is_some_and(|e| e == env))?;
+    arg.get_default_values()
+        .first()
+        .map(|v| v.to_string_lossy().into_owned())
+}
+
+#[test]
+fn dev_mode_names_are_the_operators_defaults_for_the_release_ckb_operator() {
+    // In development mode the operator runs outside the cluster; for the release name
+    // `ckb-operator` it then needs no flag to find its Lease, Secret and webhook configuration:
+    // the names RBAC grants are the flags' defaults.
+    assert_eq!(RELEASE, "ckb-operator");
+    let dev = render(&Case::new("dev", &[("devMode.enabled", "true")]));
+    let granted = rendered_grants(&dev);
+    for row in API_ACCESS {
+        let (Scope::ClusterNamed(names) | Scope::OwnNamespaceNamed(names)) = row.scope else {
+            continue;
+        };
+        for name in names {
+            let ObjectName::FromEnv(var) = name else {
+                continue;
+            };
+            let default =
+                run_flag_default(var).unwrap_or_else(|| panic!("`run` has no default for {var}"));
+            assert!(
+                granted
+                    .iter()
+                    .any(|g| g.1 == row.rbac_resource() && g.4.as_deref() == Some(&default)),
+                "{var} defaults to {default:?}, but the dev-mode chart grants {} by other names",
+                row.rbac_resource()
+            );
+        }
+    }
+    let mwc = one(&dev, "MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc["metadata"]["name"].as_str(),
+        run_flag_default("CKB_WEBHOOK_CONFIG_NAME").as_deref()
+    );
 }
