@@ -509,6 +509,12 @@ fn webhook_is_scoped_to_opted_in_namespaces_and_confidential_pods() {
         "no caBundle in the manifest: the operator fills it and helm upgrade must not reset it"
     );
     assert!(mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_null());
+    // The operator's serving certificate names `<service>.<namespace>.svc`: the Service it is told
+    // must be the one the API server calls.
+    assert_eq!(
+        env_value(&docs, "CKB_WEBHOOK_SERVICE"),
+        svc["metadata"]["name"].as_str().unwrap()
+    );
 }
 
 #[test]
