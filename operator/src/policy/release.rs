@@ -177,7 +177,10 @@ pub enum ReleasePolicyError {
 pub enum ClaimValue {
     /// A JSON string (Microsoft's policies compare `"false"`, `"0"` as strings).
     String(String),
-    /// A JSON number, kept as written.
+    /// A JSON number. Integers are kept exactly; a fractional number is an `f64`, whose last digit
+    /// may change when it is parsed back (serde_json's fast float parsing), so two policies that
+    /// differ only there may compare as different and the key's policy be rewritten once. The
+    /// claims release policies pin are strings, booleans and integers.
     Number(serde_json::Number),
     /// A JSON boolean.
     Bool(bool),

@@ -579,3 +579,49 @@ fn parser_refuses_what_it_does_not_understand() {
     .to_string();
     assert!(e.contains("anyOf[1].anyOf[1].equals"), "{e}");
 }
+
+#[test]
+fn any_policy_of_the_grammar_survives_json_and_base64url() {
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(2024);
+    let texts = ["", "0", "false", "sevsnpvm", "ü\"\\/\n", "https://x"];
+    for _ in 0..300 {
+        let entries = rng.random_range(0..4);
+        let any_of = (0..entries)
+            .map(|i| {
+                let claims = (0..rng.random_range(0..5))
+                    .map(|j| {
+                        // NB: integers only. Fractional numbers go through f64, and serde_json's
+                        // fast float parser may move the last digit on a round trip (see
+                        // `ClaimValue::Number`); no claim a release policy pins is fractional.
+                        let equals = match rng.random_range(0..3) {
+                            0 => ClaimValue::Bool(rng.random()),
+                            1 => ClaimValue::Number(rng.random_range(-5i64..1000).into()),
+                            _ => ClaimValue::string(texts[rng.random_range(0..texts.len())]),
+                        };
+                        ClaimEquals {
+                            claim: format!("claim-{j}.nested"),
+                            equals,
+                        }
+                    })
+                    .collect();
+                AuthorityRule {
+                    conditions: if rng.random() {
+                        Conditions::AllOf(claims)
+                    } else {
+                        Conditions::AnyOf(claims)
+                    },
+                    authority: format!("https://maa{i}.example"),
+                }
+            })
+            .collect();
+        let p = ReleasePolicy {
+            any_of,
+            version: rng.random::<bool>().then(|| "1.0.0".to_owned()),
+        };
+        let back = ReleasePolicy::parse_json(&p.to_json()).unwrap();
+        assert_eq!(back, p, "{}", p.to_json());
+        assert!(back.same_meaning(&p));
+        assert_eq!(ReleasePolicy::decode_data(&p.encoded()).unwrap(), p);
+    }
+}
