@@ -8,7 +8,15 @@
 //!   certificates (cert-manager).
 //! - [`metrics`]: `ckb_admissions_total{result}`, `ckb_admission_duration_seconds`.
 //!
-//! Entry point for `ckb-operator run`: [`serve`].
+//! Entry point for `ckb-operator run`: [`serve`], wired like this (every replica):
+//!
+//! ```text
+//! let sources = Arc::new(StoreSources::new(caches.bindings.clone(), caches.config_maps.clone()));
+//! let metrics = WebhookMetrics::default();
+//! metrics.register(&mut registry);            // unprefixed registry: names carry `ckb_`
+//! let state = WebhookState::new();            // the probe server's /readyz asks state.is_ready()
+//! tokio::spawn(webhook::serve(args.webhook, Some(client.clone()), sources, metrics, state.clone(), shutdown));
+//! ```
 //!
 //! Names the chart needs (all overridable by flags):
 //! - listen address `--webhook-addr` (default `0.0.0.0:9443`), path `POST /mutate`, probes
