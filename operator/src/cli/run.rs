@@ -37,6 +37,10 @@ pub struct RunArgs {
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // NB: the SIGTERM handler is installed before anything else, so that a stop request that
+    // comes early is a graceful shutdown rather than the default action (immediate death).
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     telemetry::init_logging(args.telemetry.log_format, &args.telemetry.log_level)?;
     let vault = AzureKeyVault::from_args(&args.keyvault).context("Key Vault client")?;
     let mut registry = telemetry::registry();
@@ -44,24 +48,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    operate(args, client, Arc::new(vault), registry, shutdown_signal()).await
+    operate(
+        args,
+        client,
+        Arc::new(vault),
+        registry,
+        shutdown_signal(term),
+    )
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
-        _ = term => info!("SIGTERM: shutting down"),
+        _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
 }

@@ -1,0 +1,304 @@
+//! The operator process (the real binary, `ckb-operator run`) killed with SIGKILL at random points
+//! while it reconciles a batch of bindings, and restarted, against a real API server and the Key
+//! Vault double: in the end exactly one key per binding, exactly one version each, every binding
+//! Ready.
+//!
+//! Needs the local control plane (`e2e/scripts/build-control-plane.sh`); fails, never skips,
+//! without it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use ckb_crds::{ConfidentialKeyBinding, labels};
+use ckb_doubles::{Config, KeyVaultDouble};
+use ckb_e2e::cluster::{ControlPlane, repo_root};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+const NS: &str = "crash";
+const BINDINGS: usize = 12;
+const KILLS: usize = 6;
+const HOST: &str = "demo.vault.azure.net";
+
+async fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The operator binary, built if needed (the test suite builds the workspace first; this keeps
+/// the test runnable on its own).
+fn operator_binary() -> Result<PathBuf> {
+    let root = repo_root();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-j2",
+            "-p",
+            "ckb-operator",
+            "--bin",
+            "ckb-operator",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("cargo build of the operator")?;
+    ensure!(status.success(), "building ckb-operator failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/ckb-operator");
+    ensure!(bin.is_file(), "{} is missing", bin.display());
+    Ok(bin)
+}
+
+async fn install_crd(client: &kube::Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &ConfidentialKeyBinding::crd())
+        .await
+        .context("creating the CRD")?;
+    let bindings: Api<ConfidentialKeyBinding> = Api::all(client.clone());
+    poll(
+        Duration::from_secs(60),
+        "the CRD to be served",
+        async || Ok(bindings.list(&ListParams::default()).await.ok().map(|_| ())),
+    )
+    .await
+}
+
+struct Operator {
+    child: Child,
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new(double: &KeyVaultDouble) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("kv-ca.pem"), double.ca_pem())?;
+        std::fs::write(dir.path().join("kv-token"), "operator-token")?;
+        // The webhook serves a certificate from a directory (cert-manager mode), so the test
+        // needs no webhook configuration object.
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+        std::fs::write(dir.path().join("tls.crt"), cert.cert.pem())?;
+        std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn start_operator(
+    bin: &Path,
+    kubeconfig: &Path,
+    files: &Files,
+    kv: std::net::SocketAddr,
+    round: usize,
+) -> Result<Operator> {
+    let log = std::fs::File::create(files.path(&format!("operator-{round}.log")))?;
+    let child = Command::new(bin)
+        .arg("run")
+        .env("KUBECONFIG", kubeconfig)
+        .env("CKB_ALLOWED_VAULTS", "https://demo.vault.azure.net")
+        .env("CKB_KV_CREDENTIAL", "static-token")
+        .env("CKB_KV_STATIC_TOKEN_FILE", files.path("kv-token"))
+        .env("CKB_KV_RESOLVE", format!(".vault.azure.net={kv}"))
+        .env("CKB_KV_CA_FILE", files.path("kv-ca.pem"))
+        .env("CKB_POD_NAMESPACE", NS)
+        // Same identity across restarts, as a container restarting in its pod.
+        .env("CKB_POD_NAME", "ckb-operator-0")
+        .env("CKB_WEBHOOK_CERT_DIR", files.dir.path())
+        .env("CKB_WEBHOOK_ADDR", "127.0.0.1:0")
+        .env("CKB_METRICS_ADDR", "127.0.0.1:0")
+        .env("CKB_LOG_FORMAT", "text")
+        .env("CKB_LOG_LEVEL", "info,ckb_operator=debug")
+        .env_remove("AZURE_FEDERATED_TOKEN_FILE")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the operator")?;
+    Ok(Operator { child })
+}
+
+fn binding(i: usize) -> ConfidentialKeyBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "ckb.dev/v1alpha1",
+        "kind": "ConfidentialKeyBinding",
+        "metadata": {"name": format!("b{i}"), "namespace": NS},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": format!("app{i}")}},
+            "key": {"vault": "https://demo.vault.azure.net", "name": format!("key-{i}"),
+                    "type": "RSA-HSM", "size": 2048},
+            "attestation": {"authority": "https://sharedeus.eus.attest.azure.net"},
+            "policy": {"configMapRef": {"name": "policy"}}
+        }
+    }))
+    .expect("binding")
+}
+
+fn ready(b: &ConfidentialKeyBinding) -> bool {
+    b.condition(ckb_crds::conditions::types::READY)
+        .is_some_and(|c| c.status == "True")
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_points_and_restarted_makes_one_key_per_binding_all_ready() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let bin = operator_binary()?;
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    install_crd(&client).await?;
+    let double = KeyVaultDouble::start(Config::default()).await?;
+    let files = Files::new(&double)?;
+
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(NS.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("policy".into()),
+            namespace: Some(NS.into()),
+            labels: Some([(labels::POLICY.to_string(), "true".to_string())].into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "policy.rego".to_string(),
+                "package agent_policy\ndefault allow := true\n".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), NS);
+    for i in 0..BINDINGS {
+        bindings.create(&PostParams::default(), &binding(i)).await?;
+    }
+
+    // Kill the operator at random points while it works through the batch.
+    for round in 0..KILLS {
+        let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), round)?;
+        let wait = Duration::from_millis(rand::random_range(300..2500));
+        tokio::time::sleep(wait).await;
+        if let Some(status) = op.child.try_wait()? {
+            bail!(
+                "the operator exited by itself ({status}):\n{}",
+                tail(&files.path(&format!("operator-{round}.log")))
+            );
+        }
+        op.child.start_kill()?;
+        op.child.wait().await?;
+    }
+
+    // The last start runs to the end.
+    let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), KILLS)?;
+    let last_log = files.path(&format!("operator-{KILLS}.log"));
+    let result = poll(
+        Duration::from_secs(180),
+        "every binding Ready",
+        async || {
+            if let Some(status) = op.child.try_wait()? {
+                bail!("the operator exited ({status}):\n{}", tail(&last_log));
+            }
+            let list = bindings.list(&ListParams::default()).await?;
+            Ok((list.items.len() == BINDINGS && list.items.iter().all(ready)).then_some(list))
+        },
+    )
+    .await;
+    let list = match result {
+        Ok(l) => l,
+        Err(e) => {
+            cp.print_logs(20);
+            bail!("{e}\noperator log:\n{}", tail(&last_log));
+        }
+    };
+
+    // Exactly one key per binding, one version each, tagged for its binding.
+    let keys = double.keys();
+    let vault = &keys[HOST]["keys"];
+    let names: Vec<&String> = vault
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    ensure!(
+        names.len() == BINDINGS,
+        "{} keys in the vault: {names:?}",
+        names.len()
+    );
+    for b in &list.items {
+        let name = &b.spec.key.name;
+        let versions = vault[name].as_array().map_or(0, |v| v.len());
+        ensure!(versions == 1, "key {name} has {versions} versions");
+        let status_key = b
+            .status
+            .as_ref()
+            .and_then(|s| s.key.as_ref())
+            .context("status.key")?;
+        ensure!(
+            status_key.id.contains(&format!("/keys/{name}/")),
+            "{status_key:?}"
+        );
+    }
+    let creates = double
+        .log()
+        .iter()
+        .filter(|e| e.write && e.method == "POST" && e.path.ends_with("/create"))
+        .count();
+    ensure!(
+        creates == BINDINGS,
+        "{creates} creates committed for {BINDINGS} bindings"
+    );
+
+    // Graceful stop on SIGTERM.
+    let pid = op.child.id().context("pid")?;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    let status = tokio::time::timeout(Duration::from_secs(30), op.child.wait()).await??;
+    ensure!(
+        status.success(),
+        "the operator did not stop cleanly: {status}"
+    );
+    cp.stop();
+    Ok(())
+}
