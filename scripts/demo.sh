@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The local demo (README's first command): a real Kubernetes control plane on loopback, the
-# ConfidentialKeyBinding API and the samples of samples/ applied and shown; stays up until Ctrl-C.
+# The local demo (README's first command): a real Kubernetes control plane on loopback, the Key
+# Vault and Attestation doubles, the chart in development mode, the operator as a local process
+# with the chart's ServiceAccount token; applies samples/ and shows the binding, the key and its
+# release policy, the injected pod, and a key release for that pod (granted) and for an altered
+# policy (refused). Stays up until Ctrl-C.
 #
 # Usage: scripts/demo.sh [--once]
 #   --once   show everything, then clean up and exit (what the tests run)
@@ -13,7 +16,9 @@ log() { printf '[demo %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 log "tools and control plane (cached after the first run)"
 bash e2e/scripts/build-control-plane.sh
-bash scripts/install-tools.sh kubectl >/dev/null
+bash scripts/install-tools.sh kubectl helm >/dev/null
 
-log "building and running the demo"
+log "building the operator and the demo"
+cargo build -j2 -q -p ckb-operator --bin ckb-operator -p ckb-e2e --bin ckb-demo
+log "running"
 exec cargo run -j2 -q -p ckb-e2e --bin ckb-demo -- "$@"

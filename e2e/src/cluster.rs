@@ -147,9 +147,9 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Reserves `n` distinct free loopback ports. The listeners are held together so the ports differ,
+/// Reserves `N` distinct free loopback ports. The listeners are held together so the ports differ,
 /// then released for the processes to bind.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free port")))
         .collect::<Result<Vec<_>>>()?;
@@ -221,14 +221,29 @@ fn generate_pki() -> Result<Pki> {
 }
 
 /// A process of the control plane, in its own process group, logging to a file.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    pub(crate) fn spawn_with_env(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> Result<Self> {
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -251,6 +266,7 @@ impl Proc {
         };
         let child = cmd
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err_file)
@@ -263,7 +279,7 @@ impl Proc {
     }
 
     /// Fails if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(ClusterError::Exited {
                 name: self.name.to_string(),
@@ -276,7 +292,7 @@ impl Proc {
     }
 
     /// Signals the process group, waits up to `grace` for the exit, then kills it.
-    fn stop(&mut self, grace: Duration) {
+    pub(crate) fn stop(&mut self, grace: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -336,7 +352,7 @@ pub struct ControlPlane {
     client: kube::Client,
     etcd: Proc,
     apiserver: Proc,
-    controller_manager: Proc,
+    controller_manager: Option<Proc>,
 }
 
 impl ControlPlane {
@@ -441,14 +457,6 @@ impl ControlPlane {
             // No HTTPS endpoint: its default port 10257 would clash between parallel runs.
             "--secure-port=0".to_string(),
         ];
-        // Started right away: it retries until the API server answers.
-        let controller_manager = Proc::spawn(
-            "kube-controller-manager",
-            &bin.join("kube-controller-manager"),
-            &controller_manager_args,
-            root.join("kube-controller-manager.log"),
-        )?;
-
         let mut cp = Self {
             dir: Some(dir),
             root,
@@ -460,9 +468,18 @@ impl ControlPlane {
             client,
             etcd,
             apiserver,
-            controller_manager,
+            controller_manager: None,
         };
         cp.wait_ready(READY_TIMEOUT).await?;
+        // NB: started once the API server is ready: it gives up (exit 1) when /healthz is not ok
+        // within 10 s, which a loaded machine can exceed.
+        cp.controller_manager = Some(Proc::spawn(
+            "kube-controller-manager",
+            &cp.bin.join("kube-controller-manager"),
+            &controller_manager_args,
+            cp.root.join("kube-controller-manager.log"),
+        )?);
+
         cp.wait_controller_manager(READY_TIMEOUT).await?;
         tracing::info!(
             dir = %cp.root.display(),
@@ -504,7 +521,9 @@ impl ControlPlane {
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), "default");
         let deadline = Instant::now() + timeout;
         loop {
-            self.controller_manager.check_alive()?;
+            if let Some(kcm) = self.controller_manager.as_mut() {
+                kcm.check_alive()?;
+            }
             if api.get_opt("default").await?.is_some() {
                 return Ok(());
             }
@@ -513,7 +532,7 @@ impl ControlPlane {
                     timeout,
                     format!(
                         "kube-controller-manager to create default/default ServiceAccount; log tail:\n{}",
-                        log_tail(&self.controller_manager.log, 30)
+                        log_tail(&self.root.join("kube-controller-manager.log"), 30)
                     ),
                 ));
             }
@@ -636,10 +655,15 @@ impl ControlPlane {
 
     /// Paths of the process logs, by process name.
     pub fn logs(&self) -> Vec<(&'static str, PathBuf)> {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .iter()
-            .map(|p| (p.name, p.log.clone()))
-            .collect()
+        [
+            Some(&self.etcd),
+            Some(&self.apiserver),
+            self.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| (p.name, p.log.clone()))
+        .collect()
     }
 
     /// Prints the tail of every process log to stderr.
@@ -664,7 +688,9 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             self.print_logs(60);
         }
-        self.controller_manager.stop(Duration::ZERO);
+        if let Some(kcm) = self.controller_manager.as_mut() {
+            kcm.stop(Duration::ZERO);
+        }
         self.apiserver.stop(Duration::ZERO);
         self.etcd.stop(Duration::ZERO);
         if let Some(dir) = self.dir.take() {

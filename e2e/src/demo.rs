@@ -1,16 +1,24 @@
-//! The local demo: a real control plane on loopback with the binding API installed and the samples
-//! of `samples/` applied, printed the way a user looks at them, then left up until Ctrl-C (or
-//! closed at once with `--once`). Everything it started is stopped and removed on the way out.
+//! The local demo: the environment of `crate::env` (control plane, doubles, chart in development
+//! mode, operator as the chart's ServiceAccount), the samples of `samples/` applied, and what a
+//! user wants to see printed: the binding's status, the key and its release policy, the injected
+//! pod, then a release played as the sidecar for that pod (succeeds) and for an altered policy
+//! (refused). Left up until Ctrl-C, or closed at once with `--once`; everything it started is
+//! stopped and removed on the way out.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ckb_crds::ConfidentialKeyBinding;
-use kube::CustomResourceExt;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ckb_doubles::sidecar::{ReleaseCall, Trust, release_for_pod};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use sha2::{Digest, Sha256};
 
 use crate::cluster::{ControlPlane, repo_root};
+use crate::env::{DEMO_AUTHORITY_HOST, Environment, OPERATOR_NAMESPACE, RELEASE};
 
 /// Options of the demo.
 #[derive(Debug, clap::Parser)]
@@ -53,29 +61,6 @@ fn kubectl_show(cp: &ControlPlane, args: &[&str]) -> Result<String> {
         bail!("kubectl {} failed", args.join(" "));
     }
     Ok(text)
-}
-
-/// Installs the CRD generated from the Rust types and waits until kubectl can use the kind.
-async fn install_crd(cp: &ControlPlane) -> Result<()> {
-    let path = cp.dir().join("crd.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&ConfidentialKeyBinding::crd())?,
-    )?;
-    kubectl_show(cp, &["apply", "-f", &path.display().to_string()])?;
-    kubectl_show(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/confidentialkeybindings.ckb.dev",
-        ],
-    )?;
-    wait_until(Duration::from_secs(60), "the ckb kind in discovery", || {
-        Ok(cp.kubectl(["get", "ckb", "-A"])?.status.success())
-    })
-    .await
 }
 
 /// Polls `check` every 250 ms until it holds or `timeout` passes.
@@ -128,40 +113,221 @@ async fn wait_for_interrupt() -> Result<()> {
     Ok(())
 }
 
+/// Waits until the binding reports Ready=True.
+async fn wait_binding_ready(cp: &ControlPlane, ns: &str, name: &str) -> Result<()> {
+    let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    let res = wait_until(Duration::from_secs(120), "the binding to be Ready", || {
+        let out = cp.kubectl(["get", "ckb", name, "-n", ns, "-o", jsonpath])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
+    })
+    .await;
+    if res.is_err() {
+        let _ = kubectl_show(cp, &["get", "ckb", name, "-n", ns, "-o", "yaml"]);
+    }
+    res
+}
+
+/// The first pod of `app=orders` that the webhook injected.
+async fn injected_pod(cp: &ControlPlane, ns: &str) -> Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=orders"))
+            .await?;
+        if let Some(p) = list.items.into_iter().find(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get("ckb.dev/injected").is_some_and(|v| v == "true"))
+        }) {
+            return Ok(p);
+        }
+        if Instant::now() >= deadline {
+            bail!("no injected pod of app=orders in {ns} after 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn show_pod(pod: &Pod) -> Result<String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    println!("pod {name}:");
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    for c in &spec.containers {
+        println!(
+            "  container {:<8} image {}",
+            c.name,
+            c.image.clone().unwrap_or_default()
+        );
+        for e in c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name.starts_with("SKR_"))
+        {
+            println!(
+                "      env {}={}",
+                e.name,
+                e.value.clone().unwrap_or_default()
+            );
+        }
+    }
+    let hash = annotation(pod, "ckb.dev/policy-sha256").context("no ckb.dev/policy-sha256")?;
+    let bindings = annotation(pod, "ckb.dev/bindings").unwrap_or("");
+    let policy = annotation(pod, "io.katacontainers.config.agent.policy")
+        .context("no agent policy annotation")?;
+    let rego = STANDARD
+        .decode(policy)
+        .context("agent policy annotation is not base64")?;
+    println!("  annotation ckb.dev/bindings: {bindings}");
+    println!("  annotation ckb.dev/policy-sha256: {hash}");
+    println!(
+        "  annotation io.katacontainers.config.agent.policy: {} base64 chars, {} bytes of Rego, sha256 {}",
+        policy.len(),
+        rego.len(),
+        sha256_hex(&rego)
+    );
+    if sha256_hex(&rego) != hash {
+        bail!("the pod's policy annotation does not hash to its ckb.dev/policy-sha256");
+    }
+    println!("  -> the hash of the injected policy is the one bound to the key");
+    Ok(hash.to_string())
+}
+
+fn show_key(env: &Environment, name: &str) -> Result<()> {
+    let dump = env.double.keys();
+    let vault = &dump["demo.vault.azure.net"];
+    let text = serde_json::to_string(vault)?;
+    if !text.contains(name) {
+        bail!("key {name} not found in the Key Vault double: {text}");
+    }
+    println!("Key Vault double, vault demo.vault.azure.net:");
+    println!("{}", serde_json::to_string_pretty(vault)?);
+    Ok(())
+}
+
+async fn play_sidecar(env: &Environment, hostdata: &str, label: &str) -> Result<bool> {
+    let client = env
+        .double
+        .client_for(&["demo.vault.azure.net", DEMO_AUTHORITY_HOST]);
+    let trust = Trust::from_pem(&env.double.ca_pem())?;
+    let vault = env.vault_url_via_double();
+    let call = ReleaseCall {
+        vault_url: &vault,
+        key_name: "orders-key",
+        version: None,
+        bearer: "release-token",
+        token: "",
+        api_version: "7.4",
+        enc: None,
+    };
+    println!("{label}: attest with hostdata {hostdata}, then POST /keys/orders-key/release");
+    match release_for_pod(
+        &client,
+        &call,
+        &env.authority_url_via_double(),
+        DEMO_AUTHORITY_HOST,
+        hostdata,
+        &trust,
+    )
+    .await
+    {
+        Ok(key) => {
+            println!(
+                "  RELEASED: {} key {} ({} bytes unwrapped with the runtime key)",
+                key.kty,
+                key.kid,
+                key.key_bytes.len()
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("  REFUSED: {e}");
+            Ok(false)
+        }
+    }
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    banner("starting a local control plane (etcd, kube-apiserver, kube-controller-manager)");
+    banner(
+        "starting: control plane, Key Vault + Attestation doubles, chart (development mode), operator",
+    );
     let started = Instant::now();
-    let cp = ControlPlane::start().await?;
+    let env = Environment::start().await?;
+    let cp = &env.cp;
     println!(
-        "ready in {:.1}s: {} (RBAC on), files in {}",
+        "ready in {:.1}s: API server {} (RBAC on); operator running as system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}; webhook https://127.0.0.1:{}/mutate",
         started.elapsed().as_secs_f64(),
         cp.server_url(),
-        cp.dir().display()
+        env.webhook_port
     );
 
     let result = async {
-        banner("installing the ConfidentialKeyBinding API (ckb.dev/v1alpha1)");
-        install_crd(&cp).await?;
-
         banner("applying the samples");
-        apply_samples(&cp, &samples_dir(&args)).await?;
+        apply_samples(cp, &samples_dir(&args)).await?;
 
-        banner("what a user sees");
-        kubectl_show(&cp, &["get", "ckb", "-n", "payments", "-o", "wide"])?;
-        kubectl_show(&cp, &["get", "deploy,pods", "-n", "payments"])?;
+        banner("the binding");
+        wait_binding_ready(cp, "payments", "orders-key").await?;
+        kubectl_show(cp, &["get", "ckb", "-n", "payments", "-o", "wide"])?;
+        kubectl_show(
+            cp,
+            &[
+                "get",
+                "ckb",
+                "orders-key",
+                "-n",
+                "payments",
+                "-o",
+                "jsonpath={.status}",
+            ],
+        )?;
+        println!();
+
+        banner("the key and its release policy (in the Key Vault double)");
+        show_key(&env, "orders-key")?;
+
+        banner("the injected pod");
+        let pod = injected_pod(cp, "payments").await?;
+        let hash = show_pod(&pod)?;
+
+        banner("the sidecar's part: release the key");
+        if !play_sidecar(&env, &hash, "pod running the bound policy").await? {
+            bail!("the release for the injected pod's policy was refused");
+        }
+        let altered = sha256_hex(b"package agent_policy\ndefault ExecProcessRequest := true\n");
+        if play_sidecar(&env, &altered, "pod whose policy was altered").await? {
+            bail!("the release for an altered policy succeeded");
+        }
         Ok::<(), anyhow::Error>(())
     }
     .await;
     if let Err(e) = result {
-        cp.print_logs(30);
+        env.print_logs(30);
         return Err(e);
     }
 
     banner("environment");
     println!("export KUBECONFIG={}", cp.kubeconfig().display());
     println!("kubectl: {}", cp.bin_dir().join("kubectl").display());
+    println!(
+        "operator log: {}",
+        cp.dir().join("ckb-operator.log").display()
+    );
     if args.once {
         println!("\n--once: cleaning up");
         return Ok(());
