@@ -137,9 +137,6 @@ impl Environment {
                 "--kv-resolve=.vault.azure.net=127.0.0.1:{port},.managedhsm.azure.net=127.0.0.1:{port}"
             ),
             format!("--kv-ca-file={}", double_ca_file.display()),
-            // One local process: nothing to elect. NB: with election on, this operator build never
-            // reported its caches synced on a 2-core machine (readyz stayed 503).
-            "--leader-elect=false".to_string(),
             "--log-format=text".to_string(),
             "--log-level=info,ckb_operator=debug".to_string(),
         ];
