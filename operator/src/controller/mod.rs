@@ -8,6 +8,36 @@
 //! - [`runtime`]: the shared caches (also read by the webhook) and the controller loop.
 //! - [`leader`]: Lease-based leader election.
 //! - [`backoff`]: per-binding exponential backoff with jitter.
+//!
+//! # Behaviour an operator of the operator relies on
+//!
+//! - **Allow-list.** `--allowed-vault` (`CKB_ALLOWED_VAULTS`) is empty by default, and empty means
+//!   *no* vault: every binding then reports `KeyReady=False reason=VaultNotAllowed` and nothing is
+//!   sent to any vault, not even on deletion. Bindings are namespaced and can be created by anyone
+//!   allowed to create them; without an explicit list they could make the operator's identity
+//!   create keys in any vault it can reach.
+//! - **Deletion.** The finalizer `confidentialkeybindings.ckb.dev/cleanup` decides the key's fate:
+//!   `Retain` leaves it with its tags (a re-created binding finds it again); `Delete` soft-deletes it,
+//!   only if its tags still name this binding and cluster. A binding that never got a key
+//!   (`status.key` unset) or whose vault is not allowed is released without any Key Vault call. If
+//!   Key Vault cannot be reached, or refuses, for `--cleanup-timeout` (default 10m) counted from the
+//!   binding's deletion timestamp, the finalizer is released anyway with a Warning event
+//!   `CleanupAbandoned` and the key is LEFT IN PLACE (delete it by hand); so no binding stays
+//!   Terminating forever. Until then each failure is retried with backoff, and reported once
+//!   (`KeyDeleteFailed`).
+//! - **Leader election.** A `coordination.k8s.io/v1` Lease (`--leader-election-lease`, default
+//!   `ckb-operator`) in the operator's namespace (`CKB_POD_NAMESPACE`): 15 s lease, renewed every
+//!   2 s; a leader that cannot renew for 10 s stops its controller before anyone may take over; on
+//!   SIGTERM the holder finishes in-flight reconciles (up to 10 s) and gives the Lease up. Only the
+//!   holder reconciles; every replica keeps the caches and serves the webhook.
+//! - **Pacing.** A converged binding is looked at again every `--resync-period` (10m, ±10%): one
+//!   GET, no write unless the key drifted (an out-of-band release-policy edit is restored then).
+//!   Watch events in between (pods, ConfigMaps, status) reuse what the last GET verified when
+//!   nothing they decide on changed. Steady state is thus about 6 GETs per binding per hour and no
+//!   write. Failures retry after 1 s doubling up to `--max-retry-delay` (5m), jittered; a 429 waits
+//!   at least its `Retry-After`; creates per vault are paced by the Key Vault client.
+//! - **Hashes.** A policy hash that stops being current stays bound for `--hash-grace-period`
+//!   (10m), then only while live injected pods of this binding carry it; a pod never adds a hash.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

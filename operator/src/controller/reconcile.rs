@@ -1,5 +1,5 @@
 //! One reconcile of one binding: read, decide ([`super::plan`]), make at most one Key Vault write,
-//! write the status, publish events. Wrapped in `finalizer()` so deletion runs [`cleanup`].
+//! write the status, publish events. Wrapped in `finalizer()` so deletion runs its cleanup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
