@@ -278,6 +278,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     let result = async {
+        banner("the local stand-in for AKS's confidential node pool: RuntimeClass kata-cc-isolation");
+        // AKS creates this RuntimeClass with the Kata CC node pool; without it the API server
+        // refuses the sample's pods before any webhook sees them.
+        let rc = cp.dir().join("runtimeclass.json");
+        std::fs::write(
+            &rc,
+            r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"kata-cc-isolation"},"handler":"kata-cc"}"#,
+        )?;
+        kubectl_show(cp, &["apply", "-f", &rc.display().to_string()])?;
+
         banner("applying the samples");
         apply_samples(cp, &samples_dir(&args)).await?;
 
