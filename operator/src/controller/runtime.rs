@@ -40,11 +40,33 @@ pub struct Caches {
 impl Caches {
     /// Waits until every cache has listed its objects once.
     pub async fn wait_until_ready(&self) {
-        let _ = self.bindings.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
+        store_ready(&self.bindings).await;
+        store_ready(&self.config_maps).await;
+        store_ready(&self.pods).await;
     }
 }
+
+/// Waits until `store` has listed its objects once; false if its writer is gone first.
+///
+/// NB: use this rather than `Store::wait_until_ready` wherever several tasks wait on one store.
+/// kube-runtime's readiness signal is a oneshot receiver behind a mutex: it keeps only the waker
+/// of the last waiter that polled it, so of several concurrent waiters all but one may never be
+/// woken (seen on a real API server: the readiness probe and the controller's first pass hung
+/// forever). Polling again on a short timer lets every waiter see the signal.
+pub async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(STORE_READY_POLL, store.wait_until_ready()).await {
+            return r.is_ok();
+        }
+    }
+}
+
+/// How often [`store_ready`] looks again.
+const STORE_READY_POLL: Duration = Duration::from_millis(100);
 
 /// Sender side of the binding triggers.
 pub type Triggers = broadcast::Sender<ObjectRef<ConfidentialKeyBinding>>;
@@ -168,7 +190,7 @@ fn queue(
     };
     let initial_store = bindings.clone();
     let initial = stream::once(async move {
-        let _ = initial_store.wait_until_ready().await;
+        store_ready(&initial_store).await;
         all(&initial_store)
     });
     let live = stream::unfold((rx, bindings), move |(mut rx, store)| async move {
@@ -200,6 +222,12 @@ pub async fn run_controller(
     stop: CancellationToken,
 ) {
     info!("controller starting");
+    // The applier waits on the bindings store with Store::wait_until_ready, which may never wake
+    // when other tasks wait too (see store_ready); once readiness has been seen it answers at once.
+    tokio::select! {
+        _ = caches.wait_until_ready() => {}
+        _ = stop.cancelled() => return,
+    }
     let q = queue(caches.bindings.clone(), triggers.subscribe())
         .take_until(stop.clone().cancelled_owned());
     let config = controller::Config::default()
@@ -324,4 +352,40 @@ pub async fn run_elected(parts: Elected, shutdown: CancellationToken) {
     }
     election_stop.cancel();
     let _ = election.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several tasks waiting on one store all see it become ready (the webhook's sources, the
+    /// readiness probe and the controller's first pass do this in `run`).
+    #[tokio::test]
+    async fn every_concurrent_waiter_sees_the_store_ready() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { store_ready(&s).await })
+            })
+            .collect();
+        // Let every waiter poll (and register its waker) before the store becomes ready.
+        tokio::task::yield_now().await;
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        for w in waiters {
+            let ready = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter hung")
+                .unwrap();
+            assert!(ready);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_is_not_ready() {
+        let (store, writer) = reflector::store::<ConfigMap>();
+        drop(writer);
+        assert!(!store_ready(&store).await);
+    }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::mutate::{self, Decision, MatchedBinding, SidecarDefaults};
 use super::review::PodRequest;
+use crate::controller::runtime::store_ready;
 use crate::crds::ConfidentialKeyBinding;
 
 /// Read access to the bindings and policy ConfigMaps the webhook needs.
@@ -42,7 +43,8 @@ impl StoreSources {
         let ready = Arc::new(AtomicBool::new(false));
         let (b, c, r) = (bindings.clone(), config_maps.clone(), ready.clone());
         tokio::spawn(async move {
-            if b.wait_until_ready().await.is_ok() && c.wait_until_ready().await.is_ok() {
+            // NB: not Store::wait_until_ready: other tasks wait on the same stores (see store_ready).
+            if store_ready(&b).await && store_ready(&c).await {
                 r.store(true, Ordering::Release);
             }
         });
