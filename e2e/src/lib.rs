@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod demo;
 pub mod env;
+pub mod suite_env;

@@ -1,0 +1,819 @@
+//! End to end on a real control plane: the chart installed in development mode, the real
+//! `ckb-operator` binary running with the chart ServiceAccount's RBAC, the Key Vault and
+//! Attestation doubles, and the real kube-controller-manager making the Deployments' pods.
+//!
+//! Each test starts its own [`Environment`] and works in its own namespaces. Run them one at a
+//! time (`cargo test -p ckb-e2e --test operator_e2e -- --test-threads=1`): each starts a control
+//! plane, and the machine is small. Every wait polls a condition with a timeout.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::{ConfidentialKeyBinding, FINALIZER, labels, tags};
+use ckb_doubles::LogEntry;
+use ckb_doubles::sidecar::SidecarError;
+use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_operator::policy::hash::{encode_annotation, hash_rego};
+use ckb_operator::policy::release::ReleasePolicy;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::{Value, json};
+
+const VAULT_HOST: &str = "demo.vault.azure.net";
+const MAA_HOST: &str = "sharedeus.eus.attest.azure.net";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn policy_rego(variant: &str) -> String {
+    format!(
+        "package agent_policy\n\n# e2e policy {variant}\ndefault CreateContainerRequest := true\n\
+         default ExecProcessRequest := false\n"
+    )
+}
+
+/// A policy ConfigMap (labelled so the operator watches it) holding `rego`.
+fn config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
+    let body: String = rego.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
+         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n{body}"
+    )
+}
+
+/// A binding of key `key` in `vault` to the pods `app=<app>` running the policy in ConfigMap `cm`.
+fn binding_yaml(ns: &str, name: &str, app: &str, vault: &str, key: &str, deletion: &str) -> String {
+    format!(
+        r#"apiVersion: ckb.dev/v1alpha1
+kind: ConfidentialKeyBinding
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  podSelector:
+    matchLabels:
+      app: {app}
+  key:
+    vault: {vault}
+    name: {key}
+    type: RSA-HSM
+    size: 2048
+    deletionPolicy: {deletion}
+  attestation:
+    authority: {DEMO_AUTHORITY}
+    complianceStatus: azure-signed-katacc-uvm
+    extraClaims:
+      - claim: x-ms-sevsnpvm-vmpl
+        equals: "0"
+  policy:
+    configMapRef:
+      name: {name}-policy
+      key: policy.rego
+"#
+    )
+}
+
+/// A confidential Deployment (`runtimeClassName: kata-cc-isolation`) of `replicas` pods `app=<app>`.
+fn deployment_yaml(ns: &str, app: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {app}
+  namespace: {ns}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {app}
+  template:
+    metadata:
+      labels:
+        app: {app}
+        azure.workload.identity/use: "true"
+    spec:
+      runtimeClassName: kata-cc-isolation
+      containers:
+        - name: app
+          image: registry.example/app:1.0
+"#
+    )
+}
+
+/// A bare pod `name` with label `app=<app>`, confidential when `runtime_class` is given.
+fn pod_yaml(ns: &str, name: &str, app: &str, runtime_class: Option<&str>) -> String {
+    let rc = runtime_class
+        .map(|r| format!("  runtimeClassName: {r}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app: {app}\n\
+         spec:\n{rc}  containers:\n    - name: app\n      image: registry.example/app:1.0\n"
+    )
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == "skr"))
+}
+
+/// Whether the webhook injected `pod` for binding `binding` with the policy `rego`.
+fn injected_with(pod: &Pod, binding: &str, rego: &str) -> bool {
+    let hash = hash_rego(rego.as_bytes());
+    has_sidecar(pod)
+        && annotation(pod, labels::AGENT_POLICY) == Some(encode_annotation(rego).as_str())
+        && annotation(pod, labels::POLICY_SHA256) == Some(hash.as_str())
+        && annotation(pod, labels::BINDINGS) == Some(binding)
+        && pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("ckb.dev/injected"))
+            .is_some_and(|v| v == "true")
+}
+
+/// Whether `pod` is exactly as its owner wrote it: no sidecar, no ckb annotations or label.
+fn untouched(pod: &Pod) -> bool {
+    !has_sidecar(pod)
+        && annotation(pod, labels::AGENT_POLICY).is_none()
+        && annotation(pod, labels::POLICY_SHA256).is_none()
+        && annotation(pod, labels::BINDINGS).is_none()
+        && pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_none_or(|l| !l.contains_key("ckb.dev/injected"))
+        && ckb_e2e::suite_env::app_env(pod)
+            .keys()
+            .all(|k| !k.starts_with("SKR_"))
+}
+
+async fn get_pod(env: &Environment, ns: &str, name: &str) -> Result<Pod> {
+    Ok(Api::<Pod>::namespaced(env.cp.client(), ns)
+        .get(name)
+        .await?)
+}
+
+async fn binding(env: &Environment, ns: &str, name: &str) -> Result<ConfidentialKeyBinding> {
+    Ok(
+        Api::<ConfidentialKeyBinding>::namespaced(env.cp.client(), ns)
+            .get(name)
+            .await?,
+    )
+}
+
+/// The release policy of the key in the double, parsed by the operator's own parser.
+fn key_release_policy(env: &Environment, key: &str) -> Result<ReleasePolicy> {
+    let k = env
+        .key(VAULT_HOST, key)
+        .with_context(|| format!("key {key} is not in the double"))?;
+    let json = k
+        .get("release_policy_json")
+        .with_context(|| format!("key {key} has no release policy: {k}"))?;
+    Ok(ReleasePolicy::from_value(json)?)
+}
+
+fn bound_hashes(b: &ConfidentialKeyBinding) -> BTreeSet<String> {
+    b.status
+        .as_ref()
+        .and_then(|s| s.policy.as_ref())
+        .map(|p| p.bound_hashes.iter().map(|h| h.hash.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn writes_to(log: &[LogEntry], host: &str, key: &str) -> Vec<LogEntry> {
+    log.iter()
+        .filter(|e| e.host == host && e.write && e.path.starts_with(&format!("/keys/{key}")))
+        .cloned()
+        .collect()
+}
+
+fn assert_refused(result: Result<ckb_doubles::sidecar::ReleasedKey, SidecarError>, why: &str) {
+    match result {
+        Err(SidecarError::Refused { status: 403, .. }) => {}
+        Err(e) => panic!("{why}: expected a 403 refusal, got {e}"),
+        Ok(k) => panic!("{why}: the key {} was released", k.kid),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_them() -> Result<()>
+{
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    eprintln!("environment up in {:?}", t0.elapsed());
+    let ns = "e2e-inject";
+    let rego = policy_rego("v1");
+    let hash = hash_rego(rego.as_bytes());
+    env.create_namespace(ns, true)?;
+    env.create_namespace("e2e-not-opted-in", false)?;
+    // The same binding, ConfigMap and pods in three places where the webhook must not act: a
+    // namespace not opted in, and kube-system (opted in by label, excluded by the chart).
+    env.kubectl(&[
+        "label",
+        "namespace",
+        "kube-system",
+        "ckb.dev/injection=enabled",
+    ])?;
+    for (n, key) in [
+        (ns, "inject-key"),
+        ("e2e-not-opted-in", "other-ns-key"),
+        ("kube-system", "kube-system-key"),
+    ] {
+        env.apply_yaml(&config_map_yaml(n, "orders-policy", &rego))?;
+        env.apply_yaml(&binding_yaml(
+            n,
+            "orders",
+            "orders",
+            "https://demo.vault.azure.net",
+            key,
+            "Delete",
+        ))?;
+    }
+
+    // Ready, with the key created in the double, bound to exactly this policy's hash.
+    let b = env.wait_binding_ready(ns, "orders").await?;
+    let status = b.status.clone().unwrap_or_default();
+    let policy_status = status.policy.clone().context("status.policy")?;
+    assert_eq!(policy_status.current_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(bound_hashes(&b), BTreeSet::from([hash.to_string()]));
+    let key = env.key(VAULT_HOST, "inject-key").context("key created")?;
+    assert_eq!(key["attributes"]["exportable"], json!(true), "{key}");
+    assert_eq!(key["key"]["kty"], json!("RSA-HSM"), "{key}");
+    let kube_system_uid = Api::<Namespace>::all(env.cp.client())
+        .get("kube-system")
+        .await?
+        .metadata
+        .uid
+        .context("kube-system uid")?;
+    assert_eq!(key["tags"][tags::MANAGED_BY], json!(tags::MANAGED_BY_VALUE));
+    assert_eq!(key["tags"][tags::BINDING], json!(format!("{ns}/orders")));
+    assert_eq!(key["tags"][tags::CLUSTER], json!(kube_system_uid));
+    let status_key = status.key.clone().context("status.key")?;
+    assert_eq!(Some(status_key.id.as_str()), key["key"]["kid"].as_str());
+    let expected = ReleasePolicy::for_binding(&b.spec, &BTreeSet::from([hash.clone()]))?;
+    let actual = key_release_policy(&env, "inject-key")?;
+    assert!(
+        actual.same_meaning(&expected),
+        "release policy in the vault:\n{}\nexpected:\n{}",
+        actual.to_json(),
+        expected.to_json()
+    );
+    assert_eq!(actual.hostdata_hashes(), BTreeSet::from([hash.to_string()]));
+
+    // Pods: a confidential Deployment's pods (made by the real controller manager) are injected;
+    // a non-confidential pod matching the same selector is not.
+    env.apply_yaml(&deployment_yaml(ns, "orders", 2))?;
+    env.apply_yaml(&pod_yaml(ns, "plain", "orders", None))?;
+    let pods = env.wait_pods(ns, "app=orders", 3, WAIT, |_| true).await?;
+    let (injected, plain): (Vec<Pod>, Vec<Pod>) = pods
+        .into_iter()
+        .partition(|p| p.metadata.name.as_deref() != Some("plain"));
+    assert_eq!(injected.len(), 2);
+    for p in &injected {
+        assert!(
+            injected_with(p, "orders", &rego),
+            "pod {:?} not injected as expected: {}",
+            p.metadata.name,
+            serde_json::to_string_pretty(p)?
+        );
+        let app_env = ckb_e2e::suite_env::app_env(p);
+        assert_eq!(
+            app_env.get("SKR_AKV_ENDPOINT").map(String::as_str),
+            Some(VAULT_HOST)
+        );
+        assert_eq!(
+            app_env.get("SKR_MAA_ENDPOINT").map(String::as_str),
+            Some(MAA_HOST)
+        );
+        assert_eq!(
+            app_env.get("SKR_KEY_NAME").map(String::as_str),
+            Some("inject-key")
+        );
+        assert!(app_env.contains_key("SKR_ENDPOINT"), "{app_env:?}");
+    }
+    assert!(
+        untouched(&plain[0]),
+        "{}",
+        serde_json::to_string_pretty(&plain[0])?
+    );
+
+    // The same confidential pod in a namespace not opted in and in kube-system: untouched, even
+    // though a binding there selects it.
+    for n in ["e2e-not-opted-in", "kube-system"] {
+        env.apply_yaml(&pod_yaml(
+            n,
+            "confidential",
+            "orders",
+            Some("kata-cc-isolation"),
+        ))?;
+        let p = get_pod(&env, n, "confidential").await?;
+        assert!(untouched(&p), "{n}: {}", serde_json::to_string_pretty(&p)?);
+    }
+
+    // The binding counts the injected pods.
+    wait_for(WAIT, "status.injectedPods = 2", || async {
+        let b = binding(&env, ns, "orders").await?;
+        Ok((b.status.and_then(|s| s.injected_pods) == Some(2)).then_some(()))
+    })
+    .await?;
+
+    // Release, playing the injected pod's sidecar: the hash comes from the pod's own annotation.
+    let pod = &injected[0];
+    let released = env
+        .release_for_pod(pod, |_| {})
+        .await?
+        .map_err(|e| anyhow::anyhow!("release for the injected pod: {e}"))?;
+    // The double names the key by the host it was called at, here with the loopback port.
+    let port = format!(":{}", env.double.addr().port());
+    assert_eq!(released.kid.replace(&port, ""), status_key.id.as_str());
+    assert!(!released.key_bytes.is_empty());
+
+    // Any other policy, a debuggable VM, another authority: refused.
+    let other = hash_rego(policy_rego("tampered").as_bytes()).to_string();
+    assert_refused(
+        env.release_for_pod(pod, |r| r.hostdata = other.clone())
+            .await?,
+        "another policy",
+    );
+    assert_refused(
+        env.release_for_pod(pod, |r| r.debuggable = true).await?,
+        "a debuggable VM",
+    );
+    assert_refused(
+        env.release_for_pod(pod, |r| {
+            r.issuer_host = "sharedwus.wus.attest.azure.net".into()
+        })
+        .await?,
+        "another authority",
+    );
+    assert_refused(
+        env.release_for_pod(pod, |r| r.vmpl = 1).await?,
+        "VMPL 1 (extra claim)",
+    );
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-rollout";
+    let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
+    let (h1, h2) = (hash_rego(v1.as_bytes()), hash_rego(v2.as_bytes()));
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v1))?;
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "orders",
+        "orders",
+        "https://demo.vault.azure.net",
+        "rollout-key",
+        "Delete",
+    ))?;
+    env.wait_binding_ready(ns, "orders").await?;
+    env.apply_yaml(&deployment_yaml(ns, "orders", 1))?;
+    let old_pods = env
+        .wait_pods(ns, "app=orders", 1, WAIT, |p| {
+            injected_with(p, "orders", &v1)
+        })
+        .await?;
+
+    // New policy: the binding moves to it, and keeps the old hash while a pod still carries it.
+    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v2))?;
+    wait_for(WAIT, "current hash v2 with v1 still bound", || async {
+        let b = binding(&env, ns, "orders").await?;
+        let current = b
+            .status
+            .as_ref()
+            .and_then(|s| s.policy.as_ref())
+            .and_then(|p| p.current_hash.clone());
+        Ok((current.as_deref() == Some(h2.as_str())
+            && bound_hashes(&b) == BTreeSet::from([h1.to_string(), h2.to_string()]))
+        .then_some(()))
+    })
+    .await?;
+
+    // Rollout: the new pod gets v2; the old one (never Ready without a kubelet) stays, so both
+    // hashes stay bound in the key and both pods can release it.
+    env.kubectl(&["rollout", "restart", "-n", ns, "deployment/orders"])?;
+    let pods = env
+        .wait_pods(ns, "app=orders", 2, WAIT, |p| {
+            injected_with(p, "orders", &v1) || injected_with(p, "orders", &v2)
+        })
+        .await?;
+    let new_pod = pods
+        .iter()
+        .find(|p| injected_with(p, "orders", &v2))
+        .context("a pod with v2")?
+        .clone();
+    let old_pod = old_pods[0].clone();
+    wait_for(WAIT, "both hashes in the key's release policy", || async {
+        let p = key_release_policy(&env, "rollout-key")?;
+        Ok((p.hostdata_hashes() == BTreeSet::from([h1.to_string(), h2.to_string()])).then_some(()))
+    })
+    .await?;
+    let b = binding(&env, ns, "orders").await?;
+    let expected = ReleasePolicy::for_binding(&b.spec, &BTreeSet::from([h1.clone(), h2.clone()]))?;
+    assert!(key_release_policy(&env, "rollout-key")?.same_meaning(&expected));
+    for (p, what) in [(&old_pod, "old pod"), (&new_pod, "new pod")] {
+        env.release_for_pod(p, |_| {})
+            .await?
+            .map_err(|e| anyhow::anyhow!("release for the {what}: {e}"))?;
+    }
+
+    // The old pods go (their ReplicaSet deleted); after the grace period the old hash is pruned
+    // from the key, and the old pod's policy no longer releases it.
+    let old_rs = old_pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first())
+        .map(|o| o.name.clone())
+        .context("old pod's ReplicaSet")?;
+    let gone_at = Instant::now();
+    Api::<ReplicaSet>::namespaced(env.cp.client(), ns)
+        .delete(&old_rs, &DeleteParams::background())
+        .await?;
+    env.wait_pods(ns, "app=orders", 1, WAIT, |p| {
+        injected_with(p, "orders", &v2)
+    })
+    .await?;
+    wait_for(WAIT, "only v2 in the key's release policy", || async {
+        let p = key_release_policy(&env, "rollout-key")?;
+        Ok((p.hostdata_hashes() == BTreeSet::from([h2.to_string()])).then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "old hash pruned {:?} after the old pods went",
+        gone_at.elapsed()
+    );
+    wait_for(WAIT, "status bound hashes = v2", || async {
+        let b = binding(&env, ns, "orders").await?;
+        Ok((bound_hashes(&b) == BTreeSet::from([h2.to_string()])).then_some(()))
+    })
+    .await?;
+    assert_refused(
+        env.release_for_pod(&old_pod, |_| {}).await?,
+        "the old policy",
+    );
+    env.release_for_pod(&new_pod, |_| {})
+        .await?
+        .map_err(|e| anyhow::anyhow!("release for the new pod after pruning: {e}"))?;
+    // One key, one version: policy changes are updates of the release policy, not new keys.
+    assert_eq!(env.key_versions(VAULT_HOST, "rollout-key"), 1);
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+/// Creates a key directly in the double (as another owner would), tagged for `owner_binding`.
+async fn create_foreign_key(env: &Environment, name: &str, owner_binding: &str) -> Result<Value> {
+    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": DEMO_AUTHORITY, "allOf": [
+        {"claim": "x-ms-sevsnpvm-hostdata", "equals": "0".repeat(64)}]}]});
+    let body = json!({
+        "kty": "RSA-HSM",
+        "key_size": 2048,
+        "key_ops": ["wrapKey", "unwrapKey"],
+        "attributes": {"exportable": true},
+        "release_policy": {
+            "contentType": "application/json; charset=utf-8",
+            "data": ckb_doubles::jose::b64url(policy.to_string().as_bytes()),
+        },
+        "tags": {"managed-by": "ckb-operator", "ckb-binding": owner_binding, "ckb-cluster": "another-cluster"},
+    });
+    let url = format!(
+        "{}/keys/{name}/create?api-version=7.4",
+        env.double_url(VAULT_HOST)
+    );
+    let resp = env
+        .double_client(&[VAULT_HOST])
+        .post(url)
+        .bearer_auth("admin-token")
+        .json(&body)
+        .send()
+        .await?;
+    let status = resp.status();
+    let answer: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("creating {name} in the double: {status} {answer}");
+    }
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-keys";
+    let rego = policy_rego("v1");
+    env.create_namespace(ns, true)?;
+    for name in ["foreign", "elsewhere", "retain", "delete"] {
+        env.apply_yaml(&config_map_yaml(ns, &format!("{name}-policy"), &rego))?;
+    }
+
+    // A key tagged for another binding and cluster: left alone, with zero writes.
+    let before = create_foreign_key(&env, "foreign-key", "someone/else").await?;
+    env.double.clear_log();
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "foreign",
+        "foreign",
+        "https://demo.vault.azure.net",
+        "foreign-key",
+        "Delete",
+    ))?;
+    let b = env
+        .wait_binding_condition(
+            ns,
+            "foreign",
+            types::KEY_READY,
+            "False",
+            Some(reasons::KEY_NOT_OWNED),
+            WAIT,
+        )
+        .await?;
+    let ready = Environment::condition(&b, types::READY).context("Ready")?;
+    assert_eq!(ready.0, "False");
+
+    // A vault outside the allow-list: refused, never contacted.
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "elsewhere",
+        "elsewhere",
+        "https://elsewhere.vault.azure.net",
+        "elsewhere-key",
+        "Delete",
+    ))?;
+    env.wait_binding_condition(
+        ns,
+        "elsewhere",
+        types::KEY_READY,
+        "False",
+        Some(reasons::VAULT_NOT_ALLOWED),
+        WAIT,
+    )
+    .await?;
+
+    // Retain and Delete.
+    for (name, policy) in [("retain", "Retain"), ("delete", "Delete")] {
+        env.apply_yaml(&binding_yaml(
+            ns,
+            name,
+            name,
+            "https://demo.vault.azure.net",
+            &format!("{name}-key"),
+            policy,
+        ))?;
+    }
+    for name in ["retain", "delete"] {
+        let b = env.wait_binding_ready(ns, name).await?;
+        assert!(
+            b.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == FINALIZER)),
+            "{name} has the cleanup finalizer"
+        );
+    }
+    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(env.cp.client(), ns);
+    for name in ["retain", "delete", "foreign", "elsewhere"] {
+        bindings.delete(name, &DeleteParams::default()).await?;
+    }
+    // Every binding goes: the finalizer is removed in each case.
+    wait_for(WAIT, "every binding deleted", || async {
+        let left = bindings.list(&ListParams::default()).await?.items.len();
+        Ok((left == 0).then_some(()))
+    })
+    .await?;
+    let retained = env.key(VAULT_HOST, "retain-key").context("retained key")?;
+    assert_eq!(
+        retained["tags"][tags::BINDING],
+        json!(format!("{ns}/retain")),
+        "{retained}"
+    );
+    assert_eq!(retained["attributes"]["enabled"], json!(true), "{retained}");
+    assert!(!env.key_soft_deleted(VAULT_HOST, "retain-key"));
+    assert!(env.key(VAULT_HOST, "delete-key").is_none());
+    assert!(env.key_soft_deleted(VAULT_HOST, "delete-key"));
+
+    // The foreign key: unchanged, and nothing was ever written to it, not even on deletion.
+    let log = env.double.log();
+    assert_eq!(writes_to(&log, VAULT_HOST, "foreign-key"), Vec::new());
+    let after = env.key(VAULT_HOST, "foreign-key").context("foreign key")?;
+    assert_eq!(after["tags"], before["tags"]);
+    assert_eq!(
+        after["release_policy"]["data"],
+        before["release_policy"]["data"]
+    );
+    // The vault outside the allow-list: not one request.
+    let elsewhere: Vec<_> = log
+        .iter()
+        .filter(|e| e.host.starts_with("elsewhere"))
+        .collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> Result<()> {
+    let t0 = Instant::now();
+    let mut env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-webhook";
+    let rego = policy_rego("v1");
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &rego))?;
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "orders",
+        "orders",
+        "https://demo.vault.azure.net",
+        "webhook-key",
+        "Delete",
+    ))?;
+    env.wait_binding_ready(ns, "orders").await?;
+
+    env.stop_operator();
+    let out = env.kubectl_stdin_output(
+        &["apply", "-f", "-"],
+        &pod_yaml(ns, "while-down", "orders", Some("kata-cc-isolation")),
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the pod was admitted: {text}");
+    assert!(
+        text.contains("failed calling webhook") && text.contains("inject.ckb.dev"),
+        "unclear refusal: {text}"
+    );
+    // Pods that are not confidential never reach the webhook: still admitted.
+    env.apply_yaml(&pod_yaml(ns, "plain-while-down", "orders", None))?;
+    assert!(untouched(&get_pod(&env, ns, "plain-while-down").await?));
+
+    env.start_operator().await?;
+    env.apply_yaml(&pod_yaml(ns, "after", "orders", Some("kata-cc-isolation")))?;
+    let p = get_pod(&env, ns, "after").await?;
+    assert!(
+        injected_with(&p, "orders", &rego),
+        "{}",
+        serde_json::to_string_pretty(&p)?
+    );
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
+    let t0 = Instant::now();
+    let mut env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-restart";
+    let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&config_map_yaml(ns, "first-policy", &v1))?;
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "first",
+        "first",
+        "https://demo.vault.azure.net",
+        "first-key",
+        "Delete",
+    ))?;
+    env.wait_binding_ready(ns, "first").await?;
+
+    env.cp.restart_apiserver().await?;
+
+    // A binding created after the restart becomes Ready (the binding watch resumed) ...
+    env.apply_yaml(&config_map_yaml(ns, "second-policy", &v1))?;
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "second",
+        "second",
+        "https://demo.vault.azure.net",
+        "second-key",
+        "Delete",
+    ))?;
+    env.wait_binding_ready(ns, "second").await?;
+    // ... a ConfigMap changed after the restart is seen (the ConfigMap watch resumed) ...
+    env.apply_yaml(&config_map_yaml(ns, "first-policy", &v2))?;
+    let h2 = hash_rego(v2.as_bytes());
+    wait_for(WAIT, "first binding on v2, in the key too", || async {
+        let b = binding(&env, ns, "first").await?;
+        let current = b
+            .status
+            .as_ref()
+            .and_then(|s| s.policy.as_ref())
+            .and_then(|p| p.current_hash.clone());
+        let in_key = key_release_policy(&env, "first-key")?
+            .hostdata_hashes()
+            .contains(h2.as_str());
+        Ok((current.as_deref() == Some(h2.as_str()) && in_key).then_some(()))
+    })
+    .await?;
+    // ... and the webhook's caches follow: a new pod gets the new policy.
+    env.apply_yaml(&pod_yaml(
+        ns,
+        "after-restart",
+        "first",
+        Some("kata-cc-isolation"),
+    ))?;
+    let p = get_pod(&env, ns, "after-restart").await?;
+    assert!(
+        injected_with(&p, "first", &v2),
+        "{}",
+        serde_json::to_string_pretty(&p)?
+    );
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_keeps_admission_and_uninstall_keeps_crd_and_bindings() -> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-helm";
+    let rego = policy_rego("v1");
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &rego))?;
+    env.apply_yaml(&binding_yaml(
+        ns,
+        "orders",
+        "orders",
+        "https://demo.vault.azure.net",
+        "helm-key",
+        "Retain",
+    ))?;
+    env.wait_binding_ready(ns, "orders").await?;
+
+    let chart = ckb_e2e::cluster::repo_root().join("charts/ckb-operator");
+    let chart = chart.display().to_string();
+    let mut args = vec![
+        "upgrade",
+        ckb_e2e::suite_env::RELEASE,
+        &chart,
+        "--namespace",
+        ckb_e2e::suite_env::NAMESPACE,
+    ];
+    let mut values = env.helm_values();
+    values.push("webhook.timeoutSeconds=7".into());
+    for v in &values {
+        args.extend(["--set", v]);
+    }
+    env.helm(&args)?;
+    let cfg =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            env.cp.client(),
+        )
+        .get(ckb_e2e::suite_env::RELEASE)
+        .await?;
+    let hook = &cfg.webhooks.unwrap_or_default()[0];
+    assert_eq!(hook.timeout_seconds, Some(7), "the upgrade applied");
+    // Admission keeps working through the upgrade (the caBundle the operator wrote survives).
+    env.apply_yaml(&pod_yaml(
+        ns,
+        "after-upgrade",
+        "orders",
+        Some("kata-cc-isolation"),
+    ))?;
+    let p = get_pod(&env, ns, "after-upgrade").await?;
+    assert!(injected_with(&p, "orders", &rego));
+
+    env.helm(&[
+        "uninstall",
+        ckb_e2e::suite_env::RELEASE,
+        "--namespace",
+        ckb_e2e::suite_env::NAMESPACE,
+    ])?;
+    // The release's objects are gone ...
+    let gone =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            env.cp.client(),
+        )
+        .get_opt(ckb_e2e::suite_env::RELEASE)
+        .await?;
+    assert!(gone.is_none(), "webhook configuration removed");
+    // ... but the CRD and the bindings stay (deleting the CRD would delete every binding).
+    let crd = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(env.cp.client())
+    .get_opt(ckb_e2e::suite_env::CRD_NAME)
+    .await?;
+    assert!(crd.is_some(), "CRD kept");
+    let b = binding(&env, ns, "orders").await?;
+    assert!(b.metadata.deletion_timestamp.is_none());
+    assert!(env.key(VAULT_HOST, "helm-key").is_some());
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
