@@ -54,6 +54,9 @@ fi
 if [[ "${CKB_TEST_SKIP_E2E:-}" != 1 ]]; then
   step "end-to-end suite on the local control plane (one test at a time)"
   cargo test -j2 -p ckb-e2e -- --test-threads=1
+
+  step "the README's demo command (scripts/demo.sh --once)"
+  bash scripts/demo.sh --once
 fi
 
 step "all tests passed"
