@@ -58,7 +58,11 @@ fn readme_snippets() -> Vec<Snippet> {
 }
 
 fn group(snippets: &[Snippet], section: &str) -> Vec<String> {
-    snippets.iter().filter(|s| s.section == section).map(|s| s.code.clone()).collect()
+    snippets
+        .iter()
+        .filter(|s| s.section == section)
+        .map(|s| s.code.clone())
+        .collect()
 }
 
 const TRY_IT: &str = "Try it, test it";
@@ -80,7 +84,10 @@ fn every_readme_snippet_is_in_a_group_that_is_run() {
     let top = group(&snippets, TRY_IT);
     assert_eq!(
         top,
-        vec!["scripts/demo.sh --once\n".to_string(), "scripts/test.sh\n".to_string()],
+        vec![
+            "scripts/demo.sh --once\n".to_string(),
+            "scripts/test.sh\n".to_string()
+        ],
         "the README's two commands changed: update .ci/run, scripts/test.sh and this test"
     );
     let ci = std::fs::read_to_string(repo_root().join(".ci/run")).expect(".ci/run");
@@ -90,7 +97,9 @@ fn every_readme_snippet_is_in_a_group_that_is_run() {
     );
     let test_sh = std::fs::read_to_string(repo_root().join("scripts/test.sh")).expect("test.sh");
     assert!(
-        test_sh.lines().any(|l| l.trim() == "bash scripts/demo.sh --once"),
+        test_sh
+            .lines()
+            .any(|l| l.trim() == "bash scripts/demo.sh --once"),
         "scripts/test.sh must run the README's demo command (scripts/demo.sh --once)"
     );
     assert!(!group(&snippets, INSTALL).is_empty());
@@ -103,10 +112,15 @@ fn tool_path(cp: &ControlPlane) -> Result<String> {
     let mut dirs: Vec<PathBuf> = vec![
         operator.parent().context("operator dir")?.to_path_buf(),
         cp.bin_dir().to_path_buf(),
-        helm_binary().parent().map(Path::to_path_buf).unwrap_or_default(),
+        helm_binary()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     ];
     dirs.retain(|d| !d.as_os_str().is_empty());
-    let mut path = std::env::join_paths(dirs)?.into_string().map_err(|_| anyhow::anyhow!("path"))?;
+    let mut path = std::env::join_paths(dirs)?
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("path"))?;
     if let Ok(rest) = std::env::var("PATH") {
         path = format!("{path}:{rest}");
     }
@@ -126,7 +140,10 @@ fn run_snippet(code: &str, dir: &Path, env: &BTreeMap<&str, String>) -> Result<S
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("$ {}{stdout}{stderr}", code.trim_end());
     if !out.status.success() {
-        bail!("README snippet failed ({}):\n{code}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+        bail!(
+            "README snippet failed ({}):\n{code}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
     }
     Ok(stdout)
 }
@@ -140,7 +157,10 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
     let env = BTreeMap::from([
         ("KUBECONFIG", cp.kubeconfig().display().to_string()),
         ("PATH", tool_path(&cp)?),
-        ("OPERATOR_CLIENT_ID", "11111111-2222-3333-4444-555555555555".to_string()),
+        (
+            "OPERATOR_CLIENT_ID",
+            "11111111-2222-3333-4444-555555555555".to_string(),
+        ),
         ("VAULT_URL", vault.to_string()),
     ]);
     for code in group(&snippets, INSTALL) {
@@ -157,7 +177,10 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
         "jsonpath={.items[0].spec.template.spec.containers[0].env}",
     ])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(vault), "CKB_ALLOWED_VAULTS not set from the README's install: {text}");
+    assert!(
+        text.contains(vault),
+        "CKB_ALLOWED_VAULTS not set from the README's install: {text}"
+    );
     let sa = cp.kubectl(["get", "serviceaccount", "-n", "ckb-system", "-o", "yaml"])?;
     assert!(
         String::from_utf8_lossy(&sa.stdout).contains("11111111-2222-3333-4444-555555555555"),
@@ -178,6 +201,16 @@ async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> 
     let policy = sample_policy()?;
     std::fs::write(work.path().join("policy.rego"), &policy)?;
     let expected_hash = hex::encode(Sha256::digest(policy.as_bytes()));
+
+    // Stand-in for AKS's confidential node pool, which creates this RuntimeClass: without it the
+    // API server refuses the workload's pods before any webhook sees them.
+    let rc = work.path().join("runtimeclass.json");
+    std::fs::write(
+        &rc,
+        r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"kata-cc-isolation"},"handler":"kata-cc"}"#,
+    )?;
+    let out = env.cp.kubectl(["apply", "-f", &rc.display().to_string()])?;
+    assert!(out.status.success(), "creating the RuntimeClass failed");
 
     let vars = BTreeMap::from([
         ("KUBECONFIG", env.cp.kubeconfig().display().to_string()),
@@ -200,7 +233,10 @@ async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> 
     );
     // The rendered workload (for genpolicy) has the sidecar and no policy annotation yet.
     let rendered = std::fs::read_to_string(work.path().join("orders.rendered.yaml"))?;
-    assert!(rendered.contains("name: skr"), "render did not add the sidecar:\n{rendered}");
+    assert!(
+        rendered.contains("name: skr"),
+        "render did not add the sidecar:\n{rendered}"
+    );
     assert!(!rendered.contains("io.katacontainers.config.agent.policy"));
     // The pod's injected hash (last snippet) is the bound one.
     let last = outputs.last().cloned().unwrap_or_default();
