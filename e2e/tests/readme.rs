@@ -148,7 +148,7 @@ fn run_snippet(code: &str, dir: &Path, env: &BTreeMap<&str, String>) -> Result<S
     Ok(stdout)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let snippets = readme_snippets();
@@ -164,7 +164,7 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
         ("VAULT_URL", vault.to_string()),
     ]);
     for code in group(&snippets, INSTALL) {
-        run_snippet(&code, &repo_root(), &env)?;
+        tokio::task::block_in_place(|| run_snippet(&code, &repo_root(), &env))?;
     }
     // What the install must have produced: the operator told which vault it may use, as the
     // workload identity named.
@@ -190,7 +190,9 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+// NB: multi-threaded, and every snippet runs in `block_in_place`: the Key Vault and Attestation
+// doubles are served by this test's own runtime while the snippets block on child processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let snippets = group(&readme_snippets(), WALK_THROUGH);
@@ -218,7 +220,7 @@ async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> 
     ]);
     let mut outputs = Vec::new();
     for code in &snippets {
-        match run_snippet(code, work.path(), &vars) {
+        match tokio::task::block_in_place(|| run_snippet(code, work.path(), &vars)) {
             Ok(out) => outputs.push(out),
             Err(e) => {
                 env.print_logs(80);
