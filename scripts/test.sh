@@ -20,6 +20,10 @@ trap 'rc=$?; [[ $rc -eq 0 ]] || printf "\n==> [%s +%4ss] FAILED (exit %s)\n" "$(
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export GOTOOLCHAIN=local
+# One build directory outside the checkout, like the control-plane cache: a fresh clone (CI) reuses
+# the dependencies compiled by the previous run instead of rebuilding ~400 crates on two cores.
+# Workspace crates are keyed by their path, so clones in different folders never share artifacts.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/target}"
 
 step "tools: helm, Python venv (check-jsonschema, kubernetes-validate)"
 bash scripts/install-tools.sh helm venv
