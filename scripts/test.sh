@@ -24,6 +24,8 @@ export GOTOOLCHAIN=local
 # the dependencies compiled by the previous run instead of rebuilding ~400 crates on two cores.
 # Workspace crates are keyed by their path, so clones in different folders never share artifacts.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/target}"
+# CI builds once: incremental data would only fill the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step "tools: helm, Python venv (check-jsonschema, kubernetes-validate)"
 bash scripts/install-tools.sh helm venv
