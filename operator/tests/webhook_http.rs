@@ -630,3 +630,358 @@ async fn serve_with_mounted_certificates_becomes_ready_and_admits() {
     task.await.unwrap().unwrap();
     assert!(!state.is_ready(), "not ready once stopped");
 }
+
+// ---------------------------------------------------------------- denials on the wire
+//
+// What the API server reads is the HTTP answer: a denial must be `allowed: false` with a 403
+// status and a message naming the bindings, or kubectl would create the pod (or say nothing
+// useful). Every deny path of the decision is driven through the router here.
+
+/// A binding in `payments` selecting `app=<app>`, with its policy in ConfigMap `cm`.
+fn ckb(name: &str, app: &str, cm: &str, sidecar: Option<Value>) -> ConfidentialKeyBinding {
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": app}},
+        "key": {"vault": "https://contoso.vault.azure.net", "name": name},
+        "attestation": {"authority": "https://sharedeus.eus.attest.azure.net"},
+        "policy": {"configMapRef": {"name": cm, "key": "policy.rego"}}
+    });
+    if let Some(s) = sidecar {
+        spec["sidecar"] = s;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "ckb.dev/v1alpha1",
+        "kind": "ConfidentialKeyBinding",
+        "metadata": {"name": name, "namespace": "payments"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+const AUDIT_REGO: &str =
+    "package agent_policy\ndefault AllowRequestsFailingPolicy := false\n# audit\n";
+
+/// The captured confidential pod CREATE, changed by `edit` (on the whole review).
+fn review_with(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&read("pod-create-confidential.json")).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn admission_over(sources: Arc<dyn ckb_operator::webhook::Sources>) -> Arc<Admission> {
+    Arc::new(Admission {
+        sources,
+        defaults: SidecarDefaults::default(),
+        confidential_runtime_classes: vec!["kata-cc-isolation".into()],
+        metrics: WebhookMetrics::default(),
+        state: WebhookState::new(),
+        max_body_bytes: 4 * 1024 * 1024,
+        body_timeout: Duration::from_secs(5),
+    })
+}
+
+const CAPTURED_UID: &str = "4b2f0c7e-1f3a-4c59-9d8e-3a1b2c4d5e6f";
+
+/// Checks a refusal as the API server reads it: HTTP 200 (so `allowed` is read), the request's
+/// uid, `allowed` exactly `false`, status 403 Forbidden, no patch, and every word in the message.
+#[track_caller]
+fn assert_denied(case: &str, status: StatusCode, answer: &Value, words: &[&str]) {
+    assert_eq!(status, StatusCode::OK, "{case}: {answer}");
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{case}");
+    assert_eq!(answer["kind"], "AdmissionReview", "{case}");
+    let r = &answer["response"];
+    assert_eq!(r["uid"], CAPTURED_UID, "{case}: {r}");
+    assert_eq!(r["allowed"], json!(false), "{case}: {r}");
+    assert_eq!(r["status"]["code"], json!(403), "{case}: {r}");
+    assert_eq!(r["status"]["reason"], "Forbidden", "{case}: {r}");
+    assert!(
+        r.get("patch").is_none(),
+        "{case}: a denial carries no patch: {r}"
+    );
+    assert!(r.get("patchType").is_none(), "{case}: {r}");
+    let message = r["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("ckb-operator"), "{case}: {message}");
+    for w in words {
+        assert!(message.contains(w), "{case}: {w:?} not in {message:?}");
+    }
+}
+
+/// Sets the field at `pointer` (its parent must exist; an array element must too).
+fn set(v: &mut Value, pointer: &str, value: Value) {
+    let (parent, last) = pointer.rsplit_once('/').unwrap();
+    match v.pointer_mut(parent) {
+        Some(Value::Object(m)) => {
+            m.insert(last.to_string(), value);
+        }
+        Some(Value::Array(a)) => a[last.parse::<usize>().unwrap()] = value,
+        _ => panic!("{parent} not in the review"),
+    }
+}
+
+#[tokio::test]
+async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings() {
+    let orders = || ckb("orders-key", "orders", "orders-policy", None);
+    let rego = String::from_utf8(read("orders-policy.rego")).unwrap();
+    let base = || {
+        MapSources::default()
+            .with_policy("payments", "orders-policy", "policy.rego", &rego)
+            .with_policy("payments", "audit-policy", "policy.rego", AUDIT_REGO)
+    };
+    let other_policy = STANDARD.encode(AUDIT_REGO);
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, MapSources, Edit, Vec<&str>)> = vec![
+        (
+            "two bindings with different policies",
+            base().with_binding(orders()).with_binding(ckb(
+                "audit-key",
+                "orders",
+                "audit-policy",
+                None,
+            )),
+            Box::new(|_| {}),
+            vec!["audit-key", "orders-key", "different agent policies"],
+        ),
+        (
+            "policy ConfigMap not cached",
+            base().with_binding(ckb("web-key", "orders", "web-policy", None)),
+            Box::new(|_| {}),
+            vec!["web-key", "web-policy", "not available"],
+        ),
+        (
+            "a foreign agent policy on the pod",
+            base().with_binding(orders()),
+            Box::new(move |v| {
+                set(
+                    v,
+                    "/request/object/metadata/annotations",
+                    json!({"io.katacontainers.config.agent.policy": other_policy}),
+                )
+            }),
+            vec!["orders-key", "already carries an agent policy annotation"],
+        ),
+        (
+            "an app container on the sidecar's port",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/containers/1/ports",
+                    json!([{"containerPort": 8080, "protocol": "TCP"}]),
+                )
+            }),
+            vec!["orders-key", "\"metrics\"", "port 8080"],
+        ),
+        (
+            "a native sidecar on the sidecar's port",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/initContainers",
+                    json!([{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always",
+                            "ports": [{"containerPort": 8080}]}]),
+                )
+            }),
+            vec!["orders-key", "\"proxy\"", "port 8080"],
+        ),
+        (
+            "annotations over 256 KiB with the policy",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/metadata/annotations",
+                    json!({"example.com/blob": "x".repeat(256 * 1024)}),
+                )
+            }),
+            vec!["orders-key", "262144"],
+        ),
+        (
+            "an env var the operator would set, set otherwise",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/containers/0/env",
+                    json!([{"name": "SKR_KEY_NAME", "value": "something-else"}]),
+                )
+            }),
+            vec!["orders-key", "SKR_KEY_NAME", "something-else"],
+        ),
+        (
+            "bindings asking for different sidecar ports",
+            base()
+                .with_binding(ckb(
+                    "orders-key",
+                    "orders",
+                    "orders-policy",
+                    Some(json!({"port": 9000})),
+                ))
+                .with_binding(ckb(
+                    "billing-key",
+                    "orders",
+                    "orders-policy",
+                    Some(json!({"port": 9001})),
+                )),
+            Box::new(|_| {}),
+            vec!["billing-key", "orders-key"],
+        ),
+        (
+            "two binding names with the same env suffix",
+            base().with_binding(orders()).with_binding(ckb(
+                "orders.key",
+                "orders",
+                "orders-policy",
+                None,
+            )),
+            Box::new(|_| {}),
+            vec!["orders-key", "orders.key", "ORDERS_KEY"],
+        ),
+        (
+            "an init container named like the sidecar",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/initContainers",
+                    json!([{"name": "skr", "image": "busybox"}]),
+                )
+            }),
+            vec!["orders-key", "init container named \"skr\""],
+        ),
+        (
+            "a container named like the sidecar that is not it",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/containers/1",
+                    json!({"name": "skr", "image": "evil.example/skr:1"}),
+                )
+            }),
+            vec!["orders-key", "already has a container named \"skr\""],
+        ),
+        (
+            "a volume named like the reference-info volume that is not it",
+            base().with_binding(orders()),
+            Box::new(|v| {
+                set(
+                    v,
+                    "/request/object/spec/volumes",
+                    json!([{"name": "ckb-skr-reference-info", "emptyDir": {}}]),
+                )
+            }),
+            vec!["orders-key", "ckb-skr-reference-info"],
+        ),
+    ];
+    let n = cases.len();
+    for (case, sources, edit, words) in cases {
+        let metrics = WebhookMetrics::default();
+        let mut adm = admission_over(Arc::new(sources));
+        Arc::get_mut(&mut adm).unwrap().metrics = metrics.clone();
+        let (status, answer) = post(server::router(adm), review_with(edit)).await;
+        assert_denied(case, status, &answer, &words);
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("ckb_admissions_total{result=\"denied\"} 1"),
+            "{case}: {text}"
+        );
+    }
+    assert_eq!(n, 12, "every deny path of the decision has a case");
+}
+
+/// Sources whose caches have not had their first listing yet.
+struct NotSynced(MapSources);
+
+impl ckb_operator::webhook::Sources for NotSynced {
+    fn bindings(&self, namespace: &str) -> Vec<Arc<ConfidentialKeyBinding>> {
+        self.0.bindings(namespace)
+    }
+    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<String> {
+        self.0.policy(namespace, config_map, key)
+    }
+    fn ready(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_confidential_pod_is_denied_while_the_caches_are_not_synced() {
+    use ckb_operator::webhook::Sources as _;
+    let adm = admission_over(Arc::new(NotSynced(sources())));
+    adm.state.set_tls_loaded();
+    let router = server::router(adm.clone());
+    let (status, answer) = post(router.clone(), read("pod-create-confidential.json")).await;
+    assert_denied(
+        "caches not synced",
+        status,
+        &answer,
+        &["caches are not synced", "retry"],
+    );
+    // Readiness says so too, so that a load balancer would not send it traffic.
+    assert!(!adm.state.is_ready());
+    // A pod that is not confidential never needs the caches: admitted unchanged.
+    let (status, answer) = post(router, read("pod-create-runc.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["response"]["allowed"], json!(true), "{answer}");
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+    // The same sources, synced, admit the same pod with a patch: the denial above is about
+    // readiness only.
+    assert!(sources().ready());
+    let (_, answer) = post(
+        server::router(admission(WebhookMetrics::default())),
+        read("pod-create-confidential.json"),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], json!(true), "{answer}");
+}
+
+#[tokio::test]
+async fn only_a_pod_create_is_decided_other_operations_pass_unchanged() {
+    // A pod that a CREATE would refuse (port clash) and a pod a CREATE would patch: any other
+    // operation, or a CREATE of a sub-resource, passes through unchanged.
+    let clash = |v: &mut Value| {
+        set(
+            v,
+            "/request/object/spec/containers/1/ports",
+            json!([{"containerPort": 8080}]),
+        )
+    };
+    let (_, create_clash) = post(
+        server::router(admission(WebhookMetrics::default())),
+        review_with(clash),
+    )
+    .await;
+    assert_eq!(create_clash["response"]["allowed"], json!(false));
+    for (operation, sub_resource) in [
+        ("UPDATE", None),
+        ("DELETE", None),
+        ("CONNECT", None),
+        ("CREATE", Some("ephemeralcontainers")),
+        ("CREATE", Some("binding")),
+    ] {
+        for clashing in [true, false] {
+            let body = review_with(|v| {
+                if clashing {
+                    clash(v);
+                }
+                set(v, "/request/operation", json!(operation));
+                if let Some(s) = sub_resource {
+                    v["request"]["subResource"] = json!(s);
+                }
+            });
+            let case = format!("{operation} {sub_resource:?} clashing={clashing}");
+            let (status, answer) =
+                post(server::router(admission(WebhookMetrics::default())), body).await;
+            assert_eq!(status, StatusCode::OK, "{case}");
+            let r = &answer["response"];
+            assert_eq!(r["uid"], CAPTURED_UID, "{case}");
+            assert_eq!(r["allowed"], json!(true), "{case}: {r}");
+            assert!(r.get("status").is_none(), "{case}: {r}");
+            assert!(r.get("patch").is_none(), "{case}: {r}");
+            assert!(r.get("patchType").is_none(), "{case}: {r}");
+        }
+    }
+}

@@ -217,6 +217,17 @@ pub struct LogEntry {
     pub write: bool,
     /// The fault that fired, if any.
     pub fault: Option<String>,
+    /// When the request arrived, in milliseconds since the Unix epoch: the gaps between a
+    /// client's attempts (does it wait for `Retry-After`?) are read from it.
+    #[serde(default)]
+    pub received_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, as [`LogEntry::received_ms`] counts them.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

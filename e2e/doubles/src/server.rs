@@ -426,6 +426,7 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_ms = crate::faults::unix_millis();
     let full = full_host(&headers, &uri);
     let host = strip_port(&full).to_owned();
     let path = uri.path().to_owned();
@@ -465,6 +466,7 @@ async fn dispatch(
             status,
             write,
             fault,
+            received_ms,
         });
     };
     let reset = |conn: &Option<axum::Extension<ConnControl>>| {

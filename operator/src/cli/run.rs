@@ -210,13 +210,12 @@ pub async fn operate(
         metrics,
         Arc::new(jiff::Timestamp::now),
     ));
-    let election = c.leader_elect.then(|| LeaseSettings {
-        namespace: c.leader_election_namespace.clone(),
-        name: c.leader_election_lease.clone(),
-        identity: id,
-        lease_duration: Duration::from_secs(15),
-        renew_deadline: Duration::from_secs(10),
-        retry_period: Duration::from_secs(2),
+    let election = c.leader_elect.then(|| {
+        LeaseSettings::operator(
+            c.leader_election_namespace.clone(),
+            c.leader_election_lease.clone(),
+            id,
+        )
     });
     run_elected(
         Elected {

@@ -17,7 +17,7 @@ use super::reconcile_tests::{
 use crate::keyvault::client::ClientConfig;
 use crate::keyvault::credential::{CredentialKind, CredentialSettings};
 use crate::keyvault::transport::TransportSettings;
-use crate::keyvault::{AzureKeyVault, KeyVault, NewKey, RateLimits, VaultUrl};
+use crate::keyvault::{AzureKeyVault, KeyVault, KeyVaultError, NewKey, RateLimits, VaultUrl};
 
 const HOST: &str = "demo.vault.azure.net";
 
@@ -307,19 +307,30 @@ async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttl
     let s = setup(true).await;
     let mut b = binding();
     let mut storm = Fault::status("POST", "^/keys/orders-key/create$", 429);
-    storm.count = Some(3);
-    storm.retry_after_secs = Some(1);
+    storm.count = Some(2);
+    // Neither the double's default (1 s) nor the client's when the header is lost (10 s): the
+    // delay can only come from the header on the wire.
+    storm.retry_after_secs = Some(2);
     s.double.inject(storm).unwrap();
     let mut throttled_seen = false;
+    let mut throttles = 0;
     let started = Instant::now();
     loop {
         match s.h.reconcile(&mut b).await {
             Ok(_) => break,
             Err(e) => {
                 throttled_seen |= cond(&b, types::KEY_READY).1 == reasons::KEY_VAULT_THROTTLED;
+                match e.key_vault() {
+                    Some(KeyVaultError::Throttled { retry_after, .. }) => {
+                        assert_eq!(*retry_after, Duration::from_secs(2), "the header's value");
+                        throttles += 1;
+                    }
+                    other => panic!("expected a throttle, got {other:?}"),
+                }
                 let delay = retry_delay(&b, &e, &s.h.ctx);
+                // Retry-After plus at most a quarter of it as jitter.
                 assert!(
-                    delay >= Duration::from_secs(1),
+                    delay >= Duration::from_secs(2) && delay <= Duration::from_millis(2500),
                     "Retry-After honoured: {delay:?}"
                 );
             }
@@ -329,6 +340,7 @@ async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttl
             "did not converge"
         );
     }
+    assert_eq!(throttles, 2, "both 429s reached the reconcile");
     assert!(
         throttled_seen,
         "the status showed KeyVaultThrottled while throttled"

@@ -36,6 +36,22 @@ pub struct LeaseSettings {
     pub retry_period: Duration,
 }
 
+impl LeaseSettings {
+    /// The settings `ckb-operator run` elects with: a 15 s Lease, renewed every 2 s, given up
+    /// by a leader that could not renew for 10 s, so it steps down (at the latest one retry
+    /// period after that, 12 s) before another replica may take over (15 s).
+    pub fn operator(namespace: String, name: String, identity: String) -> Self {
+        Self {
+            namespace,
+            name,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
 /// What a candidate should do, given the Lease as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseDecision {
@@ -223,6 +239,8 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     fn settings() -> LeaseSettings {
@@ -316,9 +334,135 @@ mod tests {
         );
     }
 
+    fn operator_settings() -> LeaseSettings {
+        LeaseSettings::operator("ckb-system".into(), "ckb-operator".into(), "pod-a".into())
+    }
+
     #[test]
-    fn step_down_happens_before_another_may_take_over() {
-        let s = settings();
-        assert!(s.renew_deadline < s.lease_duration);
+    fn the_operators_timings_step_down_before_another_may_take_over() {
+        let s = operator_settings();
+        // A leader that fails notices at its first round past the renew deadline, which comes
+        // at most one retry period later; the Lease must still be valid then.
+        assert!(
+            s.renew_deadline + s.retry_period < s.lease_duration,
+            "{s:?}"
+        );
+        // Several renewal attempts fit before the deadline (one failed round is not a step-down).
+        assert!(s.retry_period * 3 <= s.renew_deadline, "{s:?}");
+        // Whole seconds: the Lease stores leaseDurationSeconds.
+        assert_eq!(s.lease_duration.subsec_nanos(), 0);
+    }
+
+    /// A Lease API served from memory; `healthy` off makes every call fail with 500. Records the
+    /// (paused) time of every successful write.
+    #[derive(Clone, Default)]
+    struct LeaseApi {
+        lease: Arc<Mutex<Option<serde_json::Value>>>,
+        unhealthy: Arc<std::sync::atomic::AtomicBool>,
+        writes: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    }
+
+    impl LeaseApi {
+        fn client(&self) -> Client {
+            use http::{Request, Response};
+            use kube::client::Body;
+            let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some((req, send)) = handle.next_request().await {
+                    let method = req.method().to_string();
+                    let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+                    let (status, body) = me.answer(&method, &bytes);
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            });
+            Client::new(svc, "default")
+        }
+
+        fn answer(&self, method: &str, body: &[u8]) -> (u16, serde_json::Value) {
+            let status = |code: u16, reason: &str| {
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": reason, "message": reason, "code": code})
+            };
+            if self.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
+                return (500, status(500, "InternalError"));
+            }
+            let mut lease = self.lease.lock().unwrap();
+            match method {
+                "GET" => match lease.as_ref() {
+                    Some(l) => (200, l.clone()),
+                    None => (404, status(404, "NotFound")),
+                },
+                "POST" | "PUT" => {
+                    let mut l: serde_json::Value = serde_json::from_slice(body).unwrap();
+                    let rv = lease
+                        .as_ref()
+                        .and_then(|l| l["metadata"]["resourceVersion"].as_str())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    l["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+                    *lease = Some(l.clone());
+                    self.writes
+                        .lock()
+                        .unwrap()
+                        .push(tokio::time::Instant::now());
+                    (if method == "POST" { 201 } else { 200 }, l)
+                }
+                _ => (405, status(405, "MethodNotAllowed")),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_operators_timings_a_leader_cut_off_from_the_api_steps_down_before_its_lease_expires()
+     {
+        let s = operator_settings();
+        let api = LeaseApi::default();
+        let (tx, mut rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(api.client(), s.clone(), tx, shutdown.clone()));
+        rx.wait_for(|l| *l).await.unwrap();
+
+        // Healthy: renewed every retry period.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let writes = api.writes.lock().unwrap().clone();
+        assert!(writes.len() >= 14, "{} writes in 30 s", writes.len());
+        for w in writes.windows(2) {
+            assert!(w[1] - w[0] <= s.retry_period + Duration::from_millis(100));
+        }
+
+        // Cut off: it keeps leading for a while, but stops before the Lease it last wrote
+        // expires, that is before any other replica may take over.
+        api.unhealthy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let last_write = *api.writes.lock().unwrap().last().unwrap();
+        rx.wait_for(|l| !*l).await.unwrap();
+        let stepped_down_after = last_write.elapsed();
+        assert!(
+            stepped_down_after >= s.renew_deadline,
+            "stepped down after {stepped_down_after:?}, before the renew deadline"
+        );
+        let lease: Lease =
+            serde_json::from_value(api.lease.lock().unwrap().clone().unwrap()).unwrap();
+        let spec = lease.spec.unwrap();
+        let renewed = spec.renew_time.as_ref().unwrap().0;
+        let at_step_down = renewed + jiff::SignedDuration::try_from(stepped_down_after).unwrap();
+        assert_eq!(
+            decide(Some(&spec), "pod-b", at_step_down),
+            LeaseDecision::Follow {
+                holder: "pod-a".into()
+            },
+            "another replica could take over {stepped_down_after:?} after the last renewal, \
+             while this one still led"
+        );
+        assert!(stepped_down_after < s.lease_duration);
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -12,13 +12,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::watcher;
 use serde_json::json;
 
 use super::index::INJECTED_LABEL;
 use super::plan::{PlanConfig, owner_tags};
-use super::reconcile::{Context, Error, Timing, reconcile, retry_delay};
+use super::reconcile::{Context, Error, Timing, error_policy, reconcile, retry_delay};
 use super::testing::{FakeVault, MockApi, Op};
 use crate::keyvault::{KeyVault, KeyVaultError, VaultUrl};
 use crate::policy::{ReleasePolicy, hash_rego};
@@ -679,14 +679,31 @@ async fn unreachable_vault_keeps_the_finalizer_until_the_cleanup_timeout_then_re
     };
     h.fake().fail_next(None, 100, unavailable);
     let mut gone = deleting(b, "Delete", t0());
-    // Within the timeout: the finalizer stays, the error is retried.
+    // Within the timeout: the finalizer stays, the error is retried through the error policy
+    // the controller runtime calls, and only the first failure publishes a Warning.
     h.advance(60);
-    assert!(h.reconcile(&mut gone).await.is_err());
-    assert!(h.reconcile(&mut gone).await.is_err());
+    for attempt in 0..4 {
+        let err = h
+            .reconcile(&mut gone)
+            .await
+            .expect_err("the vault is unreachable");
+        let action = error_policy(Arc::new(gone.clone()), &err, h.ctx.clone());
+        assert_ne!(
+            action,
+            Action::await_change(),
+            "attempt {attempt} is retried"
+        );
+        assert_eq!(
+            h.ctx.backoff.failures(&ObjectRef::from_obj(&gone)),
+            attempt + 1
+        );
+        h.advance(10);
+    }
     assert!(!h.api.lines().contains(&BINDING_PATH.to_string()));
     assert_eq!(
         h.api.events(),
-        vec![("Warning".to_string(), "KeyDeleteFailed".to_string())]
+        vec![("Warning".to_string(), "KeyDeleteFailed".to_string())],
+        "one Warning for the failure, not one per retry"
     );
     // Past it: released, with a Warning, the key left in place.
     h.advance(600);

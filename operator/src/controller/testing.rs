@@ -323,6 +323,11 @@ impl MockApi {
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
                 (201, body.clone())
             }
+            // The recorder publishes a repeat of an event as a merge PATCH of the first one
+            // (a series): answered like the API server does, so repeats are counted, not lost.
+            ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
+                (200, body.clone())
+            }
             (
                 "PATCH",
                 [
@@ -367,11 +372,25 @@ impl MockApi {
         self.calls.lock().unwrap().clear();
     }
 
-    /// The events posted so far: (type, reason).
+    /// Every publication of an event so far, in order: (type, reason). A first occurrence is a
+    /// POST; a repeat of the same event is a PATCH of it (the recorder's de-duplication), and
+    /// counts as one more publication.
     pub fn events(&self) -> Vec<(String, String)> {
         self.calls()
             .iter()
-            .filter(|c| c.path.ends_with("/events"))
+            .filter(|c| {
+                let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
+                matches!(
+                    (c.method.as_str(), parts.as_slice()),
+                    (
+                        "POST",
+                        ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]
+                    ) | (
+                        "PATCH",
+                        ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]
+                    )
+                )
+            })
             .map(|c| {
                 (
                     c.body["type"].as_str().unwrap_or_default().to_string(),

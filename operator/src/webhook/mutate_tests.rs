@@ -618,19 +618,115 @@ fn render_mode_leaves_the_policy_alone() {
     assert_eq!(ann["ckb.dev/bindings"], "orders-key");
 }
 
+/// What a hostile or malformed input must get.
+enum Want {
+    /// Refused, the message containing this.
+    Deny(&'static str),
+    /// Admitted unchanged (not confidential: the webhook has no say).
+    Allow,
+    /// Admitted only with the sidecar and the bindings' policy injected.
+    Injected,
+}
+
 #[test]
-fn garbage_shapes_never_panic() {
+fn garbage_shapes_get_a_definite_decision() {
+    // A confidential pod selected by a binding is never admitted as it came: it is either
+    // injected with the bindings' policy or refused, whatever shape its fields have.
     let bs = [binding("orders-key", "orders", Some(POLICY_A))];
-    for p in [
-        json!(null),
-        json!([]),
-        json!("pod"),
-        json!({"spec": {"runtimeClassName": "kata-cc-isolation"}}),
-        json!({"spec": {"runtimeClassName": "kata-cc-isolation", "containers": "x", "volumes": 3}}),
-        json!({"metadata": [], "spec": {"runtimeClassName": "kata-cc-isolation", "containers": [1, null, {"name": 5, "env": "x", "ports": [{"containerPort": "8080"}]}]}}),
-        json!({"metadata": {"labels": 3, "annotations": []}, "spec": {"runtimeClassName": "kata-cc-isolation", "initContainers": {}}}),
-    ] {
-        let _ = decide(&p, &bs, &SidecarDefaults::default(), &classes());
+    let cases = [
+        (json!(null), Want::Deny("not a JSON object")),
+        (json!([]), Want::Deny("not a JSON object")),
+        (json!("pod"), Want::Deny("not a JSON object")),
+        (json!(42), Want::Deny("not a JSON object")),
+        (
+            json!({"spec": {"runtimeClassName": "kata-cc-isolation"}}),
+            Want::Injected,
+        ),
+        (
+            json!({"spec": {"runtimeClassName": "kata-cc-isolation", "containers": "x", "volumes": 3}}),
+            Want::Injected,
+        ),
+        (
+            json!({"metadata": [], "spec": {"runtimeClassName": "kata-cc-isolation", "containers": [1, null, {"name": 5, "env": "x", "ports": [{"containerPort": "8080"}]}]}}),
+            Want::Injected,
+        ),
+        (
+            json!({"metadata": {"labels": 3, "annotations": []}, "spec": {"runtimeClassName": "kata-cc-isolation", "initContainers": {}}}),
+            Want::Injected,
+        ),
+        // A policy annotation that is not a string, or not base64: refused, never replaced.
+        (
+            json!({"metadata": {"annotations": {"io.katacontainers.config.agent.policy": 7}}, "spec": {"runtimeClassName": "kata-cc-isolation"}}),
+            Want::Deny("not base64 Rego"),
+        ),
+        (
+            json!({"metadata": {"annotations": {"io.katacontainers.config.agent.policy": "%%%"}}, "spec": {"runtimeClassName": "kata-cc-isolation"}}),
+            Want::Deny("not base64 Rego"),
+        ),
+        // A container on the sidecar's port, among garbage containers: still found.
+        (
+            json!({"spec": {"runtimeClassName": "kata-cc-isolation", "containers": [null, {"name": "app", "ports": [7, {"containerPort": 8080}]}]}}),
+            Want::Deny("port 8080"),
+        ),
+        // Not confidential however it is spelled: the webhook has no say.
+        (json!({"spec": 7}), Want::Allow),
+        (json!({"spec": {"runtimeClassName": 5}}), Want::Allow),
+        (
+            json!({"spec": {"runtimeClassName": "KATA-CC-ISOLATION"}}),
+            Want::Allow,
+        ),
+        (
+            json!({"spec": {"runtimeClassName": ["kata-cc-isolation"]}}),
+            Want::Allow,
+        ),
+        // A spec that is not an object has no runtime class: not confidential.
+        (
+            json!({"spec": [{"runtimeClassName": "kata-cc-isolation"}]}),
+            Want::Allow,
+        ),
+    ];
+    for (i, (p, want)) in cases.into_iter().enumerate() {
+        let d = decide(&p, &bs, &SidecarDefaults::default(), &classes());
+        match (want, &d) {
+            (Want::Deny(words), Decision::Deny { message }) => {
+                assert!(message.contains(words), "case {i} {p}: {message}");
+            }
+            (Want::Allow, Decision::Allow { .. }) => {}
+            (Want::Injected, Decision::Patch { .. }) => {
+                let out = apply(&p, &d);
+                let containers = out["spec"]["containers"].as_array().unwrap();
+                assert_eq!(
+                    containers.iter().filter(|c| c["name"] == "skr").count(),
+                    1,
+                    "case {i} {p}: {out}"
+                );
+                let ann = &out["metadata"]["annotations"];
+                assert_eq!(
+                    ann["io.katacontainers.config.agent.policy"],
+                    json!(STANDARD.encode(POLICY_A)),
+                    "case {i} {p}"
+                );
+                assert_eq!(
+                    ann["ckb.dev/policy-sha256"],
+                    json!(sha(POLICY_A)),
+                    "case {i}"
+                );
+                assert_eq!(ann["ckb.dev/bindings"], "orders-key", "case {i}");
+                assert_eq!(
+                    out["metadata"]["labels"]["ckb.dev/injected"], "true",
+                    "case {i}"
+                );
+                // The output is a fixed point: sent again, it passes unchanged.
+                assert!(
+                    matches!(
+                        decide(&out, &bs, &SidecarDefaults::default(), &classes()),
+                        Decision::Allow { .. }
+                    ),
+                    "case {i}: the injected output is not stable"
+                );
+            }
+            (_, other) => panic!("case {i} {p}: unexpected decision {other:?}"),
+        }
     }
 }
 

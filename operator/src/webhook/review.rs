@@ -359,8 +359,48 @@ mod tests {
         });
         let v: Value = serde_json::from_slice(&a.body).expect("answer is JSON");
         assert_eq!(v["kind"], "AdmissionReview");
-        assert!(v["response"]["allowed"].is_boolean());
+        // What the API server acts on must say what the outcome says.
+        let admitted = matches!(a.outcome, Outcome::Allowed | Outcome::Patched);
+        assert_eq!(v["response"]["allowed"], Value::Bool(admitted), "{v}");
+        match a.outcome {
+            Outcome::Denied => assert_eq!(v["response"]["status"]["code"], 403, "{v}"),
+            Outcome::Invalid => assert_eq!(v["response"]["status"]["code"], 400, "{v}"),
+            Outcome::Allowed | Outcome::Patched => {
+                assert!(v["response"].get("status").is_none(), "{v}")
+            }
+        }
+        assert_eq!(
+            v["response"]["patch"].is_string(),
+            a.outcome == Outcome::Patched,
+            "{v}"
+        );
         a
+    }
+
+    #[test]
+    fn a_denial_is_encoded_as_not_allowed_with_403_and_the_message() {
+        let a = answer(
+            "u-1",
+            Decision::Deny {
+                message: "ckb-operator (bindings a, b): no".into(),
+            },
+        );
+        assert_eq!(a.http_status, 200);
+        assert_eq!(a.outcome, Outcome::Denied);
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": "u-1",
+                    "allowed": false,
+                    "status": {"code": 403, "message": "ckb-operator (bindings a, b): no",
+                               "reason": "Forbidden"}
+                }
+            })
+        );
     }
 
     #[test]
@@ -408,7 +448,11 @@ mod tests {
         );
         let mut v: Value = serde_json::from_str(REVIEW).unwrap();
         v["request"]["object"]["metadata"]["labels"]["app"] = Value::String(big.clone());
-        check(&serde_json::to_vec(&v).unwrap(), &s);
+        // No binding selects app=xxx…: nothing to inject.
+        assert_eq!(
+            check(&serde_json::to_vec(&v).unwrap(), &s).outcome,
+            Outcome::Allowed
+        );
         let mut v: Value = serde_json::from_str(REVIEW).unwrap();
         v["request"]["object"]["metadata"]["annotations"] =
             serde_json::json!({"io.katacontainers.config.agent.policy": big});
@@ -416,29 +460,53 @@ mod tests {
             check(&serde_json::to_vec(&v).unwrap(), &s).outcome,
             Outcome::Denied
         );
-        for (pointer, odd) in [
-            ("/request/uid", serde_json::json!(12)),
-            ("/request/kind", serde_json::json!("Pod")),
-            ("/request/namespace", serde_json::json!(["payments"])),
+        for (pointer, odd, want) in [
+            // The review's own fields of the wrong type: unusable, refused.
+            ("/request/uid", serde_json::json!(12), Outcome::Invalid),
+            ("/request/kind", serde_json::json!("Pod"), Outcome::Invalid),
+            (
+                "/request/namespace",
+                serde_json::json!(["payments"]),
+                Outcome::Invalid,
+            ),
+            // The selected confidential pod with odd fields: still injected.
             (
                 "/request/object/spec/containers",
                 serde_json::json!({"a": 1}),
+                Outcome::Patched,
             ),
             (
                 "/request/object/spec/containers/0/env",
                 serde_json::json!("x"),
+                Outcome::Patched,
             ),
             (
                 "/request/object/spec/containers/0/ports",
                 serde_json::json!([{"containerPort": "8080"}]),
+                Outcome::Patched,
             ),
-            ("/request/object/metadata/labels", serde_json::json!([1, 2])),
-            ("/request/object/metadata", serde_json::json!(null)),
-            ("/request/object/spec", serde_json::json!(7)),
+            // No readable labels: no binding selects it, nothing to inject.
+            (
+                "/request/object/metadata/labels",
+                serde_json::json!([1, 2]),
+                Outcome::Allowed,
+            ),
+            (
+                "/request/object/metadata",
+                serde_json::json!(null),
+                Outcome::Allowed,
+            ),
+            // No runtime class: not confidential.
+            (
+                "/request/object/spec",
+                serde_json::json!(7),
+                Outcome::Allowed,
+            ),
         ] {
             let mut v: Value = serde_json::from_str(REVIEW).unwrap();
             *v.pointer_mut(pointer).unwrap() = odd;
-            check(&serde_json::to_vec(&v).unwrap(), &s);
+            let a = check(&serde_json::to_vec(&v).unwrap(), &s);
+            assert_eq!(a.outcome, want, "{pointer}");
         }
     }
 
