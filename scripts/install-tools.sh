@@ -9,6 +9,11 @@
 #   kubectl  kubectl of the pinned control plane (e2e build)      -> tools/bin/kubectl
 #   venv     Python venv with check-jsonschema, kubernetes-validate -> tools/venv/bin/
 #   lowkey   Lowkey Vault runnable jar (Maven Central), opt-in    -> tools/lowkey-vault/lowkey-vault-app.jar
+#   crane    crane (go-containerregistry; go install)             -> tools/bin/crane
+#   registry CNCF distribution registry (go install)              -> tools/bin/registry
+#   cyclonedx cargo-cyclonedx (cargo install --locked)            -> tools/bin/cargo-cyclonedx
+#   cross    musl and aarch64 cross toolchain: rust targets (rustup) and Debian packages (apt-get,
+#            adds the arm64 dpkg architecture for musl-dev:arm64; needs root)
 #   control-plane  etcd, kube-apiserver, kube-controller-manager (15-25 min the first time)
 #   env      print `export ...` lines to eval (PATH with the tools first); installs nothing
 # With no TOOL: helm venv kubectl (kubectl builds the whole control plane the first time).
@@ -24,6 +29,11 @@ HELM_VERSION="v3.21.4"
 CHECK_JSONSCHEMA_VERSION="0.39.0"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 LOWKEY_VAULT_VERSION="${CKB_LOWKEY_VAULT_VERSION:-3.4.0}"
+CRANE_VERSION="v0.22.1"
+REGISTRY_VERSION="v3.1.2"
+CARGO_CYCLONEDX_VERSION="0.5.9"
+CROSS_RUST_TARGETS="x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
+CROSS_DEBIAN_PACKAGES="musl-tools gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user-static"
 
 log() { printf '[install-tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 say() { printf '%s=%s\n' "$1" "$2"; }
@@ -49,6 +59,86 @@ install_helm() {
   rm -f "$tools"/.helm-*; touch "$stamp"
   log "helm $("$bin/helm" version --short) installed in $(( SECONDS - start ))s"
   say helm "$bin/helm"
+}
+
+# Runs "$@" in the background, printing progress every 30 s.
+with_progress() {
+  local what="$1"; shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null && log "still $what: $(( SECONDS - start ))s"
+  done
+  wait "$pid"
+}
+
+# go install <name> <package> <version>: a pinned Go module binary into tools/bin.
+go_tool() {
+  local name="$1" pkg="$2" version="$3"
+  local stamp="$tools/.$name-$version"
+  if [[ -x "$bin/$name" && -f "$stamp" ]]; then say "$name" "$bin/$name"; return; fi
+  command -v go >/dev/null || { echo "go is required to install $name" >&2; return 1; }
+  log "installing $name $version with go install (1-5 min the first time)"
+  local start=$SECONDS
+  with_progress "building $name" env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$bin" \
+    GOFLAGS="-buildvcs=false -trimpath" GOMAXPROCS="${GOMAXPROCS:-2}" \
+    go install -p 2 -ldflags "-s -w" "$pkg@$version"
+  rm -f "$tools/.$name"-*; touch "$stamp"
+  log "$name $version installed in $(( SECONDS - start ))s"
+  say "$name" "$bin/$name"
+}
+
+install_crane() {
+  go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+}
+
+install_registry() {
+  go_tool registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION"
+}
+
+install_cyclonedx() {
+  local stamp="$tools/.cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION"
+  if [[ -x "$bin/cargo-cyclonedx" && -f "$stamp" ]]; then say cargo-cyclonedx "$bin/cargo-cyclonedx"; return; fi
+  log "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION with cargo install --locked (3-8 min the first time)"
+  local start=$SECONDS root="$tools/cargo-cyclonedx"
+  with_progress "building cargo-cyclonedx" nice -n 10 cargo install --locked --quiet -j 2 \
+    --root "$root" --version "$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx
+  ln -sfn "$root/bin/cargo-cyclonedx" "$bin/cargo-cyclonedx"
+  rm -f "$tools"/.cargo-cyclonedx-*; touch "$stamp"
+  log "cargo-cyclonedx $CARGO_CYCLONEDX_VERSION installed in $(( SECONDS - start ))s"
+  say cargo-cyclonedx "$bin/cargo-cyclonedx"
+}
+
+# The cross toolchain the image build needs. Debian's packages, because the rules are "real parts
+# from a registry": musl-tools gives x86_64-linux-musl-gcc; gcc-aarch64-linux-gnu plus musl-dev:arm64
+# (multiarch) give aarch64-linux-musl-gcc, musl's arm64 headers and libc; qemu-user-static runs the
+# arm64 binary in the image check.
+install_cross() {
+  local t missing=()
+  for t in $CROSS_RUST_TARGETS; do
+    rustup target list --installed | grep -qx "$t" || missing+=("$t")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "rustup target add ${missing[*]}"
+    rustup target add "${missing[@]}" >&2
+  fi
+  local need=0
+  for t in x86_64-linux-musl-gcc aarch64-linux-musl-gcc aarch64-linux-gnu-gcc aarch64-linux-gnu-ar qemu-aarch64-static; do
+    command -v "$t" >/dev/null || need=1
+  done
+  if [[ $need == 1 ]]; then
+    command -v apt-get >/dev/null || { echo "the cross toolchain needs Debian's apt-get ($CROSS_DEBIAN_PACKAGES)" >&2; return 1; }
+    local sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    log "apt-get install $CROSS_DEBIAN_PACKAGES"
+    dpkg --print-foreign-architectures | grep -qx arm64 || "${sudo[@]}" dpkg --add-architecture arm64
+    with_progress "apt-get update" "${sudo[@]}" apt-get update -qq >&2
+    with_progress "installing the cross toolchain" env DEBIAN_FRONTEND=noninteractive \
+      "${sudo[@]}" apt-get install -y -qq --no-install-recommends $CROSS_DEBIAN_PACKAGES >&2
+  fi
+  say cross "$(command -v aarch64-linux-musl-gcc)"
 }
 
 install_control_plane() {
@@ -116,8 +206,12 @@ for tool in "$@"; do
     kubectl) install_kubectl ;;
     venv) install_venv ;;
     lowkey) install_lowkey ;;
+    crane) install_crane ;;
+    registry) install_registry ;;
+    cyclonedx) install_cyclonedx ;;
+    cross) install_cross ;;
     control-plane) install_control_plane ;;
     env) print_env ;;
-    *) echo "unknown tool: $tool (helm, kubectl, venv, lowkey, control-plane, env)" >&2; exit 2 ;;
+    *) echo "unknown tool: $tool (helm, kubectl, venv, lowkey, crane, registry, cyclonedx, cross, control-plane, env)" >&2; exit 2 ;;
   esac
 done

@@ -39,6 +39,9 @@ else
   bash scripts/install-tools.sh kubectl
 fi
 
+step "version check (crates, Chart.yaml, values.yaml image tag, CHANGELOG.md, README install agree)"
+python3 scripts/check-version.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -58,6 +61,14 @@ else
 fi
 
 if [[ "${CKB_TEST_SKIP_E2E:-}" != 1 ]]; then
+  # The release image without a container engine: static binaries for linux/amd64 and linux/arm64
+  # (release target dir cached under ~/.cache/ckb-operator), SBOM, crane assembly into
+  # target/oci/layout, then the image checks. The e2e suite pushes it to a local registry.
+  step "image: cross toolchain, crane, registry, cargo-cyclonedx"
+  bash scripts/install-tools.sh cross crane registry cyclonedx
+  step "image: build (linux/amd64 + linux/arm64) and verify (scripts/image.sh all)"
+  bash scripts/image.sh all
+
   step "end-to-end suite on the local control plane (one test at a time)"
   cargo test -j2 -p ckb-e2e -- --test-threads=1
 

@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod demo;
 pub mod env;
+pub mod registry;
 pub mod suite_env;

@@ -4,7 +4,9 @@
 //! - the two top-level commands (`scripts/demo.sh --once`, `scripts/test.sh`): `scripts/test.sh` is
 //!   what CI runs (`.ci/run`), and it runs the demo command itself as one of its steps; the test
 //!   below checks both facts, so the README cannot drift from what is run;
-//! - "Install on AKS": the `helm install` run on a fresh local control plane;
+//! - "Install on AKS": the `helm install oci://ghcr.io/...` and the CLI download, run on a fresh
+//!   local control plane with ghcr.io replaced by a local registry holding the same image and chart
+//!   (built by `scripts/image.sh build`);
 //! - "Walk-through": every block in order, in a scratch directory, against the full local
 //!   environment (control plane, doubles, chart, operator). genpolicy needs registry access and an
 //!   AKS node image, so the test stands in for it by writing the sample policy to `policy.rego`,
@@ -17,6 +19,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use ckb_e2e::cluster::{ControlPlane, repo_root};
 use ckb_e2e::env::{Environment, helm_binary, operator_binary};
+use ckb_e2e::registry::{
+    CHART_REPOSITORY, IMAGE_REPOSITORY, LocalRegistry, PUBLIC_REGISTRY, image_layout,
+    release_version,
+};
 use sha2::{Digest, Sha256};
 
 /// A fenced ```sh block and the `##` section it is in.
@@ -152,6 +158,16 @@ fn run_snippet(code: &str, dir: &Path, env: &BTreeMap<&str, String>) -> Result<S
 async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let snippets = readme_snippets();
+    // The README installs what the release publishes on ghcr.io: the same image and chart, pushed
+    // to a local registry; the snippets are run with ghcr.io replaced by it.
+    let version = release_version();
+    let registry = LocalRegistry::start().await?;
+    registry.push_image(&image_layout()?, IMAGE_REPOSITORY, version)?;
+    registry.push_chart(
+        &helm_binary(),
+        &repo_root().join("charts/ckb-operator"),
+        CHART_REPOSITORY,
+    )?;
     let cp = ControlPlane::start().await?;
     let vault = "https://contoso.vault.azure.net";
     let env = BTreeMap::from([
@@ -163,9 +179,41 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
         ),
         ("VAULT_URL", vault.to_string()),
     ]);
+    let work = tempfile::tempdir()?;
+    let mut outputs = String::new();
     for code in group(&snippets, INSTALL) {
-        tokio::task::block_in_place(|| run_snippet(&code, &repo_root(), &env))?;
+        let code = registry.rewrite(&code);
+        outputs += &tokio::task::block_in_place(|| run_snippet(&code, work.path(), &env))?;
     }
+    // The chart came from the registry, at the README's version.
+    let list = std::process::Command::new(helm_binary())
+        .env("KUBECONFIG", cp.kubeconfig())
+        .args(["list", "-n", "ckb-system", "-o", "json"])
+        .output()?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains(&format!("\"chart\":\"ckb-operator-{version}\"")),
+        "the README's install did not install chart {version}: {list}"
+    );
+    // The CLI copied out of the image runs.
+    assert!(
+        outputs.contains(&format!("ckb-operator {version}")),
+        "the CLI from the image did not print its version:\n{outputs}"
+    );
+    // The chart's default image is the one the release publishes.
+    let image = cp.kubectl([
+        "get",
+        "deployment",
+        "-n",
+        "ckb-system",
+        "-o",
+        "jsonpath={.items[0].spec.template.spec.containers[0].image}",
+    ])?;
+    assert_eq!(
+        String::from_utf8_lossy(&image.stdout),
+        format!("{PUBLIC_REGISTRY}/{IMAGE_REPOSITORY}:{version}"),
+        "the chart's default image"
+    );
     // What the install must have produced: the operator told which vault it may use, as the
     // workload identity named.
     let out = cp.kubectl([
