@@ -14,7 +14,8 @@ For the index and each platform image (linux/amd64, linux/arm64):
   needed libraries);
 - run as uid 65532 inside the unpacked root (chroot, so nothing of the host is there): the
   entrypoint's `--version`, `crd` (equal to the chart's committed CRD) and `render` (adds the
-  sidecar); arm64 through qemu-aarch64-static when it is installed;
+  sidecar); arm64 through qemu-aarch64-static (Debian qemu-user-static, installed by
+  scripts/install-tools.sh cross; skipped, saying so, when it is missing);
 - the SBOM in the image lists every crate of ckb-operator's dependency graph for that target, each
   with the version Cargo.lock pins, and nothing that is not in Cargo.lock;
 - the Dockerfile describes the same image: its runtime stage's USER, ENTRYPOINT, EXPOSE, label
@@ -121,22 +122,23 @@ def file_checks(entries):
 
 
 def run_in_image(root, arch, argv, stdin=None):
-    """Runs the image's binary as uid 65532: chroot into the unpacked root (amd64, as root), or
-    through qemu-aarch64-static for arm64 (static binary; files given by absolute host paths)."""
-    binary = os.path.join(root, argv[0].lstrip("/"))
+    """Runs the image's binary as uid 65532 inside the unpacked root (chroot, so nothing of the
+    host is there; needs root). arm64 runs through qemu-aarch64-static, copied into the root (it
+    is static too). Returns None when arm64 cannot be run (no qemu)."""
     env = {"PATH": "/", "HOME": "/home/nonroot"}
-    if arch == "amd64":
-        if os.geteuid() == 0:
-            cmd = ["chroot", f"--userspec={UID}:{UID}", root] + argv
-        else:
-            cmd = [binary] + argv[1:]
-    else:
+    prefix = []
+    if arch == "arm64":
         qemu = shutil.which("qemu-aarch64-static")
         if qemu is None:
             return None
-        cmd = [qemu, binary] + argv[1:]
-        if os.geteuid() == 0:
-            cmd = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"] + cmd
+        shutil.copy(qemu, os.path.join(root, ".qemu-aarch64-static"))
+        prefix = ["/.qemu-aarch64-static"]
+    if os.geteuid() == 0:
+        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        cmd = [chroot, f"--userspec={UID}:{UID}", root] + prefix + argv
+    else:
+        # Not root: no chroot; the binary by its host path, as the current user.
+        cmd = [os.path.join(root, p.lstrip("/")) for p in prefix + argv[:1]] + argv[1:]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -279,7 +281,7 @@ def main():
                   "`crd` prints the chart's committed CRD")
             tmp = os.path.join(root, "tmp")
             shutil.copy(os.path.join(REPO, "samples/20-binding.yaml"), os.path.join(tmp, "binding.yaml"))
-            bindings = "/tmp/binding.yaml" if arch == "amd64" and os.geteuid() == 0 else os.path.join(tmp, "binding.yaml")
+            bindings = "/tmp/binding.yaml" if os.geteuid() == 0 else os.path.join(tmp, "binding.yaml")
             workload = open(os.path.join(REPO, "samples/30-workload.yaml")).read()
             rendered = run_in_image(root, arch, [entrypoint[0], "render", "-f", "-", "--bindings", bindings],
                                     stdin=workload)

@@ -5,6 +5,7 @@
 #                               linux/arm64 into the cached release target directory
 #   scripts/image.sh build      binaries + SBOM + the OCI image (an index of both platforms) as an
 #                               OCI image layout in target/oci/ckb-operator (no daemon, no registry)
+#   scripts/image.sh assemble   only the assembly step of build (binaries and SBOMs already there)
 #   scripts/image.sh verify     unpack the layout and check the image (see verify() below)
 #   scripts/image.sh all        build, then verify (what scripts/test.sh runs)
 #   scripts/image.sh env        print `export ...` lines with the paths the e2e test reads
@@ -35,6 +36,7 @@ cd "$repo"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator"
 tools_bin="$cache/tools/bin"
 out="${CKB_IMAGE_OUT:-$repo/target/oci}"
+release_target="${CKB_RELEASE_TARGET_DIR:-$cache/release-target}"
 
 log() { printf '[image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf '[image] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -45,7 +47,7 @@ oci_arch() { case "$1" in x86_64-*) echo amd64 ;; aarch64-*) echo arm64 ;; *) di
 
 # Everything cargo sees must be identical between runs, or the cached target dir is rebuilt.
 cargo_env() {
-  export CARGO_TARGET_DIR="$cache/release-target"
+  export CARGO_TARGET_DIR="$release_target"
   export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
   export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
   export CC_x86_64_unknown_linux_musl=x86_64-linux-musl-gcc
@@ -107,8 +109,9 @@ revision() { git rev-parse HEAD 2>/dev/null || echo unknown; }
 
 # ---- tools -----------------------------------------------------------------------------------
 
+# ensure_tools TOOL...: scripts/install-tools.sh TOOL... (cached), then tools/bin first on PATH.
 ensure_tools() {
-  bash scripts/install-tools.sh crane registry cyclonedx >/dev/null
+  bash scripts/install-tools.sh "$@" >/dev/null
   export PATH="$tools_bin:$PATH"
 }
 
@@ -232,7 +235,7 @@ assemble() {
   local name="$registry_host/ckb-dev/ckb-operator" manifests=()
   for t in "${targets[@]}"; do
     local arch; arch="$(oci_arch "$t")"
-    make_layer "$cache/release-target/$t/release/ckb-operator" "$out/sbom-$arch.cdx.json" "$work/layer-$arch.tar"
+    make_layer "$release_target/$t/release/ckb-operator" "$out/sbom-$arch.cdx.json" "$work/layer-$arch.tar"
     crane append --oci-empty-base -f "$work/layer-$arch.tar" -t "$name:build-$arch" >/dev/null 2>"$work/crane.log" ||
       { cat "$work/crane.log" >&2; die "crane append ($arch)"; }
     crane mutate "$name:build-$arch" -t "$name:$version-$arch" \
@@ -257,7 +260,7 @@ assemble() {
 }
 
 build() {
-  ensure_tools
+  ensure_tools crane registry cyclonedx
   binaries
   mkdir -p "$out"
   local t0=$SECONDS
@@ -271,7 +274,7 @@ build() {
 # ---- verification -----------------------------------------------------------------------------
 
 verify() {
-  ensure_tools
+  ensure_tools crane registry
   [[ -f "$out/layout/index.json" && -f "$out/index-digest" ]] || die "no image in $out: run scripts/image.sh build first"
   local t0=$SECONDS
   python3 scripts/image-verify.py "$out/layout" "$out/verify" || die "image checks (above)"
@@ -303,6 +306,7 @@ print_env() {
 
 case "${1:-}" in
   build) build ;;
+  assemble) ensure_tools crane registry; d="$(assemble "$out/layout")"; echo "$d" >"$out/index-digest"; log "image index $d" ;;
   verify) verify ;;
   all) build; verify ;;
   env) print_env ;;

@@ -79,6 +79,9 @@ go_tool() {
   local name="$1" pkg="$2" version="$3"
   local stamp="$tools/.$name-$version"
   if [[ -x "$bin/$name" && -f "$stamp" ]]; then say "$name" "$bin/$name"; return; fi
+  # Two runs at once (the image build and a test) must not build the same tool twice.
+  exec 8>"$tools/.$name.lock"; flock 8
+  if [[ -x "$bin/$name" && -f "$stamp" ]]; then say "$name" "$bin/$name"; exec 8>&-; return; fi
   command -v go >/dev/null || { echo "go is required to install $name" >&2; return 1; }
   log "installing $name $version with go install (1-5 min the first time)"
   local start=$SECONDS
@@ -87,6 +90,7 @@ go_tool() {
     go install -p 2 -ldflags "-s -w" "$pkg@$version"
   rm -f "$tools/.$name"-*; touch "$stamp"
   log "$name $version installed in $(( SECONDS - start ))s"
+  exec 8>&-
   say "$name" "$bin/$name"
 }
 
@@ -101,6 +105,8 @@ install_registry() {
 install_cyclonedx() {
   local stamp="$tools/.cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION"
   if [[ -x "$bin/cargo-cyclonedx" && -f "$stamp" ]]; then say cargo-cyclonedx "$bin/cargo-cyclonedx"; return; fi
+  exec 8>"$tools/.cargo-cyclonedx.lock"; flock 8
+  if [[ -x "$bin/cargo-cyclonedx" && -f "$stamp" ]]; then say cargo-cyclonedx "$bin/cargo-cyclonedx"; exec 8>&-; return; fi
   log "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION with cargo install --locked (3-8 min the first time)"
   local start=$SECONDS root="$tools/cargo-cyclonedx"
   with_progress "building cargo-cyclonedx" nice -n 10 cargo install --locked --quiet -j 2 \
@@ -108,6 +114,7 @@ install_cyclonedx() {
   ln -sfn "$root/bin/cargo-cyclonedx" "$bin/cargo-cyclonedx"
   rm -f "$tools"/.cargo-cyclonedx-*; touch "$stamp"
   log "cargo-cyclonedx $CARGO_CYCLONEDX_VERSION installed in $(( SECONDS - start ))s"
+  exec 8>&-
   say cargo-cyclonedx "$bin/cargo-cyclonedx"
 }
 

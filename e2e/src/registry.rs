@@ -142,12 +142,12 @@ impl LocalRegistry {
         .replace(&format!("{PUBLIC_REGISTRY}/"), &format!("{}/", self.host))
     }
 
-    /// Pushes the OCI image layout (an index) as `<host>/<repository>:<tag>`; returns the
+    /// Pushes the OCI image layout's one entry (the index, not a new index around it) as `<host>/<repository>:<tag>`; returns the
     /// index digest (`sha256:...`).
     pub fn push_image(&self, layout: &Path, repository: &str, tag: &str) -> Result<String> {
         let reference = format!("{}/{repository}:{tag}", self.host);
         let out = Command::new(tool("crane")?)
-            .args(["push", "--index"])
+            .arg("push")
             .arg(layout)
             .arg(&reference)
             .stdin(Stdio::null())
