@@ -92,7 +92,7 @@ binaries() {
 
 # ---- metadata ------------------------------------------------------------------------------
 
-# The one version: the workspace crates', which Chart.yaml and the image carry (check-version.sh).
+# The one version: the workspace crates', which Chart.yaml and the image carry (scripts/check-version.py).
 crate_version() {
   python3 -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["workspace"]["package"]["version"])' Cargo.toml
 }

@@ -3,7 +3,10 @@
 #
 # From a fresh clone on a fresh machine: installs the tools, builds the local control plane
 # (Kubernetes from Go modules; 15-25 min the first time, cached afterwards), then runs format,
-# lints, unit and integration tests, the chart tests and the end-to-end suite on a real API server.
+# lints, unit and integration tests, the chart tests, the release image (cross-compiled for
+# linux/amd64 and linux/arm64, assembled and checked without a container engine) and the
+# end-to-end suite on a real API server (including installing image and chart from a local OCI
+# registry).
 # Every step prints a timestamp and the elapsed time, so a long step never looks like a hang.
 #
 # Environment:
@@ -39,8 +42,9 @@ else
   bash scripts/install-tools.sh kubectl
 fi
 
-step "version check (crates, Chart.yaml, values.yaml image tag, CHANGELOG.md, README install agree)"
+step "version check (crates, Chart.yaml, values.yaml image tag, CHANGELOG.md, README install agree); workflow schema"
 python3 scripts/check-version.py
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
