@@ -4,7 +4,7 @@
 #   scripts/image.sh binaries   cross-compile the static (musl) release binary for linux/amd64 and
 #                               linux/arm64 into the cached release target directory
 #   scripts/image.sh build      binaries + SBOM + the OCI image (an index of both platforms) as an
-#                               OCI image layout in target/oci/ckb-operator (no daemon, no registry)
+#                               OCI image layout in $CKB_IMAGE_OUT/layout (no daemon, no registry)
 #   scripts/image.sh assemble   only the assembly step of build (binaries and SBOMs already there)
 #   scripts/image.sh verify     unpack the layout and check the image (see verify() below)
 #   scripts/image.sh all        build, then verify (what scripts/test.sh runs)
@@ -24,6 +24,7 @@
 # Caches (CI runs a fresh clone on the same machine):
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/release-target   cargo target dir of both targets
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/tools/bin         crane, registry, cargo-cyclonedx
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/image             the outputs ($CKB_IMAGE_OUT)
 #
 # Cross toolchain (Debian packages, installed by scripts/install-tools.sh cross):
 #   x86_64: musl-tools (x86_64-linux-musl-gcc for aws-lc-sys)
@@ -35,7 +36,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator"
 tools_bin="$cache/tools/bin"
-out="${CKB_IMAGE_OUT:-$repo/target/oci}"
+# Outputs (layout, index-digest, SBOMs) outside the checkout, so every checkout on the machine (and
+# the e2e tests run from any of them) finds the last image built.
+out="${CKB_IMAGE_OUT:-$cache/image}"
 release_target="${CKB_RELEASE_TARGET_DIR:-$cache/release-target}"
 
 log() { printf '[image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -299,6 +302,7 @@ verify() {
 
 # What the e2e test (e2e/tests/oci_install.rs) reads.
 print_env() {
+  echo "export CKB_IMAGE_DIR=\"$out\""
   echo "export CKB_IMAGE_LAYOUT=\"$out/layout\""
   echo "export CKB_IMAGE_VERSION=\"$(crate_version)\""
   echo "export PATH=\"$tools_bin:\$PATH\""

@@ -67,7 +67,7 @@ fi
 if [[ "${CKB_TEST_SKIP_E2E:-}" != 1 ]]; then
   # The release image without a container engine: static binaries for linux/amd64 and linux/arm64
   # (release target dir cached under ~/.cache/ckb-operator), SBOM, crane assembly into
-  # target/oci/layout, then the image checks. The e2e suite pushes it to a local registry.
+  # ~/.cache/ckb-operator/image/layout, then the image checks. The e2e suite pushes it to a local registry.
   step "image: cross toolchain, crane, registry, cargo-cyclonedx"
   bash scripts/install-tools.sh cross crane registry cyclonedx
   step "image: build (linux/amd64 + linux/arm64) and verify (scripts/image.sh all)"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cluster::{Proc, free_ports, repo_root};
+use crate::cluster::{Proc, free_ports};
 
 /// The registry host the project publishes to.
 pub const PUBLIC_REGISTRY: &str = "ghcr.io";
@@ -27,16 +27,21 @@ pub fn release_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// `tools/bin` of `scripts/install-tools.sh`: `$CKB_TOOLS_DIR/bin`, else under the user cache.
-pub fn tools_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CKB_TOOLS_DIR") {
-        return PathBuf::from(dir).join("bin");
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator`: where the scripts cache tools and outputs.
+fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("ckb-operator/tools/bin")
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("ckb-operator")
+}
+
+/// `tools/bin` of `scripts/install-tools.sh`: `$CKB_TOOLS_DIR/bin`, else under the user cache.
+pub fn tools_bin() -> PathBuf {
+    std::env::var_os("CKB_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_root().join("tools"))
+        .join("bin")
 }
 
 /// A tool of `scripts/install-tools.sh`; fails naming the install command when it is missing.
@@ -52,11 +57,12 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// The image built by `scripts/image.sh build`: `$CKB_IMAGE_LAYOUT`, else `target/oci/layout`.
+/// The image built by `scripts/image.sh build`: `$CKB_IMAGE_LAYOUT`, else where the script puts
+/// it (`${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/image/layout`).
 pub fn image_layout() -> Result<PathBuf> {
     let p = std::env::var_os("CKB_IMAGE_LAYOUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/oci/layout"));
+        .unwrap_or_else(|| cache_root().join("image/layout"));
     if !p.join("index.json").is_file() {
         bail!(
             "no image at {}: run `scripts/image.sh build` first (scripts/test.sh does)",
@@ -246,6 +252,7 @@ impl Drop for LocalRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::repo_root;
 
     #[test]
     fn release_version_is_the_charts() {
