@@ -109,8 +109,9 @@ install_cyclonedx() {
   if [[ -x "$bin/cargo-cyclonedx" && -f "$stamp" ]]; then say cargo-cyclonedx "$bin/cargo-cyclonedx"; exec 8>&-; return; fi
   log "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION with cargo install --locked (3-8 min the first time)"
   local start=$SECONDS root="$tools/cargo-cyclonedx"
+  # A target dir of its own in the cache: an interrupted install resumes instead of starting over.
   with_progress "building cargo-cyclonedx" nice -n 10 cargo install --locked --quiet -j 2 \
-    --root "$root" --version "$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx
+    --root "$root" --target-dir "$root/build" --version "$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx
   ln -sfn "$root/bin/cargo-cyclonedx" "$bin/cargo-cyclonedx"
   rm -f "$tools"/.cargo-cyclonedx-*; touch "$stamp"
   log "cargo-cyclonedx $CARGO_CYCLONEDX_VERSION installed in $(( SECONDS - start ))s"
