@@ -52,6 +52,7 @@ oci_arch() { case "$1" in x86_64-*) echo amd64 ;; aarch64-*) echo arm64 ;; *) di
 cargo_env() {
   export CARGO_TARGET_DIR="$release_target"
   export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+  export CARGO_INCREMENTAL=0
   export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
   export CC_x86_64_unknown_linux_musl=x86_64-linux-musl-gcc
   export AR_x86_64_unknown_linux_musl=ar
