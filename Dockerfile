@@ -46,7 +46,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     esac \
     && cargo build --release --locked -p ckb-operator --target "$target" \
     && install -D -m 0755 "target/$target/release/ckb-operator" /rootfs/ckb-operator \
-    && cargo cyclonedx --all --format json --spec-version 1.5 --target "$target" --no-build-deps \
+    && cargo cyclonedx --all --format json --spec-version 1.5 --target all --no-build-deps \
         --override-filename sbom \
     && install -D -m 0644 operator/sbom.json /rootfs/usr/share/doc/ckb-operator/sbom.cdx.json
 RUN mkdir -p /rootfs/etc/ssl/certs /rootfs/tmp /rootfs/home/nonroot \

@@ -16,8 +16,9 @@ For the index and each platform image (linux/amd64, linux/arm64):
   entrypoint's `--version`, `crd` (equal to the chart's committed CRD) and `render` (adds the
   sidecar); arm64 through qemu-aarch64-static (Debian qemu-user-static, installed by
   scripts/install-tools.sh cross; skipped, saying so, when it is missing);
-- the SBOM in the image lists every crate of ckb-operator's dependency graph for that target, each
-  with the version Cargo.lock pins, and nothing that is not in Cargo.lock;
+- the SBOM in the image lists every crate of ckb-operator's dependency graph for that target (as
+  `cargo tree` resolves it), each with the version Cargo.lock pins, and nothing that is not in
+  Cargo.lock;
 - the Dockerfile describes the same image: its runtime stage's USER, ENTRYPOINT, EXPOSE, label
   names and the /etc/passwd and /etc/group it writes equal the built image's;
 - (scripts/image.sh verify adds: the chart's default image is <values image.repository>:<Chart
