@@ -43,6 +43,12 @@ pub mod reasons {
     pub const POLICY_NOT_UTF8: &str = "PolicyNotUtf8";
     /// The policy cannot fit a pod's 256 KiB annotation budget once base64-encoded.
     pub const POLICY_TOO_LARGE: &str = "PolicyTooLarge";
+    /// The ConfigMap's policy hashes to a value not in `spec.policy.sha256`: Key Vault is not
+    /// changed for it (the message names both the ConfigMap's hash and the pinned ones).
+    pub const POLICY_HASH_NOT_PINNED: &str = "PolicyHashNotPinned";
+    /// The binding pins no hash and the policy source is `Pinned`: Key Vault is not changed; the
+    /// message says which `spec.policy.sha256` to add.
+    pub const POLICY_NOT_PINNED: &str = "PolicyNotPinned";
 
     // --- KeyReady
     /// The key exists, is ours and matches.
@@ -51,6 +57,9 @@ pub mod reasons {
     pub const VAULT_NOT_ALLOWED: &str = "VaultNotAllowed";
     /// A key of that name exists without our tags, or with another binding's or cluster's.
     pub const KEY_NOT_OWNED: &str = "KeyNotOwned";
+    /// Taking over a key (`adopt: true`) needs the key owner's `ckb-adopt` tag naming this binding;
+    /// the message says which tag to set.
+    pub const ADOPT_CONSENT_MISSING: &str = "AdoptConsentMissing";
     /// The key exists but its type, size, curve or exportability differ from the spec.
     pub const KEY_MISMATCH: &str = "KeyMismatch";
     /// The key is soft-deleted and cannot be recovered by us (not ours, or purge protection state).

@@ -52,6 +52,13 @@ pub mod tags {
     pub const BINDING: &str = "ckb-binding";
     /// Tag naming the cluster that owns the key: the UID of its `kube-system` namespace.
     pub const CLUSTER: &str = "ckb-cluster";
+    /// Tag carrying the `metadata.uid` of the binding that owns the key: a later binding with the
+    /// same namespace and name (a re-created namespace or binding) is another owner.
+    pub const BINDING_UID: &str = "ckb-binding-uid";
+    /// Consent tag, set on a key by someone with Key Vault rights (never by the operator): its
+    /// value, `<namespace>/<name>` or a binding's UID, names the one binding allowed to take the
+    /// key over (`spec.key.adopt: true`). The operator removes it once the key is taken over.
+    pub const ADOPT: &str = "ckb-adopt";
 }
 
 /// Declares that a Key Vault key may be released only to this namespace's confidential pods that run
@@ -141,14 +148,18 @@ pub struct KeySpec {
     )]
     pub operations: Option<Vec<KeyOperation>>,
 
-    /// Take over an existing key that carries no ckb-operator tags (the operator then adds its tags
-    /// and rewrites the release policy). A key tagged for another binding or cluster is never taken.
+    /// Take over an existing key this binding did not create: one without ckb-operator tags, or
+    /// one left by an earlier binding of the same namespace and name (another UID). It also needs
+    /// the key owner's consent: the tag `ckb-adopt` on the key, set by someone with Key Vault
+    /// rights, naming this binding as `<namespace>/<name>` (or its UID). The operator then writes
+    /// its tags (removing `ckb-adopt`) and rewrites the release policy. A key tagged for another
+    /// binding name or cluster is never taken.
     #[serde(default)]
     pub adopt: bool,
 
-    /// What happens to the key when the binding is deleted: `Retain` leaves it (with its tags, so a
-    /// re-created binding picks it up again); `Delete` soft-deletes it (recoverable for the vault's
-    /// retention period).
+    /// What happens to the key when the binding is deleted: `Retain` leaves it (with its tags; a
+    /// re-created binding of the same name takes it back with `adopt: true` and the key owner's
+    /// `ckb-adopt` tag); `Delete` soft-deletes it (recoverable for the vault's retention period).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -318,6 +329,7 @@ pub struct ClaimCondition {
 /// Where the agent policy comes from.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::no_null_members)]
 pub struct PolicySpec {
     /// ConfigMap of this namespace holding the Kata agent policy as Rego text. The ConfigMap must be
     /// labelled `ckb.dev/policy: "true"` (the operator watches only those).
@@ -331,6 +343,58 @@ pub struct PolicySpec {
         extend("items" = schema::hash_item_schema(), "x-kubernetes-list-type" = "set")
     )]
     pub additional_hashes: Vec<String>,
+
+    /// The agent policy hashes (SHA-256 of the Rego text, 64 lowercase hex digits) this binding
+    /// approves, reviewed with the binding (e.g. in Git). When set, every listed hash is bound in
+    /// the key's release policy, and the ConfigMap only says which of them pods get: a ConfigMap
+    /// whose policy hashes to anything else changes nothing in Key Vault (`PolicyResolved=False
+    /// reason=PolicyHashNotPinned`) and the webhook refuses the pods. To roll out a new policy,
+    /// list both hashes, change the ConfigMap, then remove the old hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        extend("items" = schema::hash_item_schema(), "x-kubernetes-list-type" = "set")
+    )]
+    pub sha256: Vec<String>,
+
+    /// What a binding without `sha256` follows. `Pinned`: nothing; the key is left as it is and
+    /// the binding reports `PolicyResolved=False reason=PolicyNotPinned` naming the hash to pin.
+    /// `ConfigMap`: the ConfigMap's hash is bound as it changes; anyone who may write the
+    /// ConfigMap (the built-in `edit` role) then decides what the key is released to. Unset: the
+    /// operator's `--policy-source-default` (`Pinned` unless changed). Ignored when `sha256` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PolicySource>,
+}
+
+/// What decides the bound policy hash of a binding that pins none.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PolicySource {
+    /// Only `spec.policy.sha256` (the safe default): a ConfigMap edit cannot change the key.
+    #[default]
+    Pinned,
+    /// The ConfigMap's current hash (whoever writes the ConfigMap decides what the key releases to).
+    ConfigMap,
+}
+
+impl PolicySource {
+    /// The name as written in the spec and the operator's flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Pinned => "Pinned",
+            PolicySource::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+impl std::str::FromStr for PolicySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Pinned" | "pinned" => Ok(PolicySource::Pinned),
+            "ConfigMap" | "configmap" | "configMap" => Ok(PolicySource::ConfigMap),
+            _ => Err(format!("{s:?}: expected Pinned or ConfigMap")),
+        }
+    }
 }
 
 /// A key of a ConfigMap.
@@ -482,8 +546,10 @@ pub struct BoundHash {
     pub hash: String,
     /// Why it is bound.
     pub reason: BoundHashReason,
-    /// Since when the hash is bound for this reason (RFC 3339). For `Grace`, when it stopped
-    /// being current: the grace period runs from then.
+    /// Since when the hash is bound for this reason (RFC 3339). For `Grace` and `InUse`, when it
+    /// stopped being current or pinned: the grace period and the retention ceiling run from then.
+    /// The operator reads it back only as a hint: a time in the future counts as now, and it can
+    /// never make a hash stay longer than the operator itself saw it retired.
     pub since: String,
 }
 
@@ -500,6 +566,8 @@ pub enum BoundHashReason {
     Grace,
     /// Listed in `spec.policy.additionalHashes`.
     Additional,
+    /// Listed in `spec.policy.sha256` (and not the ConfigMap's hash now).
+    Pinned,
 }
 
 /// The CustomResourceDefinition of [`ConfidentialKeyBinding`], as `ckb-operator crd` prints it and
@@ -545,6 +613,11 @@ impl ConfidentialKeyBinding {
             self.metadata.namespace.as_deref().unwrap_or_default(),
             self.metadata.name.as_deref().unwrap_or_default()
         )
+    }
+
+    /// The binding's `metadata.uid` (empty if unset), as in the `ckb-binding-uid` key tag.
+    pub fn uid_str(&self) -> &str {
+        self.metadata.uid.as_deref().unwrap_or_default()
     }
 
     /// The condition of the given type, if the status has one.

@@ -191,8 +191,30 @@ fn patterns_enums_lengths_and_defaults() {
     );
     assert_eq!(
         at(&s, "status.policy.boundHashes.[].reason")["enum"],
-        json!(["Current", "InUse", "Grace", "Additional"])
+        json!(["Current", "InUse", "Grace", "Additional", "Pinned"])
     );
+}
+
+#[test]
+fn pinned_hashes_and_the_policy_source_are_optional_and_checked() {
+    let s = schema();
+    let policy = at(&s, "spec.policy");
+    assert_eq!(
+        policy["required"],
+        json!(["configMapRef"]),
+        "v1alpha1 bindings stay valid"
+    );
+    assert_eq!(at(&s, "spec.policy.sha256.[]")["pattern"], "^[0-9a-f]{64}$");
+    assert_eq!(
+        at(&s, "spec.policy.sha256")["x-kubernetes-list-type"],
+        "set"
+    );
+    assert_eq!(at(&s, "spec.policy.sha256")["maxItems"], 16);
+    assert_eq!(
+        at(&s, "spec.policy.source")["enum"],
+        json!(["Pinned", "ConfigMap"])
+    );
+    assert!(at(&s, "spec.policy.source").get("default").is_none());
 }
 
 #[test]

@@ -151,7 +151,8 @@ fn binding(i: usize) -> ConfidentialKeyBinding {
             "key": {"vault": "https://demo.vault.azure.net", "name": format!("key-{i}"),
                     "type": "RSA-HSM", "size": 2048},
             "attestation": {"authority": "https://sharedeus.eus.attest.azure.net"},
-            "policy": {"configMapRef": {"name": "policy"}}
+            // Follows the ConfigMap (explicit opt-in): this test is about crashes, not pins.
+            "policy": {"configMapRef": {"name": "policy"}, "source": "ConfigMap"}
         }
     }))
     .expect("binding")

@@ -43,7 +43,8 @@ fn config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
     )
 }
 
-/// A binding of key `key` in `vault` to the pods `app=<app>` running the policy in ConfigMap `cm`.
+/// A binding of key `key` in `vault` to the pods `app=<app>` running the policy in ConfigMap
+/// `<name>-policy`, following that ConfigMap (`spec.policy.source: ConfigMap`).
 fn binding_yaml(ns: &str, name: &str, app: &str, vault: &str, key: &str, deletion: &str) -> String {
     format!(
         r#"apiVersion: ckb.dev/v1alpha1
@@ -71,6 +72,8 @@ spec:
     configMapRef:
       name: {name}-policy
       key: policy.rego
+    # These scenarios are about following the ConfigMap (the explicit opt-in; the default pins).
+    source: ConfigMap
 "#
     )
 }

@@ -32,6 +32,7 @@ fn binding(rego: &str) -> MatchedBinding {
         sidecar: Default::default(),
         policy: Some(Arc::from(rego)),
         policy_ref: "ConfigMap orders-policy key policy.rego".into(),
+        pinned: vec![],
     }
 }
 

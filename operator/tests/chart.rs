@@ -1369,6 +1369,8 @@ fn values_reach_the_operators_environment() {
             ("keyVault.credential", r#""managed-identity""#),
             ("controller.resyncPeriod", r#""1h""#),
             ("controller.hashGracePeriod", r#""30m""#),
+            ("controller.hashRetentionCeiling", r#""48h""#),
+            ("controller.policySourceDefault", r#""ConfigMap""#),
             ("controller.cleanupTimeout", r#""5m""#),
             ("sidecar.image", r#""mcr.microsoft.com/aci/skr:2.13""#),
             ("sidecar.port", "8181"),
@@ -1387,6 +1389,8 @@ fn values_reach_the_operators_environment() {
         ("CKB_KV_CREDENTIAL", "managed-identity"),
         ("CKB_RESYNC_PERIOD", "1h"),
         ("CKB_HASH_GRACE_PERIOD", "30m"),
+        ("CKB_HASH_RETENTION_CEILING", "48h"),
+        ("CKB_POLICY_SOURCE_DEFAULT", "ConfigMap"),
         ("CKB_CLEANUP_TIMEOUT", "5m"),
         ("CKB_SIDECAR_IMAGE", "mcr.microsoft.com/aci/skr:2.13"),
         ("CKB_SIDECAR_PORT", "8181"),
@@ -1424,6 +1428,15 @@ fn values_reach_the_operators_environment() {
             "{name} set although its value is empty"
         );
     }
+}
+
+/// The chart installs the mode in which a ConfigMap edit (the built-in `edit` role) cannot change
+/// what a key is released to; following ConfigMaps is an explicit opt-in.
+#[test]
+fn the_chart_pins_policies_by_default() {
+    let docs = render(&Case::new("defaults", &[]));
+    assert_eq!(env_value(&docs, "CKB_POLICY_SOURCE_DEFAULT"), "Pinned");
+    assert_eq!(env_value(&docs, "CKB_HASH_RETENTION_CEILING"), "24h");
 }
 
 // ---------------------------------------------------------------------------------------------

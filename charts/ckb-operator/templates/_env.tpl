@@ -32,6 +32,10 @@ the operator's built-in default.
   value: {{ .Values.controller.resyncPeriod | quote }}
 - name: CKB_HASH_GRACE_PERIOD
   value: {{ .Values.controller.hashGracePeriod | quote }}
+- name: CKB_HASH_RETENTION_CEILING
+  value: {{ .Values.controller.hashRetentionCeiling | quote }}
+- name: CKB_POLICY_SOURCE_DEFAULT
+  value: {{ .Values.controller.policySourceDefault | quote }}
 - name: CKB_CLEANUP_TIMEOUT
   value: {{ .Values.controller.cleanupTimeout | quote }}
 - name: CKB_LEADER_ELECTION_LEASE

@@ -96,6 +96,13 @@ pub async fn operate(
         .await
         .context("reading the kube-system namespace UID (the ckb-cluster tag)")?;
     info!(cluster = %cluster, vaults = ?allowed_vaults, "starting");
+    if c.policy_source_default == ckb_crds::PolicySource::ConfigMap {
+        warn!(
+            "--policy-source-default ConfigMap: bindings without spec.policy.sha256 follow their \
+             ConfigMap, so whoever may write it (the built-in edit role) decides what their keys \
+             are released to"
+        );
+    }
 
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
@@ -191,6 +198,13 @@ pub async fn operate(
             allowed_vaults,
             hash_grace: c.hash_grace_period,
             cluster_uid: cluster,
+            policy_source_default: c.policy_source_default,
+            retention_ceiling: c.hash_retention_ceiling,
+            confidential_runtime_classes: args
+                .webhook
+                .mutation
+                .confidential_runtime_classes
+                .clone(),
         },
         Timing {
             resync: c.resync_period,

@@ -237,7 +237,14 @@ async fn foreign_tags_mean_key_not_owned_and_zero_writes() {
 async fn adopt_takes_an_untagged_key_with_our_tags_and_policy() {
     let s = setup(true).await;
     let mut b = binding();
-    let untagged = std::collections::BTreeMap::from([("team".to_string(), "payments".to_string())]);
+    // The key's owner consents with the ckb-adopt tag (someone with Key Vault rights).
+    let untagged = std::collections::BTreeMap::from([
+        ("team".to_string(), "payments".to_string()),
+        (
+            ckb_crds::tags::ADOPT.to_string(),
+            "payments/orders".to_string(),
+        ),
+    ]);
     s.admin
         .create_key(&url(), &new_key(&b, untagged))
         .await
@@ -255,6 +262,7 @@ async fn adopt_takes_an_untagged_key_with_our_tags_and_policy() {
         k.tags.get(ckb_crds::tags::BINDING).map(String::as_str),
         Some("payments/orders")
     );
+    assert!(!k.tags.contains_key(ckb_crds::tags::ADOPT));
     assert_eq!(
         b.status
             .as_ref()

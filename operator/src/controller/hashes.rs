@@ -1,29 +1,37 @@
 //! Which policy hashes a binding's release policy allows (pure).
 //!
 //! The rules, in order of precedence for one hash:
-//! 1. the hash of the policy in the referenced ConfigMap now: `Current`;
-//! 2. a hash listed in `spec.policy.additionalHashes`: `Additional`;
-//! 3. a hash this binding bound before (it is in `status.policy.boundHashes`) that stopped being
-//!    current less than the grace period ago: `Grace` (its `since` is when it stopped being current);
-//! 4. a hash this binding bound before that live pods injected for this binding still carry: `InUse`.
+//! 1. the ConfigMap's hash, when the binding may bind it (it follows the ConfigMap, or the hash is
+//!    pinned): `Current`;
+//! 2. a hash listed in `spec.policy.sha256`: `Pinned`;
+//! 3. a hash listed in `spec.policy.additionalHashes`: `Additional`;
+//! 4. a hash this binding bound before that stopped being current or pinned (it is *retired*):
+//!    - less than the grace period ago: `Grace`;
+//!    - otherwise while a *qualifying* pod carries it (see `index::pod_policies`: confidential,
+//!      selected by the binding, the hash recomputed from its agent-policy annotation, created no
+//!      later than the retirement): `InUse`;
+//!    - never once the retention ceiling has passed since the retirement.
 //!
-//! Anything else goes. A pod never adds a hash: a hash carried by pods but never bound by this
-//! binding is ignored, so a pod (whose annotations anyone allowed to create pods can write) cannot
-//! widen who may release the key.
+//! Anything else goes. A pod never adds a hash. What the status says is a hint, never the truth:
+//! a previous hash that Key Vault's release policy does not hold is not "bound before" (a status
+//! patch cannot add one), a retirement time in the future counts as now, and a retirement this
+//! process saw earlier than the status says wins (a status patch cannot lengthen a hash's life).
+//! A hash that was `Additional` and is no longer listed goes at once: the user removed it on
+//! purpose.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ckb_crds::{BoundHash, BoundHashReason};
 use jiff::Timestamp;
 
-/// The bound hashes after this reconcile, sorted by hash, and when the next one leaves its grace
-/// period (so the reconcile can be scheduled then).
+/// The bound hashes after this reconcile, sorted by hash, and when the next one must be looked
+/// at again (end of a grace period or of the retention ceiling).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
     /// Every allowed hash with why.
     pub bound: Vec<BoundHash>,
-    /// Time until the earliest grace period ends, if any hash is in grace.
+    /// Time until the earliest grace period or retention ceiling ends, if any hash is retired.
     pub next_expiry: Option<Duration>,
 }
 
@@ -32,83 +40,147 @@ impl Allowed {
     pub fn hashes(&self) -> BTreeSet<String> {
         self.bound.iter().map(|b| b.hash.clone()).collect()
     }
+
+    /// The retired hashes (`Grace`, `InUse`) and since when they are retired.
+    pub fn retired(&self) -> BTreeMap<String, Timestamp> {
+        self.bound
+            .iter()
+            .filter(|b| matches!(b.reason, BoundHashReason::Grace | BoundHashReason::InUse))
+            .filter_map(|b| Some((b.hash.clone(), b.since.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// Everything [`allowed_hashes`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInputs<'a> {
+    /// The ConfigMap's hash, when the binding may bind it (followed, or pinned); else `None`.
+    pub current: Option<&'a str>,
+    /// `spec.policy.sha256`.
+    pub pinned: &'a [String],
+    /// `spec.policy.additionalHashes`.
+    pub additional: &'a [String],
+    /// `status.policy.boundHashes`: a hint (see the module docs).
+    pub previous: &'a [BoundHash],
+    /// The hashes the key's release policy holds now, as Key Vault reported them; `None` when the
+    /// key was not read (nothing is written then).
+    pub in_vault: Option<&'a BTreeSet<String>>,
+    /// For each hash carried by qualifying pods, the creation time of the earliest such pod.
+    pub pods: &'a BTreeMap<String, Timestamp>,
+    /// When this process first saw each hash of the binding retired.
+    pub seen_retired: &'a BTreeMap<String, Timestamp>,
+    /// The time of this reconcile.
+    pub now: Timestamp,
+    /// How long a retired hash stays bound without qualifying pods.
+    pub grace: Duration,
+    /// How long a retired hash stays bound at most, pods or not.
+    pub ceiling: Duration,
+}
+
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
 /// Computes the allowed hashes (see the module docs).
-///
-/// `previous` is the binding's `status.policy.boundHashes`; `carried` the hashes
-/// (`ckb.dev/policy-sha256`) of live pods that name this binding in `ckb.dev/bindings`.
-pub fn allowed_hashes(
-    current: &str,
-    additional: &[String],
-    previous: &[BoundHash],
-    carried: &BTreeSet<String>,
-    now: Timestamp,
-    grace: Duration,
-) -> Allowed {
+pub fn allowed_hashes(i: HashInputs<'_>) -> Allowed {
+    let now = i.now;
     let mut bound: Vec<BoundHash> = Vec::new();
     let mut next_expiry: Option<Duration> = None;
-    let prev = |h: &str| previous.iter().find(|b| b.hash == h);
+    let mut expire_in = |left: Duration| {
+        next_expiry = Some(next_expiry.map_or(left, |n: Duration| n.min(left)));
+    };
+    let prev = |h: &str| i.previous.iter().find(|b| b.hash == h);
+    // A kept `since` is informational only (it decides nothing for these reasons); still, a
+    // future one is not repeated.
     let keep_since = |h: &str, reason: BoundHashReason| match prev(h) {
-        Some(b) if b.reason == reason => b.since.clone(),
+        Some(b) if b.reason == reason => match b.since.parse::<Timestamp>() {
+            Ok(t) if t <= now => b.since.clone(),
+            _ => now.to_string(),
+        },
         _ => now.to_string(),
     };
-
-    bound.push(BoundHash {
-        hash: current.to_string(),
-        reason: BoundHashReason::Current,
-        since: keep_since(current, BoundHashReason::Current),
-    });
-    for h in additional {
-        if bound.iter().any(|b| &b.hash == h) {
-            continue;
-        }
-        bound.push(BoundHash {
-            hash: h.clone(),
-            reason: BoundHashReason::Additional,
-            since: keep_since(h, BoundHashReason::Additional),
-        });
-    }
-    for p in previous {
-        if bound.iter().any(|b| b.hash == p.hash) {
-            continue;
-        }
-        // When did it stop being current? Now if it was current until this reconcile, else the
-        // time recorded when it entered grace. A hash that was `Additional` and is no longer
-        // listed goes at once: the user removed it on purpose.
-        let grace_started = match p.reason {
-            BoundHashReason::Current => Some(now),
-            BoundHashReason::Grace => Some(p.since.parse::<Timestamp>().unwrap_or(now)),
-            BoundHashReason::InUse | BoundHashReason::Additional => None,
-        };
-        if let Some(started) = grace_started {
-            let elapsed = now.duration_since(started);
-            let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
-            if elapsed < grace {
-                let left = grace - elapsed;
-                next_expiry = Some(next_expiry.map_or(left, |n| n.min(left)));
-                bound.push(BoundHash {
-                    hash: p.hash.clone(),
-                    reason: BoundHashReason::Grace,
-                    since: started.to_string(),
-                });
-                continue;
-            }
-        }
-        let was_ours = matches!(
-            p.reason,
-            BoundHashReason::Current | BoundHashReason::Grace | BoundHashReason::InUse
-        );
-        if was_ours && carried.contains(&p.hash) {
+    let push = |bound: &mut Vec<BoundHash>, h: &str, reason: BoundHashReason| {
+        if !bound.iter().any(|b| b.hash == h) {
             bound.push(BoundHash {
-                hash: p.hash.clone(),
-                reason: BoundHashReason::InUse,
-                since: keep_since(&p.hash, BoundHashReason::InUse),
+                hash: h.to_string(),
+                reason,
+                since: keep_since(h, reason),
             });
         }
+    };
+    if let Some(c) = i.current {
+        push(&mut bound, c, BoundHashReason::Current);
+    }
+    for h in i.pinned {
+        push(&mut bound, h, BoundHashReason::Pinned);
+    }
+    for h in i.additional {
+        push(&mut bound, h, BoundHashReason::Additional);
+    }
+    let approved: BTreeSet<String> = bound.iter().map(|b| b.hash.clone()).collect();
+    for p in i.previous {
+        if approved.contains(&p.hash) || bound.iter().any(|b| b.hash == p.hash) {
+            continue;
+        }
+        if i.in_vault.is_some_and(|v| !v.contains(&p.hash)) {
+            // Key Vault never held it (or no longer does): the status cannot add a hash.
+            continue;
+        }
+        let from_status = match p.reason {
+            // It was current or pinned until this reconcile: retired now.
+            BoundHashReason::Current | BoundHashReason::Pinned => now,
+            BoundHashReason::Grace | BoundHashReason::InUse => {
+                p.since.parse::<Timestamp>().unwrap_or(now).min(now)
+            }
+            BoundHashReason::Additional => continue,
+        };
+        let retired = match i.seen_retired.get(&p.hash) {
+            Some(seen) => from_status.min(*seen),
+            None => from_status,
+        };
+        let age = elapsed(retired, now);
+        if age >= i.ceiling {
+            continue;
+        }
+        let reason = if age < i.grace {
+            expire_in(i.grace - age);
+            BoundHashReason::Grace
+        } else if i
+            .pods
+            .get(&p.hash)
+            .is_some_and(|created| *created <= retired)
+        {
+            expire_in(i.ceiling - age);
+            BoundHashReason::InUse
+        } else {
+            continue;
+        };
+        bound.push(BoundHash {
+            hash: p.hash.clone(),
+            reason,
+            since: retired.to_string(),
+        });
     }
     bound.sort_by(|a, b| a.hash.cmp(&b.hash));
     Allowed { bound, next_expiry }
+}
+
+/// What the operator remembers of a binding's retirements after a reconcile: the retired hashes
+/// (`Grace`, `InUse`) of the status it writes, each with the earliest retirement time seen (never
+/// later than `now`). Hashes no longer retired are forgotten.
+pub fn remember_retired(
+    seen: &BTreeMap<String, Timestamp>,
+    bound: &[BoundHash],
+    now: Timestamp,
+) -> BTreeMap<String, Timestamp> {
+    bound
+        .iter()
+        .filter(|b| matches!(b.reason, BoundHashReason::Grace | BoundHashReason::InUse))
+        .filter_map(|b| {
+            let t = b.since.parse::<Timestamp>().ok()?.min(now);
+            Some((b.hash.clone(), seen.get(&b.hash).map_or(t, |s| t.min(*s))))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -119,9 +191,53 @@ mod tests {
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
     const GRACE: Duration = Duration::from_secs(600);
+    const CEILING: Duration = Duration::from_secs(24 * 3600);
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    /// One reconcile's inputs, with the key holding exactly what the previous one bound.
+    struct Step<'a> {
+        current: Option<&'a str>,
+        pinned: Vec<String>,
+        additional: Vec<String>,
+        pods: BTreeMap<String, Timestamp>,
+        seen: BTreeMap<String, Timestamp>,
+        in_vault: Option<BTreeSet<String>>,
+    }
+
+    fn step(current: &str) -> Step<'_> {
+        Step {
+            current: Some(current),
+            pinned: vec![],
+            additional: vec![],
+            pods: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            in_vault: None,
+        }
+    }
+
+    impl Step<'_> {
+        fn pod(mut self, hash: &str, created: &str) -> Self {
+            self.pods.insert(hash.into(), t(created));
+            self
+        }
+        fn run(&self, previous: &[BoundHash], now: &str) -> Allowed {
+            let vault: BTreeSet<String> = previous.iter().map(|b| b.hash.clone()).collect();
+            allowed_hashes(HashInputs {
+                current: self.current,
+                pinned: &self.pinned,
+                additional: &self.additional,
+                previous,
+                in_vault: Some(self.in_vault.as_ref().unwrap_or(&vault)),
+                pods: &self.pods,
+                seen_retired: &self.seen,
+                now: t(now),
+                grace: GRACE,
+                ceiling: CEILING,
+            })
+        }
     }
 
     fn reasons(a: &Allowed) -> Vec<(String, BoundHashReason)> {
@@ -131,36 +247,29 @@ mod tests {
             .collect()
     }
 
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-01T01:00:00Z";
+
     #[test]
     fn first_bind_is_the_current_hash_only() {
-        let a = allowed_hashes(
-            A,
-            &[],
-            &[],
-            &BTreeSet::new(),
-            t("2026-01-01T00:00:00Z"),
-            GRACE,
-        );
+        let a = step(A).run(&[], T0);
         assert_eq!(reasons(&a), vec![("a".into(), BoundHashReason::Current)]);
-        assert_eq!(a.bound[0].since, "2026-01-01T00:00:00Z");
+        assert_eq!(a.bound[0].since, T0);
         assert_eq!(a.next_expiry, None);
     }
 
     #[test]
     fn a_pod_cannot_add_a_hash() {
-        let carried: BTreeSet<String> = [B.to_string()].into();
-        let a = allowed_hashes(A, &[], &[], &carried, t("2026-01-01T00:00:00Z"), GRACE);
+        let a = step(A).pod(B, T0).run(&[], T0);
         assert_eq!(a.hashes(), [A.to_string()].into());
     }
 
     #[test]
-    fn old_hash_stays_for_the_grace_then_while_pods_use_it_then_goes() {
-        let t0 = t("2026-01-01T00:00:00Z");
-        let first = allowed_hashes(A, &[], &[], &BTreeSet::new(), t0, GRACE);
-        // The policy changes to B; pods still run A.
-        let carried: BTreeSet<String> = [A.to_string()].into();
-        let t1 = t("2026-01-01T01:00:00Z");
-        let second = allowed_hashes(B, &[], &first.bound, &carried, t1, GRACE);
+    fn old_hash_stays_for_the_grace_then_while_older_pods_use_it_then_goes() {
+        let first = step(A).run(&[], T0);
+        // The policy changes to B at T1; a pod created before still runs A.
+        let s = step(B).pod(A, "2026-01-01T00:30:00Z");
+        let second = s.run(&first.bound, T1);
         assert_eq!(
             reasons(&second),
             vec![
@@ -169,41 +278,116 @@ mod tests {
             ]
         );
         assert_eq!(second.next_expiry, Some(GRACE));
-        // Five minutes later: still grace, 5 minutes left.
-        let t2 = t("2026-01-01T01:05:00Z");
-        let third = allowed_hashes(B, &[], &second.bound, &carried, t2, GRACE);
+        let third = s.run(&second.bound, "2026-01-01T01:05:00Z");
         assert_eq!(third.next_expiry, Some(Duration::from_secs(300)));
-        assert_eq!(third.bound[0].reason, BoundHashReason::Grace);
-        assert_eq!(third.bound[0].since, "2026-01-01T01:00:00Z");
-        // After the grace, pods still use it: InUse.
-        let t3 = t("2026-01-01T01:11:00Z");
-        let fourth = allowed_hashes(B, &[], &third.bound, &carried, t3, GRACE);
+        assert_eq!(third.bound[0].since, T1);
+        // After the grace, the pod still runs A: InUse, until the ceiling at the latest.
+        let fourth = s.run(&third.bound, "2026-01-01T01:11:00Z");
         assert_eq!(fourth.bound[0].reason, BoundHashReason::InUse);
-        assert_eq!(fourth.next_expiry, None);
-        // Pods gone: dropped.
-        let t4 = t("2026-01-01T01:12:00Z");
-        let fifth = allowed_hashes(B, &[], &fourth.bound, &BTreeSet::new(), t4, GRACE);
+        assert_eq!(fourth.bound[0].since, T1, "since stays the retirement time");
+        assert_eq!(fourth.next_expiry, Some(CEILING - Duration::from_secs(660)));
+        // Pods gone: dropped; a pod that comes back cannot bring it back.
+        let fifth = step(B).run(&fourth.bound, "2026-01-01T01:12:00Z");
         assert_eq!(fifth.hashes(), [B.to_string()].into());
-        // A pod that comes back with A later cannot bring it back.
-        let sixth = allowed_hashes(B, &[], &fifth.bound, &carried, t4, GRACE);
+        let sixth = s.run(&fifth.bound, "2026-01-01T01:13:00Z");
         assert_eq!(sixth.hashes(), [B.to_string()].into());
     }
 
     #[test]
-    fn old_hash_without_pods_goes_after_the_grace() {
-        let t0 = t("2026-01-01T00:00:00Z");
-        let first = allowed_hashes(A, &[], &[], &BTreeSet::new(), t0, GRACE);
-        let second = allowed_hashes(B, &[], &first.bound, &BTreeSet::new(), t0, GRACE);
-        assert_eq!(second.bound.len(), 2);
-        let later = t("2026-01-01T00:10:00Z");
-        let third = allowed_hashes(B, &[], &second.bound, &BTreeSet::new(), later, GRACE);
+    fn a_pod_created_after_the_retirement_keeps_nothing_past_the_grace() {
+        let first = step(A).run(&[], T0);
+        let s = step(B).pod(A, "2026-01-01T01:00:01Z");
+        let second = s.run(&first.bound, T1);
+        assert_eq!(second.bound[0].reason, BoundHashReason::Grace);
+        let later = s.run(&second.bound, "2026-01-01T01:10:00Z");
+        assert_eq!(later.hashes(), [B.to_string()].into());
+    }
+
+    #[test]
+    fn the_retention_ceiling_ends_in_use() {
+        let first = step(A).run(&[], T0);
+        let s = step(B).pod(A, T0);
+        let second = s.run(&first.bound, T1);
+        let in_use = s.run(&second.bound, "2026-01-01T12:00:00Z");
+        assert_eq!(in_use.bound[0].reason, BoundHashReason::InUse);
+        let after = s.run(&in_use.bound, "2026-01-02T01:00:00Z");
+        assert_eq!(after.hashes(), [B.to_string()].into());
+    }
+
+    #[test]
+    fn a_future_since_in_status_counts_as_now() {
+        let first = step(A).run(&[], T0);
+        let second = step(B).run(&first.bound, T1);
+        // Someone with status rights moves A's retirement to 2099.
+        let mut patched = second.bound.clone();
+        patched[0].since = "2099-01-01T00:00:00Z".into();
+        let third = step(B).run(&patched, "2026-01-01T01:05:00Z");
+        assert_eq!(third.bound[0].since, "2026-01-01T01:05:00Z");
+        assert!(third.next_expiry.unwrap() <= GRACE);
+        let fourth = step(B).run(&third.bound, "2026-01-01T01:15:00Z");
+        assert_eq!(fourth.hashes(), [B.to_string()].into());
+    }
+
+    #[test]
+    fn a_retirement_seen_by_the_operator_wins_over_a_later_one_in_status() {
+        let first = step(A).run(&[], T0);
+        let second = step(B).run(&first.bound, T1);
+        let mut patched = second.bound.clone();
+        patched[0].since = "2026-01-01T01:09:00Z".into();
+        let mut s = step(B);
+        s.seen = second.retired();
+        let third = s.run(&patched, "2026-01-01T01:10:30Z");
         assert_eq!(third.hashes(), [B.to_string()].into());
     }
 
     #[test]
+    fn status_cannot_add_a_hash_key_vault_does_not_hold() {
+        let first = step(A).run(&[], T0);
+        let mut patched = first.bound.clone();
+        patched.push(BoundHash {
+            hash: C.into(),
+            reason: BoundHashReason::Grace,
+            since: T1.into(),
+        });
+        let mut s = step(A);
+        s.in_vault = Some([A.to_string()].into());
+        s.pods.insert(C.into(), t(T0));
+        let second = s.run(&patched, T1);
+        assert_eq!(second.hashes(), [A.to_string()].into());
+    }
+
+    #[test]
+    fn pinned_hashes_are_all_bound_and_the_configmap_one_is_current() {
+        let mut s = step(B);
+        s.pinned = vec![A.into(), B.into()];
+        let a = s.run(&[], T0);
+        assert_eq!(
+            reasons(&a),
+            vec![
+                ("a".into(), BoundHashReason::Pinned),
+                ("b".into(), BoundHashReason::Current)
+            ]
+        );
+        // Unpinning A retires it (grace, then pods, as for a current hash).
+        let mut s2 = step(B);
+        s2.pinned = vec![B.into()];
+        let b = s2.run(&a.bound, T1);
+        assert_eq!(b.bound[0].reason, BoundHashReason::Grace);
+        // Without a current hash, the pins alone are bound.
+        let mut s3 = step(A);
+        s3.current = None;
+        s3.pinned = vec![B.into()];
+        assert_eq!(
+            s3.run(&b.bound, T1).hashes(),
+            [A.to_string(), B.to_string()].into()
+        );
+    }
+
+    #[test]
     fn additional_hashes_are_bound_and_removed_at_once() {
-        let t0 = t("2026-01-01T00:00:00Z");
-        let first = allowed_hashes(A, &[C.to_string()], &[], &BTreeSet::new(), t0, GRACE);
+        let mut s = step(A);
+        s.additional = vec![C.into()];
+        let first = s.run(&[], T0);
         assert_eq!(
             reasons(&first),
             vec![
@@ -211,27 +395,20 @@ mod tests {
                 ("c".into(), BoundHashReason::Additional)
             ]
         );
-        let carried: BTreeSet<String> = [C.to_string()].into();
-        let second = allowed_hashes(A, &[], &first.bound, &carried, t0, GRACE);
+        let second = step(A).pod(C, T0).run(&first.bound, T0);
         assert_eq!(second.hashes(), [A.to_string()].into());
     }
 
     #[test]
     fn current_wins_over_additional_and_since_is_kept() {
-        let t0 = t("2026-01-01T00:00:00Z");
-        let first = allowed_hashes(A, &[A.to_string()], &[], &BTreeSet::new(), t0, GRACE);
+        let mut s = step(A);
+        s.additional = vec![A.into()];
+        let first = s.run(&[], T0);
         assert_eq!(
             reasons(&first),
             vec![("a".into(), BoundHashReason::Current)]
         );
-        let second = allowed_hashes(
-            A,
-            &[],
-            &first.bound,
-            &BTreeSet::new(),
-            t("2026-02-01T00:00:00Z"),
-            GRACE,
-        );
+        let second = step(A).run(&first.bound, "2026-02-01T00:00:00Z");
         assert_eq!(second.bound, first.bound);
     }
 }

@@ -36,8 +36,12 @@
 //!   nothing they decide on changed. Steady state is thus about 6 GETs per binding per hour and no
 //!   write. Failures retry after 1 s doubling up to `--max-retry-delay` (5m), jittered; a 429 waits
 //!   at least its `Retry-After`; creates per vault are paced by the Key Vault client.
-//! - **Hashes.** A policy hash that stops being current stays bound for `--hash-grace-period`
-//!   (10m), then only while live injected pods of this binding carry it; a pod never adds a hash.
+//! - **Hashes.** A binding binds the hashes it pins (`spec.policy.sha256`); without pins it
+//!   follows its ConfigMap only if its `spec.policy.source` (default `--policy-source-default`,
+//!   `Pinned`) is `ConfigMap`. A hash that stops being current or pinned stays bound for
+//!   `--hash-grace-period` (10m), then only while qualifying pods created before that run it
+//!   (confidential, selected, hash recomputed from the agent-policy annotation), and never longer
+//!   than `--hash-retention-ceiling` (24h); a pod never adds a hash. See `docs/security.md`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -128,6 +132,22 @@ pub struct ControllerArgs {
     #[arg(long, env = "CKB_POD_NAME")]
     pub leader_election_identity: Option<String>,
 
+    /// What a binding that pins no hash (`spec.policy.sha256`) and sets no `spec.policy.source`
+    /// follows. `Pinned` (the default): nothing; its key is left as it is and the binding says
+    /// which hash to pin. `ConfigMap`: the policy ConfigMap's hash, so whoever may write that
+    /// ConfigMap (the built-in `edit` role) decides what the key is released to.
+    #[arg(
+        long = "policy-source-default",
+        env = "CKB_POLICY_SOURCE_DEFAULT",
+        default_value = "Pinned"
+    )]
+    pub policy_source_default: ckb_crds::PolicySource,
+
+    /// The longest a policy hash stays in a release policy after it stopped being current or
+    /// pinned, even while pods created before that still run it (e.g. `24h`, `168h`).
+    #[arg(long, env = "CKB_HASH_RETENTION_CEILING", default_value = "24h", value_parser = parse_duration)]
+    pub hash_retention_ceiling: Duration,
+
     /// Value of the `ckb-cluster` key tag. Defaults to the UID of the `kube-system` namespace,
     /// read once at start; set it only to keep the value across a cluster rebuild.
     #[arg(long, env = "CKB_CLUSTER_ID")]
@@ -182,6 +202,31 @@ mod tests {
         assert_eq!(cli.args.hash_grace_period, Duration::from_secs(600));
         assert_eq!(cli.args.resync_period, Duration::from_secs(600));
         assert!(cli.args.leader_elect);
+        assert_eq!(
+            cli.args.policy_source_default,
+            ckb_crds::PolicySource::Pinned
+        );
+        assert_eq!(
+            cli.args.hash_retention_ceiling,
+            Duration::from_secs(24 * 3600)
+        );
+        let follow = Cli::try_parse_from([
+            "x",
+            "--policy-source-default",
+            "ConfigMap",
+            "--hash-retention-ceiling",
+            "2h",
+        ])
+        .unwrap();
+        assert_eq!(
+            follow.args.policy_source_default,
+            ckb_crds::PolicySource::ConfigMap
+        );
+        assert_eq!(
+            follow.args.hash_retention_ceiling,
+            Duration::from_secs(7200)
+        );
+        assert!(Cli::try_parse_from(["x", "--policy-source-default", "Whatever"]).is_err());
         let cli = Cli::try_parse_from([
             "x",
             "--allowed-vault",

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{
-    ConfidentialKeyBinding, ConfidentialKeyBindingStatus, KeyStatus, PolicyStatus, labels, tags,
+    ConfidentialKeyBinding, ConfidentialKeyBindingStatus, KeyStatus, PolicySource, labels, tags,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::hashes::{Allowed, allowed_hashes};
+use super::hashes::{Allowed, HashInputs, allowed_hashes};
 use super::status::{Wanted, conditions, new_failures};
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, NewKey, VaultKey, VaultUrl};
 use crate::policy::{PolicyHash, ReleasePolicy, hash_rego};
@@ -32,6 +32,29 @@ pub struct PlanConfig {
     pub hash_grace: Duration,
     /// UID of the cluster's `kube-system` namespace (the `ckb-cluster` tag).
     pub cluster_uid: String,
+    /// What a binding without `spec.policy.sha256` and `spec.policy.source` follows
+    /// (`--policy-source-default`).
+    pub policy_source_default: PolicySource,
+    /// The longest a retired hash stays bound, pods or not (`--hash-retention-ceiling`).
+    pub retention_ceiling: Duration,
+    /// Runtime classes of confidential pods: only such pods keep a retired hash bound.
+    pub confidential_runtime_classes: Vec<String>,
+}
+
+impl Default for PlanConfig {
+    /// No vault, the flags' defaults (pinned policies, 10m grace, 24h ceiling), no cluster UID.
+    fn default() -> Self {
+        Self {
+            allowed_vaults: BTreeSet::new(),
+            hash_grace: Duration::from_secs(600),
+            cluster_uid: String::new(),
+            policy_source_default: PolicySource::Pinned,
+            retention_ceiling: Duration::from_secs(24 * 3600),
+            confidential_runtime_classes: vec![
+                crate::webhook::mutate::DEFAULT_CONFIDENTIAL_RUNTIME_CLASS.to_string(),
+            ],
+        }
+    }
 }
 
 /// The policy of the referenced ConfigMap, read and hashed.
@@ -159,9 +182,12 @@ pub struct Observed {
     pub policy: Result<ResolvedPolicy, PolicyProblem>,
     /// The key.
     pub key: KeyObservation,
-    /// Hashes carried by live pods injected for this binding.
-    pub pod_hashes: BTreeSet<String>,
-    /// How many live pods were injected for this binding.
+    /// For each policy hash run by qualifying pods of this binding (`index::pod_policies`), the
+    /// creation time of the earliest such pod.
+    pub pod_policies: BTreeMap<String, Timestamp>,
+    /// When this operator process first saw each hash of this binding retired.
+    pub seen_retired: BTreeMap<String, Timestamp>,
+    /// How many live qualifying pods this binding has.
     pub injected_pods: i32,
     /// The time of this reconcile.
     pub now: Timestamp,
@@ -183,6 +209,16 @@ pub enum KeyAction {
     },
     /// Take over an untagged key: add our tags and set the release policy.
     Adopt {
+        /// Version to patch.
+        version: String,
+        /// The new release policy.
+        policy_json: String,
+        /// The key's tags plus ours.
+        tags: BTreeMap<String, String>,
+    },
+    /// Add the `ckb-binding-uid` tag to a key this binding's earlier operator version created
+    /// (and set the release policy).
+    Retag {
         /// Version to patch.
         version: String,
         /// The new release policy.
@@ -232,15 +268,21 @@ pub fn owner_tags(binding: &ConfidentialKeyBinding, cluster_uid: &str) -> BTreeM
         ),
         (tags::BINDING.to_string(), binding.key_ref()),
         (tags::CLUSTER.to_string(), cluster_uid.to_string()),
+        (tags::BINDING_UID.to_string(), binding.uid_str().to_string()),
     ])
 }
 
 /// Who a key belongs to, judged by its tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// Tagged for this binding in this cluster.
+    /// Tagged for this binding (namespace, name and UID) in this cluster.
     Ours,
-    /// No ckb tag at all: adoptable.
+    /// Tagged for this binding's namespace and name in this cluster by an operator version that
+    /// did not write `ckb-binding-uid`.
+    OursWithoutUid,
+    /// Tagged for an earlier binding of the same namespace and name (another UID) in this cluster.
+    EarlierBinding(String),
+    /// No ckb tag at all.
     Untagged,
     /// Tagged for another binding or cluster (or partly tagged): never touched.
     Foreign(String),
@@ -253,17 +295,20 @@ pub fn ownership(
     cluster_uid: &str,
 ) -> Ownership {
     let ckb_tags = [tags::MANAGED_BY, tags::BINDING, tags::CLUSTER];
-    let present: Vec<&str> = ckb_tags
+    let present = ckb_tags
         .iter()
-        .copied()
-        .filter(|t| key_tags.contains_key(*t))
-        .collect();
-    if present.is_empty() {
+        .chain([&tags::BINDING_UID])
+        .any(|t| key_tags.contains_key(*t));
+    if !present {
         return Ownership::Untagged;
     }
     let want = owner_tags(binding, cluster_uid);
-    if want.iter().all(|(k, v)| key_tags.get(k) == Some(v)) {
-        return Ownership::Ours;
+    if ckb_tags.iter().all(|k| key_tags.get(*k) == want.get(*k)) {
+        return match key_tags.get(tags::BINDING_UID) {
+            Some(uid) if uid == binding.uid_str() => Ownership::Ours,
+            Some(uid) => Ownership::EarlierBinding(uid.clone()),
+            None => Ownership::OursWithoutUid,
+        };
     }
     let shown = ckb_tags
         .iter()
@@ -271,6 +316,39 @@ pub fn ownership(
         .collect::<Vec<_>>()
         .join(", ");
     Ownership::Foreign(shown)
+}
+
+/// Whether a key tagged without `ckb-binding-uid` ([`Ownership::OursWithoutUid`]) is the one this
+/// very binding had: its status names that key. A binding re-created under the same name has no
+/// such status, so it cannot inherit the key this way (it needs the owner's `ckb-adopt` tag).
+pub fn had_this_key(binding: &ConfidentialKeyBinding, key_id: &str) -> bool {
+    let base = |id: &str| id.rsplit_once('/').map(|x| x.0.to_string());
+    binding
+        .status
+        .as_ref()
+        .and_then(|s| s.key.as_ref())
+        .is_some_and(|k| base(&k.id).is_some() && base(&k.id) == base(key_id))
+}
+
+/// Whether the key carries the owner's consent for this binding to take it over: a `ckb-adopt`
+/// tag naming `<namespace>/<name>` or the binding's UID.
+pub fn adopt_consent(
+    key_tags: &BTreeMap<String, String>,
+    binding: &ConfidentialKeyBinding,
+) -> bool {
+    key_tags.get(tags::ADOPT).is_some_and(|v| {
+        let v = v.trim();
+        v == binding.key_ref() || (!binding.uid_str().is_empty() && v == binding.uid_str())
+    })
+}
+
+/// Whether this binding may delete the key on deletion or recover it from soft-delete.
+pub fn owns(binding: &ConfidentialKeyBinding, key: &VaultKey, cluster_uid: &str) -> bool {
+    match ownership(&key.tags, binding, cluster_uid) {
+        Ownership::Ours => true,
+        Ownership::OursWithoutUid => had_this_key(binding, &key.id),
+        _ => false,
+    }
 }
 
 /// How the key differs from the spec (type, size, curve, exportable); empty when it matches.
@@ -364,47 +442,98 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
     let mut action = KeyAction::None;
     let mut requeue_after = None;
 
-    // 1. Policy.
-    let resolved = match &observed.policy {
-        Ok(p) => {
+    // 1. Policy: which of the ConfigMap's hash and the pins may be bound.
+    let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
+    let cm_at = format!(
+        "ConfigMap {ns}/{} key {:?}",
+        spec.policy.config_map_ref.name, spec.policy.config_map_ref.key
+    );
+    let pins = &spec.policy.sha256;
+    let source = spec.policy.source.unwrap_or(config.policy_source_default);
+    let cm_hash: Option<String> = observed.policy.as_ref().ok().map(|p| p.hash.to_string());
+    let mut current_bindable: Option<&str> = None;
+    match (&observed.policy, pins.is_empty(), source) {
+        (Err(problem), _, _) => {
+            let mut message = problem.message.clone();
+            if !pins.is_empty() {
+                message.push_str(&format!(
+                    "; the pinned hashes stay bound ({})",
+                    pins.join(", ")
+                ));
+            }
+            wanted.push(Wanted::no(types::POLICY_RESOLVED, problem.reason, message));
+        }
+        (Ok(p), false, _) if !pins.iter().any(|h| h == p.hash.as_str()) => {
+            wanted.push(Wanted::no(
+                types::POLICY_RESOLVED,
+                reasons::POLICY_HASH_NOT_PINNED,
+                format!(
+                    "{cm_at} hashes to {}, which is not in spec.policy.sha256 ({}): the key's \
+                     release policy is not changed for it and the webhook refuses pods with it; \
+                     if this policy is intended, add its hash to spec.policy.sha256",
+                    p.hash,
+                    pins.join(", ")
+                ),
+            ));
+        }
+        (Ok(p), true, PolicySource::Pinned) => {
+            wanted.push(Wanted::no(
+                types::POLICY_RESOLVED,
+                reasons::POLICY_NOT_PINNED,
+                format!(
+                    "{cm_at} hashes to {h}, but the binding pins no hash and its policy source is \
+                     Pinned, so the key is not changed: add `spec.policy.sha256: [\"{h}\"]` to the \
+                     binding (or set spec.policy.source: ConfigMap to let whoever writes the \
+                     ConfigMap decide what the key is released to)",
+                    h = p.hash
+                ),
+            ));
+        }
+        (Ok(p), _, _) => {
+            let how = if pins.is_empty() {
+                "followed (spec.policy.source ConfigMap)"
+            } else {
+                "pinned"
+            };
             wanted.push(Wanted::yes(
                 types::POLICY_RESOLVED,
                 reasons::POLICY_RESOLVED,
-                format!(
-                    "ConfigMap {}/{} key {:?} hashes to {}",
-                    binding.metadata.namespace.as_deref().unwrap_or_default(),
-                    spec.policy.config_map_ref.name,
-                    spec.policy.config_map_ref.key,
-                    p.hash
-                ),
+                format!("{cm_at} hashes to {}, {how}", p.hash),
             ));
-            Some(p)
+            current_bindable = Some(p.hash.as_str());
         }
-        Err(problem) => {
-            wanted.push(Wanted::no(
-                types::POLICY_RESOLVED,
-                problem.reason,
-                problem.message.clone(),
-            ));
-            None
-        }
-    };
+    }
 
-    // 2. Allowed hashes and the release policy they make.
-    let desired = resolved.map(|p| {
+    // 2. Allowed hashes and the release policy they make (nothing to bind: no policy at all).
+    let in_vault: Option<BTreeSet<String>> = match &observed.key {
+        KeyObservation::Present(k) => Some(
+            k.release_policy
+                .as_ref()
+                .and_then(|p| ReleasePolicy::parse_json(&p.json).ok())
+                .map(|p| p.hostdata_hashes())
+                .unwrap_or_default(),
+        ),
+        KeyObservation::Absent | KeyObservation::Deleted(_) => Some(BTreeSet::new()),
+        KeyObservation::NotChecked | KeyObservation::Failed(_) => None,
+    };
+    let desired = (current_bindable.is_some() || !pins.is_empty()).then(|| {
         let previous_bound = previous
             .policy
             .as_ref()
             .map(|p| p.bound_hashes.clone())
             .unwrap_or_default();
-        let allowed: Allowed = allowed_hashes(
-            p.hash.as_str(),
-            &spec.policy.additional_hashes,
-            &previous_bound,
-            &observed.pod_hashes,
-            observed.now,
-            config.hash_grace,
-        );
+        let allowed: Allowed = allowed_hashes(HashInputs {
+            current: current_bindable,
+            pinned: pins,
+            additional: &spec.policy.additional_hashes,
+            previous: &previous_bound,
+            in_vault: in_vault.as_ref(),
+            pods: &observed.pod_policies,
+            seen_retired: &observed.seen_retired,
+            now: observed.now,
+            grace: config.hash_grace,
+            ceiling: config.retention_ceiling,
+        });
         requeue_after = allowed.next_expiry;
         let set: BTreeSet<PolicyHash> = allowed
             .hashes()
@@ -412,11 +541,12 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
             .filter_map(|h| h.parse().ok())
             .collect();
         let release = ReleasePolicy::for_binding(spec, &set).map_err(|e| e.to_string());
-        let short = p.hash.as_str()[..12].to_string();
-        (allowed, release, short, p.hash.to_string())
+        (allowed, release)
     });
+    let current = cm_hash.clone();
+    let short = cm_hash.as_ref().map(|h| h[..12].to_string());
 
-    let contact_vault = vault_allowed && matches!(desired, Some((_, Ok(_), _, _)));
+    let contact_vault = vault_allowed && matches!(desired, Some((_, Ok(_))));
 
     // 3. The key.
     if let Err(e) = &vault {
@@ -440,9 +570,10 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
         (None, true) => wanted.push(Wanted::no(
             types::KEY_READY,
             reasons::WAITING_FOR_POLICY,
-            "the key is created once the policy is resolved",
+            "the key is not created or changed until the binding has a policy hash to bind \
+             (see PolicyResolved)",
         )),
-        (Some((_, Err(e), _, _)), _) => {
+        (Some((_, Err(e))), _) => {
             synced = Some(Wanted::no(
                 types::RELEASE_POLICY_SYNCED,
                 reasons::SYNC_FAILED,
@@ -456,7 +587,7 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
                 ));
             }
         }
-        (Some((allowed, Ok(release), short, current)), true) => {
+        (Some((allowed, Ok(release))), true) => {
             let policy_json = release.to_json();
             let (key_cond, sync_cond, act, key_st) = decide_key(
                 binding,
@@ -474,22 +605,21 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
             // hash recorded but never written would later count as "ours" for InUse.
             let bound_now = matches!(
                 &action,
-                KeyAction::Create(_) | KeyAction::UpdatePolicy { .. } | KeyAction::Adopt { .. }
+                KeyAction::Create(_)
+                    | KeyAction::UpdatePolicy { .. }
+                    | KeyAction::Adopt { .. }
+                    | KeyAction::Retag { .. }
             ) || synced.as_ref().is_some_and(|s| s.ok);
-            if bound_now {
-                status.policy = Some(PolicyStatus {
-                    current_hash: Some(current.clone()),
-                    short_hash: Some(short.clone()),
-                    authority: Some(spec.attestation.authority_url().to_string()),
-                    bound_hashes: allowed.bound.clone(),
-                });
-            } else {
-                let mut p = status.policy.clone().unwrap_or_default();
-                p.current_hash = Some(current.clone());
-                p.short_hash = Some(short.clone());
-                p.authority = Some(spec.attestation.authority_url().to_string());
-                status.policy = Some(p);
+            let mut p = status.policy.clone().unwrap_or_default();
+            if current.is_some() {
+                p.current_hash = current.clone();
+                p.short_hash = short.clone();
             }
+            p.authority = Some(spec.attestation.authority_url().to_string());
+            if bound_now {
+                p.bound_hashes = allowed.bound.clone();
+            }
+            status.policy = Some(p);
         }
         (_, false) => {}
     }
@@ -590,14 +720,14 @@ fn decide_key(
             None,
         ),
         KeyObservation::Deleted(deleted) => {
-            match ownership(&deleted.key.tags, binding, &config.cluster_uid) {
-                Ownership::Ours => (
+            match owns(binding, &deleted.key, &config.cluster_uid) {
+                true => (
                     available("is being recovered from soft-delete"),
                     waiting(),
                     KeyAction::Recover,
                     None,
                 ),
-                Ownership::Untagged | Ownership::Foreign(_) => (
+                false => (
                     Wanted::no(
                         types::KEY_READY,
                         reasons::KEY_DELETED,
@@ -614,40 +744,66 @@ fn decide_key(
         }
         KeyObservation::Present(k) => {
             let owner = ownership(&k.tags, binding, &config.cluster_uid);
-            let adopting = match &owner {
-                Ownership::Ours => false,
-                Ownership::Untagged if binding.spec.key.adopt => true,
-                Ownership::Untagged => {
-                    return (
-                        Wanted::no(
-                            types::KEY_READY,
-                            reasons::KEY_NOT_OWNED,
-                            format!(
-                                "key {key_name} in {vault} exists without ckb-operator tags; set \
-                                 spec.key.adopt: true to take it over"
-                            ),
-                        ),
-                        waiting(),
-                        KeyAction::None,
-                        None,
-                    );
-                }
+            let not_owned = |reason: &'static str, message: String| {
+                (
+                    Wanted::no(types::KEY_READY, reason, message),
+                    waiting(),
+                    KeyAction::None,
+                    None,
+                )
+            };
+            let consent_tag = format!("{}={}", tags::ADOPT, binding.key_ref());
+            let whose = match &owner {
+                Ownership::Ours => None,
+                Ownership::OursWithoutUid if had_this_key(binding, &k.id) => None,
+                Ownership::OursWithoutUid => Some(format!(
+                    "was created for a binding named {} before this one (it has no {} tag and \
+                     this binding never had it)",
+                    binding.key_ref(),
+                    tags::BINDING_UID
+                )),
+                Ownership::EarlierBinding(uid) => Some(format!(
+                    "belongs to an earlier binding named {} (UID {uid}; a deleted and re-created \
+                     binding or namespace)",
+                    binding.key_ref()
+                )),
+                Ownership::Untagged => Some("exists without ckb-operator tags".to_string()),
                 Ownership::Foreign(shown) => {
-                    return (
-                        Wanted::no(
-                            types::KEY_READY,
-                            reasons::KEY_NOT_OWNED,
-                            format!(
-                                "key {key_name} in {vault} belongs to another binding or cluster \
-                                 ({shown}); it is never modified"
-                            ),
+                    return not_owned(
+                        reasons::KEY_NOT_OWNED,
+                        format!(
+                            "key {key_name} in {vault} belongs to another binding or cluster \
+                             ({shown}); it is never modified"
                         ),
-                        waiting(),
-                        KeyAction::None,
-                        None,
                     );
                 }
             };
+            let adopting = match whose {
+                None => false,
+                Some(whose) if !binding.spec.key.adopt => {
+                    return not_owned(
+                        reasons::KEY_NOT_OWNED,
+                        format!(
+                            "key {key_name} in {vault} {whose}; to take it over, set \
+                             spec.key.adopt: true and have someone with Key Vault rights add the \
+                             tag {consent_tag} to the key (keeping its other tags)"
+                        ),
+                    );
+                }
+                Some(whose) if !adopt_consent(&k.tags, binding) => {
+                    return not_owned(
+                        reasons::ADOPT_CONSENT_MISSING,
+                        format!(
+                            "key {key_name} in {vault} {whose}; adopt needs the key owner's \
+                             consent: someone with Key Vault rights must add the tag \
+                             {consent_tag} to the key (keeping its other tags); the operator never \
+                             sets it itself"
+                        ),
+                    );
+                }
+                Some(_) => true,
+            };
+            let migrate_tags = owner == Ownership::OursWithoutUid && !adopting;
             let diffs = key_differences(binding, k);
             if !diffs.is_empty() {
                 return (
@@ -696,6 +852,7 @@ fn decide_key(
                     );
                 }
                 let mut tags = k.tags.clone();
+                tags.remove(ckb_crds::tags::ADOPT);
                 tags.extend(owner_tags(binding, &config.cluster_uid));
                 return (
                     available("is being adopted"),
@@ -706,6 +863,20 @@ fn decide_key(
                         tags,
                     },
                     Some(key_status(k, "Adopted")),
+                );
+            }
+            if migrate_tags && !immutable {
+                let mut tags = k.tags.clone();
+                tags.extend(owner_tags(binding, &config.cluster_uid));
+                return (
+                    available("is ours and matches the spec"),
+                    synced(),
+                    KeyAction::Retag {
+                        version: k.version.clone(),
+                        policy_json: policy_json.to_string(),
+                        tags,
+                    },
+                    Some(key_status(k, &origin)),
                 );
             }
             if same {
@@ -780,6 +951,15 @@ pub fn settle(
                     ),
                     "Adopted",
                 ),
+                KeyAction::Retag { .. } => (
+                    "KeyTagsMigrated",
+                    format!(
+                        "added the {} tag to {} (a key tagged by an earlier operator version)",
+                        ckb_crds::tags::BINDING_UID,
+                        key.id
+                    ),
+                    "",
+                ),
                 KeyAction::Recover => (
                     "KeyRecovered",
                     format!("recovered soft-deleted key {name} in {vault}"),
@@ -819,6 +999,11 @@ pub fn settle(
                 KeyAction::Adopt { .. } => {
                     (types::KEY_READY, failure_reason(e), "adopting the key")
                 }
+                KeyAction::Retag { .. } => (
+                    types::KEY_READY,
+                    failure_reason(e),
+                    "adding the binding UID tag to the key",
+                ),
                 KeyAction::Recover => (types::KEY_READY, failure_reason(e), "recovering the key"),
                 KeyAction::None => return (status, plan.events.clone()),
             };

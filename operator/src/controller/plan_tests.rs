@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{
-    BoundHashReason, ConfidentialKeyBinding, ConfidentialKeyBindingSpec,
-    ConfidentialKeyBindingStatus, DeletionPolicy, KeyType, labels, tags,
+    BoundHash, BoundHashReason, ConfidentialKeyBinding, ConfidentialKeyBindingSpec,
+    ConfidentialKeyBindingStatus, DeletionPolicy, KeyType, PolicySource, labels, tags,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -36,14 +36,29 @@ fn binding() -> ConfidentialKeyBinding {
     let mut b = ConfidentialKeyBinding::new("orders", spec);
     b.metadata.namespace = Some("payments".into());
     b.metadata.generation = Some(3);
+    b.metadata.uid = Some(UID.into());
     b
 }
 
+const UID: &str = "9a1b2c3d-0000-4000-8000-000000000001";
+
+/// The operator's configuration for tests about a binding that follows its ConfigMap (opted in
+/// with `--policy-source-default ConfigMap`).
 fn config() -> PlanConfig {
     PlanConfig {
         allowed_vaults: [VaultUrl::parse("https://demo.vault.azure.net").unwrap()].into(),
         hash_grace: Duration::from_secs(600),
         cluster_uid: CLUSTER.into(),
+        policy_source_default: PolicySource::ConfigMap,
+        ..PlanConfig::default()
+    }
+}
+
+/// The default configuration: policies are pinned.
+fn pinned_config() -> PlanConfig {
+    PlanConfig {
+        policy_source_default: PolicySource::Pinned,
+        ..config()
     }
 }
 
@@ -70,7 +85,8 @@ fn observed(policy: Result<ResolvedPolicy, PolicyProblem>, key: KeyObservation) 
     Observed {
         policy,
         key,
-        pod_hashes: BTreeSet::new(),
+        pod_policies: BTreeMap::new(),
+        seen_retired: BTreeMap::new(),
         injected_pods: 0,
         now: now(),
     }
@@ -104,6 +120,10 @@ fn key(tags_: BTreeMap<String, String>, policy: Option<&str>) -> VaultKey {
 
 fn our_tags() -> BTreeMap<String, String> {
     owner_tags(&binding(), CLUSTER)
+}
+
+fn message<'a>(s: &'a ConfidentialKeyBindingStatus, t: &str) -> &'a str {
+    &s.conditions.iter().find(|c| c.type_ == t).unwrap().message
 }
 
 fn cond<'a>(s: &'a ConfidentialKeyBindingStatus, t: &str) -> (&'a str, &'a str) {
@@ -446,7 +466,11 @@ fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gon
     let b = with_status(b, p1.status);
     // The ConfigMap now holds B; a pod still runs A.
     let mut o = observed(resolved(REGO_B), KeyObservation::Present(with_a.clone()));
-    o.pod_hashes = [hash_rego(REGO_A.as_bytes()).to_string()].into();
+    o.pod_policies = [(
+        hash_rego(REGO_A.as_bytes()).to_string(),
+        "2026-03-01T11:00:00Z".parse().unwrap(),
+    )]
+    .into();
     o.injected_pods = 1;
     let p2 = plan(&b, &o, &config());
     let both = policy_json(&b, &[REGO_A, REGO_B]);
@@ -481,7 +505,7 @@ fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gon
     let b = with_status(b, p3.status);
     // The pod is gone: A is pruned.
     let mut o4 = o3.clone();
-    o4.pod_hashes.clear();
+    o4.pod_policies.clear();
     o4.injected_pods = 0;
     let p4 = plan(&b, &o4, &config());
     assert_eq!(
@@ -580,7 +604,7 @@ fn foreign_tags_are_never_touched_even_with_adopt() {
 }
 
 #[test]
-fn untagged_key_is_not_owned_unless_adopt() {
+fn untagged_key_is_taken_only_with_adopt_and_the_owner_s_consent_tag() {
     let b = binding();
     let untagged = key(BTreeMap::from([("team".into(), "payments".into())]), None);
     let p = plan(
@@ -590,9 +614,50 @@ fn untagged_key_is_not_owned_unless_adopt() {
     );
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
+    assert!(message(&p.status, types::KEY_READY).contains("ckb-adopt=payments/orders"));
 
     let mut b = binding();
     b.spec.key.adopt = true;
+    // adopt alone is not enough: the key's owner has not consented.
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(untagged.clone())),
+        &config(),
+    );
+    assert_eq!(p.action, KeyAction::None);
+    assert_eq!(
+        cond(&p.status, types::KEY_READY),
+        ("False", reasons::ADOPT_CONSENT_MISSING)
+    );
+    let msg = message(&p.status, types::KEY_READY);
+    assert!(
+        msg.contains("add the tag ckb-adopt=payments/orders"),
+        "{msg}"
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.warning && e.reason == reasons::ADOPT_CONSENT_MISSING)
+    );
+    // Consent naming another binding (another team's key) is no consent for this one.
+    let mut elsewhere = untagged.clone();
+    elsewhere
+        .tags
+        .insert(tags::ADOPT.into(), "other-team/orders".into());
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(elsewhere)),
+        &config(),
+    );
+    assert_eq!(
+        cond(&p.status, types::KEY_READY).1,
+        reasons::ADOPT_CONSENT_MISSING
+    );
+
+    let mut untagged = untagged;
+    untagged
+        .tags
+        .insert(tags::ADOPT.into(), "payments/orders".into());
     let p = plan(
         &b,
         &observed(resolved(REGO_A), KeyObservation::Present(untagged.clone())),
@@ -617,6 +682,8 @@ fn untagged_key_is_not_owned_unless_adopt() {
         t.get(tags::BINDING).map(String::as_str),
         Some("payments/orders")
     );
+    assert_eq!(t.get(tags::BINDING_UID).map(String::as_str), Some(UID));
+    assert!(!t.contains_key(tags::ADOPT), "the consent is used once");
     let (status, events) = settle(&b, &p, Some(&Ok(untagged)), now());
     assert_eq!(status.key.unwrap().origin.as_deref(), Some("Adopted"));
     assert_eq!(events[0].reason, "KeyAdopted");
@@ -722,4 +789,656 @@ fn deletion_policy_does_not_change_the_plan() {
         &config(),
     );
     assert!(matches!(p.action, KeyAction::Create(_)));
+}
+
+// ---- pinned hashes (the default policy source)
+
+fn h(rego: &str) -> String {
+    hash_rego(rego.as_bytes()).to_string()
+}
+
+fn pinned(regos: &[&str]) -> ConfidentialKeyBinding {
+    let mut b = binding();
+    b.spec.policy.sha256 = regos.iter().map(|r| h(r)).collect();
+    b
+}
+
+#[test]
+fn an_unpinned_binding_in_pinned_mode_changes_nothing_and_says_what_to_add() {
+    let b = binding();
+    let existing = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
+    for k in [
+        KeyObservation::NotChecked,
+        KeyObservation::Present(existing),
+    ] {
+        let p = plan(&b, &observed(resolved(REGO_B), k), &pinned_config());
+        assert!(!p.contact_vault);
+        assert_eq!(p.action, KeyAction::None);
+        assert_eq!(
+            cond(&p.status, types::POLICY_RESOLVED),
+            ("False", reasons::POLICY_NOT_PINNED)
+        );
+        let msg = message(&p.status, types::POLICY_RESOLVED);
+        assert!(
+            msg.contains(&format!("spec.policy.sha256: [\"{}\"]", h(REGO_B))),
+            "{msg}"
+        );
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.warning && e.reason == reasons::POLICY_NOT_PINNED)
+        );
+    }
+    // The binding opts in to following its ConfigMap: it does.
+    let mut follows = binding();
+    follows.spec.policy.source = Some(PolicySource::ConfigMap);
+    let p = plan(
+        &follows,
+        &observed(resolved(REGO_B), KeyObservation::Absent),
+        &pinned_config(),
+    );
+    assert!(matches!(p.action, KeyAction::Create(_)));
+    // And a binding that says Pinned under a ConfigMap default does not follow.
+    let mut strict = binding();
+    strict.spec.policy.source = Some(PolicySource::Pinned);
+    let p = plan(
+        &strict,
+        &observed(resolved(REGO_B), KeyObservation::Absent),
+        &config(),
+    );
+    assert_eq!(p.action, KeyAction::None);
+    assert_eq!(
+        cond(&p.status, types::POLICY_RESOLVED).1,
+        reasons::POLICY_NOT_PINNED
+    );
+}
+
+#[test]
+fn a_pinned_policy_creates_the_key_with_every_pinned_hash() {
+    let b = pinned(&[REGO_A, REGO_B]);
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Absent),
+        &pinned_config(),
+    );
+    let KeyAction::Create(new) = &p.action else {
+        panic!("{:?}", p.action)
+    };
+    assert_eq!(
+        new.release_policy_json.as_deref(),
+        Some(policy_json(&b, &[REGO_A, REGO_B]).as_str())
+    );
+    assert_eq!(
+        cond(&p.status, types::POLICY_RESOLVED),
+        ("True", reasons::POLICY_RESOLVED)
+    );
+    let bound = &p.status.policy.as_ref().unwrap().bound_hashes;
+    let of = |r: &str| bound.iter().find(|b| b.hash == h(r)).unwrap().reason;
+    assert_eq!(of(REGO_A), BoundHashReason::Current);
+    assert_eq!(of(REGO_B), BoundHashReason::Pinned);
+}
+
+#[test]
+fn a_configmap_rewritten_to_an_unpinned_policy_changes_nothing_in_key_vault() {
+    let b = pinned(&[REGO_A]);
+    let with_a = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
+    let p1 = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(with_a.clone())),
+        &pinned_config(),
+    );
+    assert_eq!(p1.action, KeyAction::None);
+    let b = with_status(b, p1.status);
+    // Someone with `edit` rewrites the ConfigMap (policy B), or deletes it.
+    for policy in [
+        resolved(REGO_B),
+        resolve_policy(&b, PolicyConfigMap::Missing),
+    ] {
+        let p = plan(
+            &b,
+            &observed(policy, KeyObservation::Present(with_a.clone())),
+            &pinned_config(),
+        );
+        assert_eq!(p.action, KeyAction::None, "nothing is written to Key Vault");
+        assert_eq!(cond(&p.status, types::READY).0, "False");
+        assert!(p.events.iter().any(|e| e.warning));
+        assert_eq!(
+            p.status.policy.as_ref().unwrap().bound_hashes.len(),
+            1,
+            "the pinned hash stays bound"
+        );
+    }
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_B), KeyObservation::Present(with_a)),
+        &pinned_config(),
+    );
+    assert_eq!(
+        cond(&p.status, types::POLICY_RESOLVED),
+        ("False", reasons::POLICY_HASH_NOT_PINNED)
+    );
+    let msg = message(&p.status, types::POLICY_RESOLVED);
+    assert!(
+        msg.contains(&h(REGO_A)) && msg.contains(&h(REGO_B)),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rollout_by_the_binding_author_pin_both_then_prune() {
+    let b = pinned(&[REGO_A]);
+    let with_a = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
+    let p1 = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(with_a.clone())),
+        &pinned_config(),
+    );
+    // The author pins both, then switches the ConfigMap to B.
+    let mut b2 = with_status(b, p1.status);
+    b2.spec.policy.sha256 = vec![h(REGO_A), h(REGO_B)];
+    let p2 = plan(
+        &b2,
+        &observed(resolved(REGO_B), KeyObservation::Present(with_a)),
+        &pinned_config(),
+    );
+    let both = policy_json(&b2, &[REGO_A, REGO_B]);
+    assert_eq!(
+        p2.action,
+        KeyAction::UpdatePolicy {
+            version: "v1".into(),
+            policy_json: both.clone()
+        }
+    );
+    // Pods rolled; the author removes A from the pin: A gets its grace, then goes.
+    let mut b3 = with_status(b2, p2.status);
+    b3.spec.policy.sha256 = vec![h(REGO_B)];
+    let with_both = key(our_tags(), Some(&both));
+    let p3 = plan(
+        &b3,
+        &observed(resolved(REGO_B), KeyObservation::Present(with_both.clone())),
+        &pinned_config(),
+    );
+    assert_eq!(p3.action, KeyAction::None, "A is in its grace period");
+    let b4 = with_status(b3, p3.status);
+    let mut later = observed(resolved(REGO_B), KeyObservation::Present(with_both));
+    later.now = "2026-03-01T12:10:00Z".parse().unwrap();
+    let p4 = plan(&b4, &later, &pinned_config());
+    assert_eq!(
+        p4.action,
+        KeyAction::UpdatePolicy {
+            version: "v1".into(),
+            policy_json: policy_json(&b4, &[REGO_B])
+        }
+    );
+}
+
+// ---- status is a hint
+
+#[test]
+fn a_status_patch_cannot_add_a_hash_or_keep_one_forever() {
+    let b = binding();
+    let with_a = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
+    let p1 = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(with_a.clone())),
+        &config(),
+    );
+    // A status patch adds B as Grace until 2099: Key Vault does not hold B, so it stays out.
+    let mut s = p1.status.clone();
+    s.policy.as_mut().unwrap().bound_hashes.push(BoundHash {
+        hash: h(REGO_B),
+        reason: BoundHashReason::Grace,
+        since: "2099-01-01T00:00:00Z".into(),
+    });
+    let b2 = with_status(b.clone(), s);
+    let p2 = plan(
+        &b2,
+        &observed(resolved(REGO_A), KeyObservation::Present(with_a)),
+        &config(),
+    );
+    assert_eq!(p2.action, KeyAction::None);
+    assert_eq!(p2.status.policy.as_ref().unwrap().bound_hashes.len(), 1);
+    // A hash Key Vault does hold (retired B) with a `since` in 2099 counts from now: it is gone
+    // after the grace period, and its recorded `since` is never in the future.
+    let with_both = key(our_tags(), Some(&policy_json(&b, &[REGO_A, REGO_B])));
+    let p3 = plan(
+        &b2,
+        &observed(resolved(REGO_A), KeyObservation::Present(with_both.clone())),
+        &config(),
+    );
+    let since = &p3.status.policy.as_ref().unwrap().bound_hashes;
+    assert!(
+        since
+            .iter()
+            .all(|x| x.since.parse::<Timestamp>().unwrap() <= now())
+    );
+    let b3 = with_status(b2, p3.status);
+    let mut later = observed(resolved(REGO_A), KeyObservation::Present(with_both));
+    later.now = "2026-03-01T12:10:00Z".parse().unwrap();
+    let p4 = plan(&b3, &later, &config());
+    assert_eq!(
+        p4.action,
+        KeyAction::UpdatePolicy {
+            version: "v1".into(),
+            policy_json: policy_json(&b3, &[REGO_A])
+        }
+    );
+}
+
+// ---- ownership by identity
+
+fn earlier_binding_tags() -> BTreeMap<String, String> {
+    let mut t = our_tags();
+    t.insert(
+        tags::BINDING_UID.into(),
+        "uid-of-the-deleted-binding".into(),
+    );
+    t
+}
+
+#[test]
+fn a_re_created_binding_of_the_same_name_does_not_inherit_the_key() {
+    let b = binding();
+    let left = key(earlier_binding_tags(), Some(&policy_json(&b, &[REGO_B])));
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(left.clone())),
+        &config(),
+    );
+    assert_eq!(p.action, KeyAction::None);
+    assert_eq!(
+        cond(&p.status, types::KEY_READY),
+        ("False", reasons::KEY_NOT_OWNED)
+    );
+    let msg = message(&p.status, types::KEY_READY);
+    assert!(
+        msg.contains("uid-of-the-deleted-binding") && msg.contains("ckb-adopt=payments/orders"),
+        "{msg}"
+    );
+    // Nor can it recover or (see reconcile) delete it.
+    assert!(!owns(&b, &left, CLUSTER));
+    // The documented claim: adopt: true and the owner's tag.
+    let mut claiming = binding();
+    claiming.spec.key.adopt = true;
+    let p = plan(
+        &claiming,
+        &observed(resolved(REGO_A), KeyObservation::Present(left.clone())),
+        &config(),
+    );
+    assert_eq!(
+        cond(&p.status, types::KEY_READY).1,
+        reasons::ADOPT_CONSENT_MISSING
+    );
+    let mut consented = left;
+    consented.tags.insert(tags::ADOPT.into(), UID.into());
+    let p = plan(
+        &claiming,
+        &observed(resolved(REGO_A), KeyObservation::Present(consented)),
+        &config(),
+    );
+    let KeyAction::Adopt { tags: t, .. } = &p.action else {
+        panic!("{:?}", p.action)
+    };
+    assert_eq!(t.get(tags::BINDING_UID).map(String::as_str), Some(UID));
+    assert!(!t.contains_key(tags::ADOPT));
+}
+
+#[test]
+fn a_key_tagged_by_the_previous_version_is_migrated_only_by_the_binding_that_had_it() {
+    let b = binding();
+    let mut legacy_tags = our_tags();
+    legacy_tags.remove(tags::BINDING_UID);
+    let legacy = key(legacy_tags, Some(&policy_json(&b, &[REGO_A])));
+    // The binding that had it (its status names the key): the UID tag is added, nothing else.
+    let mut had = b.clone();
+    had.status = Some(ConfidentialKeyBindingStatus {
+        key: Some(ckb_crds::KeyStatus {
+            id: "https://demo.vault.azure.net/keys/orders-key/v0".into(),
+            version: "v0".into(),
+            key_type: "RSA-HSM".into(),
+            origin: Some("Created".into()),
+        }),
+        ..Default::default()
+    });
+    assert!(owns(&had, &legacy, CLUSTER));
+    let p = plan(
+        &had,
+        &observed(resolved(REGO_A), KeyObservation::Present(legacy.clone())),
+        &config(),
+    );
+    let KeyAction::Retag {
+        tags: t,
+        policy_json: pj,
+        ..
+    } = &p.action
+    else {
+        panic!("{:?}", p.action)
+    };
+    assert_eq!(t.get(tags::BINDING_UID).map(String::as_str), Some(UID));
+    assert_eq!(pj, &policy_json(&b, &[REGO_A]));
+    let (_, events) = settle(&had, &p, Some(&Ok(legacy.clone())), now());
+    assert_eq!(events[0].reason, "KeyTagsMigrated");
+    // A binding without that history (re-created) does not get it.
+    let p = plan(
+        &b,
+        &observed(resolved(REGO_A), KeyObservation::Present(legacy.clone())),
+        &config(),
+    );
+    assert_eq!(p.action, KeyAction::None);
+    assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
+    assert!(!owns(&b, &legacy, CLUSTER));
+}
+
+// ---- property: whatever pods, ConfigMaps, bindings and status patches do, the key only ever
+// holds approved hashes and retired hashes within their limits
+
+mod property {
+    use super::*;
+    use crate::controller::hashes::remember_retired;
+    use crate::controller::index::{INJECTED_LABEL, pod_policies, slim_pod};
+    use crate::policy::hash::encode_annotation;
+    use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+
+    const REGOS: [&str; 4] = [
+        "package agent_policy\n# zero\n",
+        "package agent_policy\n# one\n",
+        "package agent_policy\n# two\n",
+        "package agent_policy\n# three\n",
+    ];
+    const GRACE: Duration = Duration::from_secs(600);
+    const CEILING: Duration = Duration::from_secs(4 * 3600);
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        /// The ConfigMap holds policy i (None: deleted).
+        ConfigMap(Option<usize>),
+        /// The binding author pins this subset of policies (bit i = policy i).
+        Pins(u8),
+        /// The binding follows its ConfigMap (or not).
+        Follow(bool),
+        /// `additionalHashes` is this subset.
+        Additional(u8),
+        /// A pod running policy i, created now; may be non-confidential or not selected, and may
+        /// claim any hash in `ckb.dev/policy-sha256`.
+        Pod {
+            runs: usize,
+            claims: usize,
+            confidential: bool,
+            selected: bool,
+        },
+        /// The i-th pod (modulo) goes.
+        PodGone(usize),
+        /// Someone with status rights adds or rewrites a bound hash, `since` offset from now.
+        StatusPatch {
+            hash: usize,
+            reason: u8,
+            offset_secs: i64,
+        },
+        /// Time passes.
+        Advance(u32),
+        /// The operator reconciles.
+        Reconcile,
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            proptest::option::of(0..4usize).prop_map(Ev::ConfigMap),
+            (0u8..16).prop_map(Ev::Pins),
+            any::<bool>().prop_map(Ev::Follow),
+            (0u8..16).prop_map(Ev::Additional),
+            (0..4usize, 0..4usize, any::<bool>(), any::<bool>()).prop_map(
+                |(runs, claims, confidential, selected)| Ev::Pod {
+                    runs,
+                    claims,
+                    confidential,
+                    selected
+                }
+            ),
+            (0..8usize).prop_map(Ev::PodGone),
+            (0..4usize, 0u8..5, -7200i64..3_000_000_000i64).prop_map(
+                |(hash, reason, offset_secs)| Ev::StatusPatch {
+                    hash,
+                    reason,
+                    offset_secs
+                }
+            ),
+            (0u32..3 * 3600).prop_map(Ev::Advance),
+            Just(Ev::Reconcile),
+            Just(Ev::Reconcile),
+            Just(Ev::Reconcile),
+        ]
+    }
+
+    struct FakePod {
+        pod: Pod,
+        runs: String,
+        qualifies: bool,
+        created: Timestamp,
+    }
+
+    fn subset(bits: u8) -> Vec<String> {
+        (0..4)
+            .filter(|i| bits & (1 << i) != 0)
+            .map(|i| h(REGOS[i]))
+            .collect()
+    }
+
+    fn make_pod(n: usize, e: &Ev, now: Timestamp) -> FakePod {
+        let Ev::Pod {
+            runs,
+            claims,
+            confidential,
+            selected,
+        } = *e
+        else {
+            unreachable!()
+        };
+        let mut p = Pod::default();
+        p.metadata.name = Some(format!("p{n}"));
+        p.metadata.namespace = Some("payments".into());
+        p.metadata.creation_timestamp = Some(Time(now));
+        p.metadata.labels = Some(BTreeMap::from([
+            (INJECTED_LABEL.into(), "true".into()),
+            (
+                "app".into(),
+                if selected { "orders" } else { "other" }.into(),
+            ),
+        ]));
+        p.metadata.annotations = Some(BTreeMap::from([
+            (labels::BINDINGS.into(), "orders".into()),
+            (labels::POLICY_SHA256.into(), h(REGOS[claims])),
+            (labels::AGENT_POLICY.into(), encode_annotation(REGOS[runs])),
+        ]));
+        p.spec = Some(PodSpec {
+            runtime_class_name: Some(
+                if confidential {
+                    "kata-cc-isolation"
+                } else {
+                    "runc"
+                }
+                .into(),
+            ),
+            ..Default::default()
+        });
+        p.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        slim_pod(&mut p);
+        FakePod {
+            pod: p,
+            runs: h(REGOS[runs]),
+            qualifies: confidential && selected,
+            created: now,
+        }
+    }
+
+    fn vault_key(b: &ConfidentialKeyBinding, hashes: &BTreeSet<String>) -> VaultKey {
+        let set = hashes.iter().map(|x| x.parse().unwrap()).collect();
+        let json = ReleasePolicy::for_binding(&b.spec, &set).unwrap().to_json();
+        key(our_tags(), Some(&json))
+    }
+
+    fn hashes_of(json: &str) -> BTreeSet<String> {
+        ReleasePolicy::parse_json(json).unwrap().hostdata_hashes()
+    }
+
+    fn run(events: Vec<Ev>) -> Result<(), TestCaseError> {
+        let cfg = PlanConfig {
+            hash_grace: GRACE,
+            retention_ceiling: CEILING,
+            ..pinned_config()
+        };
+        let mut b = binding();
+        let mut cm: Option<usize> = Some(0);
+        let mut pods: Vec<FakePod> = Vec::new();
+        let mut now = now();
+        let mut vault: Option<BTreeSet<String>> = None;
+        let mut seen: BTreeMap<String, Timestamp> = BTreeMap::new();
+        // The truth the operator must respect: when each hash held by Key Vault stopped being
+        // approved (observed at a reconcile).
+        let mut retired_at: BTreeMap<String, Timestamp> = BTreeMap::new();
+        for (n, e) in events.iter().enumerate() {
+            match e {
+                Ev::ConfigMap(c) => cm = *c,
+                Ev::Pins(bits) => b.spec.policy.sha256 = subset(*bits),
+                Ev::Follow(f) => {
+                    b.spec.policy.source = Some(if *f {
+                        PolicySource::ConfigMap
+                    } else {
+                        PolicySource::Pinned
+                    })
+                }
+                Ev::Additional(bits) => b.spec.policy.additional_hashes = subset(*bits),
+                Ev::Pod { .. } => pods.push(make_pod(n, e, now)),
+                Ev::PodGone(i) => {
+                    if !pods.is_empty() {
+                        let i = i % pods.len();
+                        pods.remove(i);
+                    }
+                }
+                Ev::StatusPatch {
+                    hash,
+                    reason,
+                    offset_secs,
+                } => {
+                    let reason = [
+                        BoundHashReason::Current,
+                        BoundHashReason::Pinned,
+                        BoundHashReason::Additional,
+                        BoundHashReason::Grace,
+                        BoundHashReason::InUse,
+                    ][*reason as usize];
+                    let since = now
+                        .checked_add(jiff::SignedDuration::from_secs(*offset_secs))
+                        .unwrap_or(now);
+                    let mut s = b.status.clone().unwrap_or_default();
+                    let p = s.policy.get_or_insert_with(Default::default);
+                    p.bound_hashes.retain(|x| x.hash != h(REGOS[*hash]));
+                    p.bound_hashes.push(BoundHash {
+                        hash: h(REGOS[*hash]),
+                        reason,
+                        since: since.to_string(),
+                    });
+                    b.status = Some(s);
+                }
+                Ev::Advance(secs) => now += jiff::SignedDuration::from_secs(i64::from(*secs)),
+                Ev::Reconcile => {
+                    let policy = match cm {
+                        Some(i) => resolved(REGOS[i]),
+                        None => resolve_policy(&b, PolicyConfigMap::Missing),
+                    };
+                    let live: Vec<&Pod> = pods.iter().map(|p| &p.pod).collect();
+                    let found = pod_policies(live, &b, &cfg.confidential_runtime_classes);
+                    let o = Observed {
+                        policy,
+                        key: match &vault {
+                            None => KeyObservation::Absent,
+                            Some(set) => KeyObservation::Present(vault_key(&b, set)),
+                        },
+                        pod_policies: found.earliest,
+                        seen_retired: seen.clone(),
+                        injected_pods: found.count,
+                        now,
+                    };
+                    let p = plan(&b, &o, &cfg);
+                    // Without a hash to bind (no pin, not following) the key is left alone.
+                    let contacted = p.contact_vault;
+                    // Key Vault after the write.
+                    match &p.action {
+                        KeyAction::Create(new) => {
+                            vault = Some(hashes_of(new.release_policy_json.as_deref().unwrap()))
+                        }
+                        KeyAction::UpdatePolicy { policy_json, .. } => {
+                            vault = Some(hashes_of(policy_json))
+                        }
+                        KeyAction::None => {}
+                        other => prop_assert!(false, "unexpected action {other:?}"),
+                    }
+                    let bound = p
+                        .status
+                        .policy
+                        .as_ref()
+                        .map(|x| x.bound_hashes.clone())
+                        .unwrap_or_default();
+                    seen = remember_retired(&seen, &bound, now);
+                    b.status = Some(p.status);
+                    if !contacted {
+                        prop_assert_eq!(&p.action, &KeyAction::None);
+                        continue;
+                    }
+
+                    // The oracle, from the spec, the ConfigMap and the pods only.
+                    let follows = b.spec.policy.source == Some(PolicySource::ConfigMap)
+                        && b.spec.policy.sha256.is_empty();
+                    let mut approved: BTreeSet<String> =
+                        b.spec.policy.sha256.iter().cloned().collect();
+                    approved.extend(b.spec.policy.additional_hashes.iter().cloned());
+                    if let Some(i) = cm
+                        && (follows || b.spec.policy.sha256.contains(&h(REGOS[i])))
+                    {
+                        approved.insert(h(REGOS[i]));
+                    }
+                    let held = vault.clone().unwrap_or_default();
+                    retired_at.retain(|x, _| held.contains(x) && !approved.contains(x));
+                    for x in &held {
+                        if !approved.contains(x) {
+                            retired_at.entry(x.clone()).or_insert(now);
+                        }
+                    }
+                    for x in &held {
+                        if approved.contains(x) {
+                            continue;
+                        }
+                        let r = retired_at[x];
+                        let age = Duration::try_from(now.duration_since(r)).unwrap();
+                        let pod_keeps = pods
+                            .iter()
+                            .any(|p| p.qualifies && &p.runs == x && p.created <= r);
+                        prop_assert!(
+                            age < CEILING,
+                            "{x} bound {age:?} after its retirement (ceiling {CEILING:?})"
+                        );
+                        prop_assert!(
+                            age < GRACE || pod_keeps,
+                            "{x} bound {age:?} after its retirement without a qualifying pod"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_key_holds_only_approved_hashes_and_retired_ones_within_their_limits(
+            events in proptest::collection::vec(ev(), 1..60)
+        ) {
+            run(events)?;
+        }
+    }
 }

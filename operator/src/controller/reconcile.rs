@@ -1,7 +1,7 @@
 //! One reconcile of one binding: read, decide ([`super::plan`]), make at most one Key Vault write,
 //! write the status, publish events. Wrapped in `finalizer()` so deletion runs its cleanup.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,11 @@ use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::backoff::{ErrorBackoff, jittered};
-use super::index::pods_of_binding;
+use super::hashes::remember_retired;
+use super::index::pod_policies;
 use super::plan::{
-    KeyAction, KeyObservation, Observed, Ownership, PlanConfig, PlannedEvent, PolicyConfigMap,
-    ownership, plan, resolve_policy, settle,
+    KeyAction, KeyObservation, Observed, PlanConfig, PlannedEvent, PolicyConfigMap, owns, plan,
+    resolve_policy, settle,
 };
 use crate::keyvault::{KeyVault, KeyVaultError, VaultKey, VaultUrl};
 use crate::telemetry::ControllerMetrics;
@@ -130,6 +131,10 @@ pub struct Context {
     /// Time source.
     pub clock: Clock,
     verified: Mutex<HashMap<ObjectRef<ConfidentialKeyBinding>, Verified>>,
+    /// Per binding UID: when this process first saw each of its hashes retired. The status says
+    /// the same, but anyone with status rights can rewrite it; this memory makes sure a status
+    /// patch never lengthens a hash's life while the process runs.
+    retired: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
 }
 
 impl Context {
@@ -159,6 +164,28 @@ impl Context {
             backoff,
             clock,
             verified: Mutex::default(),
+            retired: Mutex::default(),
+        }
+    }
+
+    fn seen_retired(&self, uid: &str) -> BTreeMap<String, Timestamp> {
+        let map = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Remembers the retired hashes of the status about to be written (see
+    /// [`remember_retired`]); forgets the binding once none is retired.
+    fn remember_retired(&self, uid: &str, status: &ConfidentialKeyBindingStatus, now: Timestamp) {
+        let mut map = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let old = map.remove(uid).unwrap_or_default();
+        let bound = status
+            .policy
+            .as_ref()
+            .map(|p| p.bound_hashes.as_slice())
+            .unwrap_or_default();
+        let merged = remember_retired(&old, bound, now);
+        if !merged.is_empty() {
+            map.insert(uid.to_string(), merged);
         }
     }
 
@@ -262,6 +289,11 @@ async fn execute(
             version,
             policy_json,
             tags,
+        }
+        | KeyAction::Retag {
+            version,
+            policy_json,
+            tags,
         } => {
             vault
                 .update_key(url, name, version, Some(policy_json), Some(tags))
@@ -291,8 +323,6 @@ async fn policy_config_map(
 
 async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(binding);
-    let ns = binding.namespace().ok_or(Error::Unnamed)?;
-    let name = binding.name_any();
     let cm = policy_config_map(ctx, binding).await?;
     let policy = resolve_policy(
         binding,
@@ -302,12 +332,18 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
         },
     );
     let pods = ctx.pods.state();
-    let (injected_pods, pod_hashes) = pods_of_binding(pods.iter().map(|p| p.as_ref()), &ns, &name);
+    let qualifying = pod_policies(
+        pods.iter().map(|p| p.as_ref()),
+        binding,
+        &ctx.config.confidential_runtime_classes,
+    );
+    let uid = binding.uid_str().to_string();
     let mut observed = Observed {
         policy,
         key: KeyObservation::NotChecked,
-        pod_hashes,
-        injected_pods,
+        pod_policies: qualifying.earliest,
+        seen_retired: ctx.seen_retired(&uid),
+        injected_pods: qualifying.count,
         now: (ctx.clock)(),
     };
 
@@ -392,6 +428,7 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
     if failure.is_some() {
         ctx.set_verified(&obj, None);
     }
+    ctx.remember_retired(&uid, &status, observed.now);
 
     if binding.status.as_ref() != Some(&status) {
         write_status(ctx, binding, &status).await?;
@@ -476,6 +513,10 @@ fn truncate(s: &str, max: usize) -> String {
 async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(binding);
     ctx.set_verified(&obj, None);
+    ctx.retired
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(binding.uid_str());
     let spec = &binding.spec.key;
     let event = |warning: bool, reason: &str, note: String| PlannedEvent {
         warning,
@@ -533,13 +574,13 @@ async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Acti
         match ctx.vault.get_key(&url, &spec.name).await {
             Err(KeyVaultError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
-            Ok(k) => match ownership(&k.tags, binding, &ctx.config.cluster_uid) {
-                Ownership::Ours => match ctx.vault.delete_key(&url, &spec.name).await {
+            Ok(k) if owns(binding, &k, &ctx.config.cluster_uid) => {
+                match ctx.vault.delete_key(&url, &spec.name).await {
                     Ok(_) | Err(KeyVaultError::NotFound { .. }) => Ok(Some(true)),
                     Err(e) => Err(e),
-                },
-                _ => Ok(Some(false)),
-            },
+                }
+            }
+            Ok(_) => Ok(Some(false)),
         }
     }
     .await;

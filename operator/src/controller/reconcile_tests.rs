@@ -84,6 +84,9 @@ impl Harness {
                 allowed_vaults,
                 hash_grace: Duration::from_secs(600),
                 cluster_uid: CLUSTER.into(),
+                // These tests are about a binding that follows its ConfigMap (explicit opt-in).
+                policy_source_default: ckb_crds::PolicySource::ConfigMap,
+                ..PlanConfig::default()
             },
             timing,
             cm_store,
@@ -130,23 +133,38 @@ impl Harness {
             .apply_watcher_event(&watcher::Event::Apply(cm));
     }
 
+    /// An injected confidential pod of the binding running `rego`, created now, as the cache
+    /// holds it (slimmed).
     pub(super) fn set_pod(&mut self, name: &str, rego: &str, present: bool) {
-        let pod = Pod {
+        let mut pod = Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("payments".into()),
-                labels: Some(BTreeMap::from([(INJECTED_LABEL.into(), "true".into())])),
+                creation_timestamp: Some(Time(*self.now.lock().unwrap())),
+                labels: Some(BTreeMap::from([
+                    (INJECTED_LABEL.into(), "true".into()),
+                    ("app".into(), "orders".into()),
+                ])),
                 annotations: Some(BTreeMap::from([
                     (labels::BINDINGS.into(), "orders".into()),
                     (
                         labels::POLICY_SHA256.into(),
                         hash_rego(rego.as_bytes()).to_string(),
                     ),
+                    (
+                        labels::AGENT_POLICY.into(),
+                        crate::policy::hash::encode_annotation(rego),
+                    ),
                 ])),
                 ..Default::default()
             },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                runtime_class_name: Some("kata-cc-isolation".into()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
+        super::index::slim_pod(&mut pod);
         let ev = if present {
             watcher::Event::Apply(pod)
         } else {
@@ -255,7 +273,8 @@ enum Scenario {
     ForeignTags,
     /// An untagged key exists and adopt is false: KeyNotOwned, zero writes.
     UntaggedNoAdopt,
-    /// An untagged key exists and adopt is true: PATCH with our tags and policy.
+    /// An untagged key carrying the owner's consent tag exists and adopt is true: PATCH with our
+    /// tags and policy.
     Adopt,
     /// The policy ConfigMap is missing: PolicyResolved=False, no Key Vault call.
     PolicyMissing,
@@ -321,7 +340,10 @@ async fn run(s: Scenario) {
         }
         Scenario::Adopt => {
             b.spec.key.adopt = true;
-            h.fake().put(untagged_key(&b));
+            // With the key owner's consent (set with Key Vault rights).
+            let mut k = untagged_key(&b);
+            k.tags.insert(tags::ADOPT.into(), "payments/orders".into());
+            h.fake().put(k);
             Expect {
                 api: vec![STATUS_PATH, EVENT_PATH],
                 vault: vec![Op::Get, Op::Update],

@@ -7,6 +7,7 @@
 //! Rules, in the order they are checked:
 //! - only pods whose `spec.runtimeClassName` is in the confidential set are ever changed;
 //! - no binding → unchanged;
+//! - a binding that pins hashes (`spec.policy.sha256`) refuses a policy hashing to anything else;
 //! - every binding must resolve to the same agent policy (compared by SHA-256 of the Rego text);
 //!   a pod that already carries a different policy annotation is refused;
 //! - bindings that override the same sidecar field with different values are refused;
@@ -122,6 +123,9 @@ pub struct MatchedBinding {
     pub policy: Option<Arc<str>>,
     /// Where the policy comes from (`ConfigMap <name> key <key>`), for messages.
     pub policy_ref: String,
+    /// The hashes the binding pins (`spec.policy.sha256`); when not empty, a policy hashing to
+    /// anything else is refused.
+    pub pinned: Vec<String>,
 }
 
 impl MatchedBinding {
@@ -139,6 +143,7 @@ impl MatchedBinding {
                 "ConfigMap {} key {}",
                 spec.policy.config_map_ref.name, spec.policy.config_map_ref.key
             ),
+            pinned: spec.policy.sha256.clone(),
         }
     }
 }
@@ -536,6 +541,16 @@ pub fn mutate(
                 ));
             };
             let h = policy_hash(rego);
+            if !b.pinned.is_empty() && !b.pinned.contains(&h) {
+                return Err(deny(
+                    &[*b],
+                    format!(
+                        "the agent policy in {} hashes to {h}, which the binding does not pin: spec.policy.sha256 expects {}; the ConfigMap may have been changed without the binding's review (restore it, or add the new hash to spec.policy.sha256)",
+                        b.policy_ref,
+                        b.pinned.join(" or ")
+                    ),
+                ));
+            }
             rego_of.entry(h.clone()).or_insert(rego);
             by_hash.entry(h).or_default().push(b);
         }

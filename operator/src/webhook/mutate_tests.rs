@@ -32,6 +32,7 @@ fn binding(name: &str, key: &str, policy: Option<&str>) -> MatchedBinding {
         sidecar: Default::default(),
         policy: policy.map(Arc::from),
         policy_ref: format!("ConfigMap {name}-policy key policy.rego"),
+        pinned: vec![],
     }
 }
 
@@ -820,4 +821,25 @@ fn env_suffix_and_host_rules() {
         "demo.vault.azure.net"
     );
     assert_eq!(host_of("https://maa.example:8443"), "maa.example:8443");
+}
+
+#[test]
+fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
+    // The ConfigMap was rewritten to B; the binding pins A only.
+    let mut b = binding("orders", "orders-key", Some(POLICY_B));
+    b.pinned = vec![sha(POLICY_A)];
+    let msg = deny_message(decide(
+        &pod(),
+        &[b.clone()],
+        &SidecarDefaults::default(),
+        &classes(),
+    ));
+    assert!(msg.contains(&sha(POLICY_B)), "{msg}");
+    assert!(msg.contains(&format!("expects {}", sha(POLICY_A))), "{msg}");
+    assert!(msg.contains("binding orders"), "{msg}");
+    // The pinned policy itself passes, among several pins.
+    b.policy = Some(Arc::from(POLICY_A));
+    b.pinned = vec![sha(POLICY_B), sha(POLICY_A)];
+    let d = decide(&pod(), &[b], &SidecarDefaults::default(), &classes());
+    assert!(matches!(d, Decision::Patch { .. }), "{d:?}");
 }
