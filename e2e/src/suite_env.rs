@@ -807,10 +807,10 @@ impl Environment {
             .as_ref()
             .and_then(|a| a.get(ckb_crds::labels::AGENT_POLICY))
             .ok_or_else(|| anyhow!("pod has no agent policy annotation"))?;
-        let hostdata = ckb_operator::policy::hash::hash_annotation(annotation)?;
+        let hostdata = hostdata_of_annotation(annotation)?;
         let mut req = TokenRequest {
             issuer_host: maa_host.clone(),
-            hostdata: hostdata.to_string(),
+            hostdata,
             ..TokenRequest::default()
         };
         tweak(&mut req);
@@ -834,6 +834,19 @@ impl Environment {
         };
         Ok(sidecar::release_key(&client, &call, &runtime, &trust).await)
     }
+}
+
+/// The `x-ms-sevsnpvm-hostdata` the confidential VM of a pod with this agent-policy annotation
+/// reports: the lowercase hex SHA-256 of the annotation's decoded bytes, computed here with `sha2`
+/// and `base64` rather than the operator's own functions, so that a wrong definition shared by
+/// the webhook and the controller does not pass.
+pub fn hostdata_of_annotation(annotation: &str) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let rego = base64::engine::general_purpose::STANDARD
+        .decode(annotation)
+        .context("the agent policy annotation is not standard base64")?;
+    Ok(hex::encode(sha2::Sha256::digest(&rego)))
 }
 
 /// The env of the pod's first app container (not the `skr` sidecar), by name.

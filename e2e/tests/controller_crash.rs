@@ -1,7 +1,12 @@
-//! The operator process (the real binary, `ckb-operator run`) killed with SIGKILL at random points
-//! while it reconciles a batch of bindings, and restarted, against a real API server and the Key
-//! Vault double: in the end exactly one key per binding, exactly one version each, every binding
-//! Ready.
+//! The operator process (the real binary, `ckb-operator run`) killed with SIGKILL inside a key
+//! create, and restarted, while it reconciles a batch of bindings against a real API server and
+//! the Key Vault double: in the end exactly one key per binding, exactly one version each, every
+//! binding Ready.
+//!
+//! Each kill is placed, not random: the double is told (fault injection) to commit the creates of
+//! the keys that do not exist yet and then hold their answers back; the test waits until one has
+//! committed while its answer is still pending, and only then SIGKILLs the operator. So every
+//! kill loses the outcome of a create that did happen, the case that could make a second version.
 //!
 //! Needs the local control plane (`e2e/scripts/build-control-plane.sh`); fails, never skips,
 //! without it.
@@ -12,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ckb_crds::{ConfidentialKeyBinding, labels};
-use ckb_doubles::{Config, KeyVaultDouble};
+use ckb_doubles::{Config, Fault, KeyVaultDouble};
 use ckb_e2e::cluster::{ControlPlane, repo_root};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -23,7 +28,11 @@ use tokio::process::{Child, Command};
 
 const NS: &str = "crash";
 const BINDINGS: usize = 12;
-const KILLS: usize = 6;
+/// At most this many kills (fewer when every key exists before the last round).
+const KILLS: usize = 4;
+/// How long the double holds back the answer of a create it committed: far longer than the test
+/// needs to see the commit and kill the operator, and than the operator's Key Vault timeout (30 s).
+const HELD_ANSWER: Duration = Duration::from_secs(90);
 const HOST: &str = "demo.vault.azure.net";
 
 async fn poll<T>(
@@ -170,7 +179,8 @@ fn tail(path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_at_random_points_and_restarted_makes_one_key_per_binding_all_ready() -> Result<()> {
+async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_per_binding_all_ready()
+-> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let bin = operator_binary()?;
     let cp = ControlPlane::start().await?;
@@ -215,20 +225,104 @@ async fn killed_at_random_points_and_restarted_makes_one_key_per_binding_all_rea
         bindings.create(&PostParams::default(), &binding(i)).await?;
     }
 
-    // Kill the operator at random points while it works through the batch.
+    // Kill the operator inside creates whose answers are lost. Each round, every key not yet in
+    // the vault gets a create that commits and then holds its answer back; the operator is
+    // killed as soon as one of them has committed.
+    let created = |double: &KeyVaultDouble| -> Vec<String> {
+        (0..BINDINGS)
+            .map(|i| format!("key-{i}"))
+            .filter(|k| double.keys()[HOST]["keys"][k].is_array())
+            .collect()
+    };
+    // A create that committed and was answered (the held ones are logged only when answered).
+    let answered = |double: &KeyVaultDouble, key: &str| {
+        let path = format!("/keys/{key}/create");
+        double
+            .log()
+            .iter()
+            .any(|e| e.path == path && e.write && e.fault.is_none())
+    };
+    let mut lost: Vec<String> = Vec::new();
+    let mut kills = 0;
     for round in 0..KILLS {
+        double.clear_faults();
+        let before = created(&double);
+        let absent: Vec<String> = (0..BINDINGS)
+            .map(|i| format!("key-{i}"))
+            .filter(|k| !before.contains(k))
+            .collect();
+        if absent.is_empty() {
+            break;
+        }
+        for key in &absent {
+            let mut fault = Fault {
+                method: Some("POST".into()),
+                path: Some(format!("^/keys/{key}/create$")),
+                vault: Some(HOST.into()),
+                ..Fault::default()
+            }
+            .after_apply()
+            .delayed(u64::try_from(HELD_ANSWER.as_millis())?);
+            fault.count = Some(1);
+            double.inject(fault)?;
+        }
         let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), round)?;
-        let wait = Duration::from_millis(rand::random_range(300..2500));
-        tokio::time::sleep(wait).await;
-        if let Some(status) = op.child.try_wait()? {
-            bail!(
-                "the operator exited by itself ({status}):\n{}",
-                tail(&files.path(&format!("operator-{round}.log")))
+        let log_path = files.path(&format!("operator-{round}.log"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut all_answered = false;
+        loop {
+            if let Some(status) = op.child.try_wait()? {
+                bail!(
+                    "the operator exited by itself ({status}):\n{}",
+                    tail(&log_path)
+                );
+            }
+            let held = created(&double)
+                .into_iter()
+                .any(|k| !before.contains(&k) && !answered(&double, &k));
+            if held {
+                break;
+            }
+            // Every remaining key was created with an answer (its held create was used up by an
+            // attempt the double throttled): nothing left to interrupt.
+            let now = created(&double);
+            if absent
+                .iter()
+                .all(|k| now.contains(k) && answered(&double, k))
+            {
+                all_answered = true;
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "round {round}: the operator created no key:\n{}",
+                tail(&log_path)
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         op.child.start_kill()?;
         op.child.wait().await?;
+        if all_answered {
+            break;
+        }
+        // The creates that committed this round through a held answer: their outcome is lost.
+        // (A key whose held create was used up by an attempt the double throttled may have
+        // been created by a later, answered attempt: that one is not lost.)
+        let now = created(&double);
+        let lost_now: Vec<String> = now
+            .into_iter()
+            .filter(|k| !before.contains(k) && !answered(&double, k))
+            .collect();
+        ensure!(
+            !lost_now.is_empty(),
+            "round {round}: the kill interrupted no create"
+        );
+        eprintln!("round {round}: killed inside the create(s) of {lost_now:?}");
+        kills += 1;
+        lost.extend(lost_now);
     }
+    double.clear_faults();
+    ensure!(kills >= 2, "only {kills} kill(s) inside a create");
 
     // The last start runs to the end.
     let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), KILLS)?;
@@ -279,15 +373,22 @@ async fn killed_at_random_points_and_restarted_makes_one_key_per_binding_all_rea
             "{status_key:?}"
         );
     }
-    let creates = double
-        .log()
-        .iter()
-        .filter(|e| e.write && e.method == "POST" && e.path.ends_with("/create"))
-        .count();
-    ensure!(
-        creates == BINDINGS,
-        "{creates} creates committed for {BINDINGS} bindings"
-    );
+    // The creates whose answers were lost were the only creates of their keys; every other key
+    // was created exactly once, with an answer.
+    let log = double.log();
+    for key in names {
+        let path = format!("/keys/{key}/create");
+        let answered: Vec<_> = log
+            .iter()
+            .filter(|e| e.write && e.method == "POST" && e.path == path && e.fault.is_none())
+            .collect();
+        let want = usize::from(!lost.contains(key));
+        ensure!(
+            answered.len() == want,
+            "key {key}: {} answered creates committed, expected {want}: {answered:?}",
+            answered.len()
+        );
+    }
 
     // Graceful stop on SIGTERM.
     let pid = op.child.id().context("pid")?;

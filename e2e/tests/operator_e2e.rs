@@ -15,8 +15,6 @@ use ckb_crds::{ConfidentialKeyBinding, FINALIZER, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_doubles::sidecar::SidecarError;
 use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
-use ckb_operator::policy::hash::{encode_annotation, hash_rego};
-use ckb_operator::policy::release::ReleasePolicy;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
@@ -26,6 +24,62 @@ use serde_json::{Value, json};
 const VAULT_HOST: &str = "demo.vault.azure.net";
 const MAA_HOST: &str = "sharedeus.eus.attest.azure.net";
 const WAIT: Duration = Duration::from_secs(90);
+
+// The oracles below are written from the documented formats, not taken from the operator: the
+// hash is `sha2` over the Rego bytes, the annotation standard base64, and the release policies
+// are spelled out as JSON from the grammar, so a wrong definition shared by the webhook and the
+// controller fails here.
+
+/// `x-ms-sevsnpvm-hostdata` of a policy: lowercase hex SHA-256 of the Rego bytes.
+fn sha256_hex(rego: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(rego.as_bytes()))
+}
+
+/// The agent-policy annotation of a policy: standard base64 (with padding) of the Rego bytes.
+fn annotation_of(rego: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(rego.as_bytes())
+}
+
+/// A release policy in a canonical order (authority entries by their conditions, conditions by
+/// claim), so that two policies that mean the same compare equal; nothing else is changed.
+fn canonical(policy: &Value) -> Value {
+    let mut p = policy.clone();
+    if let Some(any_of) = p.get_mut("anyOf").and_then(Value::as_array_mut) {
+        for entry in any_of.iter_mut() {
+            if let Some(all_of) = entry.get_mut("allOf").and_then(Value::as_array_mut) {
+                all_of.sort_by_key(|c| c["claim"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        any_of.sort_by_key(|e| e.to_string());
+    }
+    p
+}
+
+/// The release policy of the key in the double, as JSON.
+fn key_policy(env: &Environment, key: &str) -> Result<Value> {
+    let k = env
+        .key(VAULT_HOST, key)
+        .with_context(|| format!("key {key} is not in the double"))?;
+    k.get("release_policy_json")
+        .filter(|p| !p.is_null())
+        .cloned()
+        .with_context(|| format!("key {key} has no release policy: {k}"))
+}
+
+/// The hostdata values the key's release policy allows, read straight from its JSON.
+fn key_hostdata(env: &Environment, key: &str) -> Result<BTreeSet<String>> {
+    let p = key_policy(env, key)?;
+    Ok(p["anyOf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["allOf"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["claim"] == "x-ms-sevsnpvm-hostdata")
+        .filter_map(|c| c["equals"].as_str().map(str::to_string))
+        .collect())
+}
 
 fn policy_rego(variant: &str) -> String {
     format!(
@@ -132,9 +186,9 @@ fn has_sidecar(pod: &Pod) -> bool {
 
 /// Whether the webhook injected `pod` for binding `binding` with the policy `rego`.
 fn injected_with(pod: &Pod, binding: &str, rego: &str) -> bool {
-    let hash = hash_rego(rego.as_bytes());
+    let hash = sha256_hex(rego);
     has_sidecar(pod)
-        && annotation(pod, labels::AGENT_POLICY) == Some(encode_annotation(rego).as_str())
+        && annotation(pod, labels::AGENT_POLICY) == Some(annotation_of(rego).as_str())
         && annotation(pod, labels::POLICY_SHA256) == Some(hash.as_str())
         && annotation(pod, labels::BINDINGS) == Some(binding)
         && pod
@@ -175,17 +229,6 @@ async fn binding(env: &Environment, ns: &str, name: &str) -> Result<Confidential
     )
 }
 
-/// The release policy of the key in the double, parsed by the operator's own parser.
-fn key_release_policy(env: &Environment, key: &str) -> Result<ReleasePolicy> {
-    let k = env
-        .key(VAULT_HOST, key)
-        .with_context(|| format!("key {key} is not in the double"))?;
-    let json = k
-        .get("release_policy_json")
-        .with_context(|| format!("key {key} has no release policy: {k}"))?;
-    Ok(ReleasePolicy::from_value(json)?)
-}
-
 fn bound_hashes(b: &ConfidentialKeyBinding) -> BTreeSet<String> {
     b.status
         .as_ref()
@@ -217,7 +260,7 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     eprintln!("environment up in {:?}", t0.elapsed());
     let ns = "e2e-inject";
     let rego = policy_rego("v1");
-    let hash = hash_rego(rego.as_bytes());
+    let hash = sha256_hex(&rego);
     env.create_namespace(ns, true)?;
     env.create_namespace("e2e-not-opted-in", false)?;
     // The same binding, ConfigMap and pods in three places where the webhook must not act: a
@@ -264,15 +307,27 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     assert_eq!(key["tags"][tags::CLUSTER], json!(kube_system_uid));
     let status_key = status.key.clone().context("status.key")?;
     assert_eq!(Some(status_key.id.as_str()), key["key"]["kid"].as_str());
-    let expected = ReleasePolicy::for_binding(&b.spec, &BTreeSet::from([hash.clone()]))?;
-    let actual = key_release_policy(&env, "inject-key")?;
-    assert!(
-        actual.same_meaning(&expected),
-        "release policy in the vault:\n{}\nexpected:\n{}",
-        actual.to_json(),
-        expected.to_json()
+    // The binding's spec, as the grammar says the key must be guarded: one authority entry,
+    // every pinned claim compared with `equals` as a string, the extra claim added.
+    let expected = json!({
+        "version": "1.0.0",
+        "anyOf": [{
+            "authority": "https://sharedeus.eus.attest.azure.net",
+            "allOf": [
+                {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+                {"claim": "x-ms-sevsnpvm-hostdata", "equals": hash},
+                {"claim": "x-ms-compliance-status", "equals": "azure-signed-katacc-uvm"},
+                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
+                {"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}
+            ]
+        }]
+    });
+    let actual = key_policy(&env, "inject-key")?;
+    assert_eq!(
+        canonical(&actual),
+        canonical(&expected),
+        "release policy in the vault:\n{actual:#}"
     );
-    assert_eq!(actual.hostdata_hashes(), BTreeSet::from([hash.to_string()]));
 
     // Pods: a confidential Deployment's pods (made by the real controller manager) are injected;
     // a non-confidential pod matching the same selector is not.
@@ -343,7 +398,7 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     assert!(!released.key_bytes.is_empty());
 
     // Any other policy, a debuggable VM, another authority: refused.
-    let other = hash_rego(policy_rego("tampered").as_bytes()).to_string();
+    let other = sha256_hex(&policy_rego("tampered"));
     assert_refused(
         env.release_for_pod(pod, |r| r.hostdata = other.clone())
             .await?,
@@ -364,6 +419,18 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
         env.release_for_pod(pod, |r| r.vmpl = 1).await?,
         "VMPL 1 (extra claim)",
     );
+    // The ACI compliance status (another UVM than AKS's signed Kata UVM), and a token of
+    // another TEE type: refused although every other claim matches.
+    assert_refused(
+        env.release_for_pod(pod, |r| r.compliance_status = "azure-compliant-uvm".into())
+            .await?,
+        "another compliance status",
+    );
+    assert_refused(
+        env.release_for_pod(pod, |r| r.attestation_type = "sgx".into())
+            .await?,
+        "another attestation type",
+    );
     eprintln!("test done in {:?}", t0.elapsed());
     Ok(())
 }
@@ -374,7 +441,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     let env = Environment::start(EnvOptions::default()).await?;
     let ns = "e2e-rollout";
     let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
-    let (h1, h2) = (hash_rego(v1.as_bytes()), hash_rego(v2.as_bytes()));
+    let (h1, h2) = (sha256_hex(&v1), sha256_hex(&v2));
     env.create_namespace(ns, true)?;
     env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
@@ -423,13 +490,32 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
         .clone();
     let old_pod = old_pods[0].clone();
     wait_for(WAIT, "both hashes in the key's release policy", || async {
-        let p = key_release_policy(&env, "rollout-key")?;
-        Ok((p.hostdata_hashes() == BTreeSet::from([h1.to_string(), h2.to_string()])).then_some(()))
+        Ok(
+            (key_hostdata(&env, "rollout-key")? == BTreeSet::from([h1.clone(), h2.clone()]))
+                .then_some(()),
+        )
     })
     .await?;
-    let b = binding(&env, ns, "orders").await?;
-    let expected = ReleasePolicy::for_binding(&b.spec, &BTreeSet::from([h1.clone(), h2.clone()]))?;
-    assert!(key_release_policy(&env, "rollout-key")?.same_meaning(&expected));
+    // Both hashes, one authority entry each (the grammar has no "any of these values").
+    let entry = |h: &str| {
+        json!({
+            "authority": "https://sharedeus.eus.attest.azure.net",
+            "allOf": [
+                {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+                {"claim": "x-ms-sevsnpvm-hostdata", "equals": h},
+                {"claim": "x-ms-compliance-status", "equals": "azure-signed-katacc-uvm"},
+                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
+                {"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}
+            ]
+        })
+    };
+    let expected = json!({"version": "1.0.0", "anyOf": [entry(&h1), entry(&h2)]});
+    let actual = key_policy(&env, "rollout-key")?;
+    assert_eq!(
+        canonical(&actual),
+        canonical(&expected),
+        "release policy in the vault:\n{actual:#}"
+    );
     for (p, what) in [(&old_pod, "old pod"), (&new_pod, "new pod")] {
         env.release_for_pod(p, |_| {})
             .await?
@@ -454,8 +540,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     })
     .await?;
     wait_for(WAIT, "only v2 in the key's release policy", || async {
-        let p = key_release_policy(&env, "rollout-key")?;
-        Ok((p.hostdata_hashes() == BTreeSet::from([h2.to_string()])).then_some(()))
+        Ok((key_hostdata(&env, "rollout-key")? == BTreeSet::from([h2.clone()])).then_some(()))
     })
     .await?;
     eprintln!(
@@ -647,6 +732,52 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     ))?;
     env.wait_binding_ready(ns, "orders").await?;
 
+    // Two bindings selecting the same pods with different policies: `kubectl apply` of such a
+    // pod fails with the webhook's answer, naming both bindings, and no pod is created.
+    for side in ["left", "right"] {
+        env.apply_yaml(&config_map_yaml(
+            ns,
+            &format!("{side}-policy"),
+            &policy_rego(side),
+        ))?;
+        env.apply_yaml(&binding_yaml(
+            ns,
+            side,
+            "clash",
+            "https://demo.vault.azure.net",
+            &format!("{side}-key"),
+            "Delete",
+        ))?;
+    }
+    for side in ["left", "right"] {
+        env.wait_binding_ready(ns, side).await?;
+    }
+    let out = env.kubectl_stdin_output(
+        &["apply", "-f", "-"],
+        &pod_yaml(ns, "clash", "clash", Some("kata-cc-isolation")),
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the pod was admitted: {text}");
+    assert!(
+        text.contains("admission webhook \"inject.ckb.dev\" denied the request"),
+        "not the webhook's denial: {text}"
+    );
+    assert!(
+        text.contains("bindings left, right") && text.contains("different agent policies"),
+        "the denial does not name the bindings and the cause: {text}"
+    );
+    assert!(
+        Api::<Pod>::namespaced(env.cp.client(), ns)
+            .get_opt("clash")
+            .await?
+            .is_none(),
+        "a denied pod exists"
+    );
+
     env.stop_operator();
     let out = env.kubectl_stdin_output(
         &["apply", "-f", "-"],
@@ -711,7 +842,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
     env.wait_binding_ready(ns, "second").await?;
     // ... a ConfigMap changed after the restart is seen (the ConfigMap watch resumed) ...
     env.apply_yaml(&config_map_yaml(ns, "first-policy", &v2))?;
-    let h2 = hash_rego(v2.as_bytes());
+    let h2 = sha256_hex(&v2);
     wait_for(WAIT, "first binding on v2, in the key too", || async {
         let b = binding(&env, ns, "first").await?;
         let current = b
@@ -719,9 +850,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
             .as_ref()
             .and_then(|s| s.policy.as_ref())
             .and_then(|p| p.current_hash.clone());
-        let in_key = key_release_policy(&env, "first-key")?
-            .hostdata_hashes()
-            .contains(h2.as_str());
+        let in_key = key_hostdata(&env, "first-key")?.contains(&h2);
         Ok((current.as_deref() == Some(h2.as_str()) && in_key).then_some(()))
     })
     .await?;
