@@ -38,6 +38,8 @@ else
   step "local control plane (Kubernetes from Go modules; cached after the first build)"
   bash e2e/scripts/build-control-plane.sh
   bash scripts/install-tools.sh kubectl
+  step "GitOps health checkers: kstatus and Argo CD's Lua (Go modules; cached after the first build)"
+  bash e2e/scripts/build-gitops-check.sh
 fi
 
 step "version check (crates, Chart.yaml, values.yaml image tag, CHANGELOG.md, README install agree); workflow schema"

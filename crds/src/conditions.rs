@@ -14,8 +14,27 @@ pub mod types {
     /// The key's release policy allows exactly the bound hashes.
     pub const RELEASE_POLICY_SYNCED: &str = "ReleasePolicySynced";
 
+    /// kstatus: true while the operator is still working towards `Ready` on its own (a transient
+    /// cause is retried, or a dependency such as the policy ConfigMap is awaited). Its reason is
+    /// the cause's. Never true together with `Stalled`.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: true when the binding cannot become `Ready` without a human (vault not allowed,
+    /// key not owned, immutable policy, ...). Its reason is the cause's. The operator keeps
+    /// looking (so a fix is noticed), but retrying alone will not help.
+    pub const STALLED: &str = "Stalled";
+
+    /// The conditions that make up `Ready` (each has a root-cause reason when false).
+    pub const PARTS: [&str; 3] = [KEY_READY, POLICY_RESOLVED, RELEASE_POLICY_SYNCED];
+
     /// Every type, in the order they are shown.
-    pub const ALL: [&str; 4] = [READY, KEY_READY, POLICY_RESOLVED, RELEASE_POLICY_SYNCED];
+    pub const ALL: [&str; 6] = [
+        READY,
+        RECONCILING,
+        STALLED,
+        KEY_READY,
+        POLICY_RESOLVED,
+        RELEASE_POLICY_SYNCED,
+    ];
 }
 
 /// Condition reasons (CamelCase, as Kubernetes requires).
@@ -27,6 +46,14 @@ pub mod reasons {
     pub const NOT_READY: &str = "NotReady";
     /// The binding is being deleted.
     pub const DELETING: &str = "Deleting";
+
+    // --- Reconciling / Stalled (when false; when true they carry the cause's reason)
+    /// Reconciling=False and Stalled=False: nothing left to do, the binding is `Ready`.
+    pub const RECONCILED: &str = "Reconciled";
+    /// Stalled=False while `Reconciling` is true: the operator is still working on its own.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Reconciling=False while `Stalled` is true: retrying alone will not help.
+    pub const STALLED: &str = "Stalled";
 
     // --- PolicyResolved
     /// The policy was read and hashed.
@@ -84,4 +111,103 @@ pub mod reasons {
     pub const WAITING_FOR_KEY: &str = "WaitingForKey";
     /// Updating the release policy failed; retried.
     pub const SYNC_FAILED: &str = "SyncFailed";
+}
+
+/// What a false condition's reason means for the binding as a whole (the kstatus view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Needs a human: the spec, the vault, the key or the operator's configuration must change.
+    /// The binding is `Stalled` (kstatus: Failed; Argo CD: Degraded).
+    Stalled,
+    /// The operator is working on it (retries, backoff, waiting for a dependency that GitOps
+    /// tools may apply later). The binding is `Reconciling` (kstatus: InProgress; Argo CD:
+    /// Progressing).
+    Transient,
+    /// Only follows from another condition's failure ("waiting for ..."); that one decides.
+    Derived,
+}
+
+/// Reasons that need a human. Adding a refusal reason that retrying cannot fix? List it here.
+pub const STALLED_REASONS: &[&str] = &[
+    reasons::CONFIG_MAP_NOT_LABELLED,
+    reasons::POLICY_KEY_NOT_FOUND,
+    reasons::POLICY_EMPTY,
+    reasons::POLICY_NOT_UTF8,
+    reasons::POLICY_TOO_LARGE,
+    reasons::VAULT_NOT_ALLOWED,
+    reasons::KEY_NOT_OWNED,
+    reasons::KEY_MISMATCH,
+    reasons::KEY_DELETED,
+    reasons::KEY_VAULT_FORBIDDEN,
+    reasons::KEY_VAULT_REJECTED,
+    reasons::POLICY_IMMUTABLE,
+    reasons::POLICY_HASH_NOT_PINNED,
+    reasons::POLICY_NOT_PINNED,
+    reasons::ADOPT_CONSENT_MISSING,
+];
+
+/// Reasons that only echo another condition's failure.
+pub const DERIVED_REASONS: &[&str] = &[
+    reasons::WAITING_FOR_POLICY,
+    reasons::WAITING_FOR_KEY,
+    reasons::NOT_READY,
+];
+
+/// The single classification of a false condition's reason: [`Severity::Stalled`] for the
+/// reasons in [`STALLED_REASONS`], [`Severity::Derived`] for [`DERIVED_REASONS`], and
+/// [`Severity::Transient`] for every other reason (throttling, Key Vault unavailable, a missing
+/// ConfigMap, a failed update: the operator retries them with backoff).
+///
+/// `KeyVaultForbidden` is stalled although Azure role assignments take minutes to propagate: the
+/// operator keeps retrying with backoff, and the condition clears by itself once access works.
+pub fn severity(reason: &str) -> Severity {
+    if STALLED_REASONS.contains(&reason) {
+        Severity::Stalled
+    } else if DERIVED_REASONS.contains(&reason) {
+        Severity::Derived
+    } else {
+        Severity::Transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_reasons_are_stalled_and_retried_ones_transient() {
+        for r in [
+            reasons::VAULT_NOT_ALLOWED,
+            reasons::KEY_NOT_OWNED,
+            reasons::POLICY_IMMUTABLE,
+            reasons::KEY_MISMATCH,
+        ] {
+            assert_eq!(severity(r), Severity::Stalled, "{r}");
+        }
+        for r in [
+            reasons::KEY_VAULT_THROTTLED,
+            reasons::KEY_VAULT_UNAVAILABLE,
+            reasons::CONFIG_MAP_NOT_FOUND,
+            reasons::SYNC_FAILED,
+            "SomeFutureReason",
+        ] {
+            assert_eq!(severity(r), Severity::Transient, "{r}");
+        }
+        assert_eq!(severity(reasons::WAITING_FOR_KEY), Severity::Derived);
+        assert_eq!(severity(reasons::WAITING_FOR_POLICY), Severity::Derived);
+    }
+
+    #[test]
+    fn reasons_are_camel_case_and_classified_once() {
+        for r in STALLED_REASONS.iter().chain(DERIVED_REASONS) {
+            assert!(
+                r.chars().next().is_some_and(|c| c.is_ascii_uppercase()),
+                "{r}"
+            );
+            assert!(r.chars().all(|c| c.is_ascii_alphanumeric()), "{r}");
+        }
+        for r in STALLED_REASONS {
+            assert!(!DERIVED_REASONS.contains(r), "{r} is in both lists");
+        }
+    }
 }

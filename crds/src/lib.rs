@@ -482,7 +482,9 @@ pub struct ConfidentialKeyBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `KeyReady`, `PolicyResolved`, `ReleasePolicySynced` (see the reasons in the docs).
+    /// `Ready`, `Reconciling`, `Stalled`, `KeyReady`, `PolicyResolved`, `ReleasePolicySynced`
+    /// (see the reasons in the docs). `Reconciling` (the operator is still working) and `Stalled`
+    /// (it needs a human) follow the kstatus convention that Flux and Argo CD health checks read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -498,6 +500,12 @@ pub struct ConfidentialKeyBindingStatus {
     /// Number of live pods the webhook injected for this binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_pods: Option<i32>,
+
+    /// Number of live confidential pods that match `podSelector` but run without the sidecar
+    /// (admitted before the binding existed, or while the webhook was down). Restart their
+    /// workload (`kubectl rollout restart`) to inject them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninjected_pods: Option<i32>,
 }
 
 /// The key as the vault reports it.

@@ -303,6 +303,11 @@ impl Environment {
         format!("https://{}/mutate", self.webhook_addr)
     }
 
+    /// The operator's `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
     /// Path of the operator's log file.
     pub fn operator_log(&self) -> &Path {
         &self.operator_log

@@ -254,9 +254,11 @@ async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> 
     let out = env.cp.kubectl(["apply", "-f", &rc.display().to_string()])?;
     assert!(out.status.success(), "creating the RuntimeClass failed");
 
+    // The README's `VAULT_URL`: the vault the environment's operator may use.
     let vars = BTreeMap::from([
         ("KUBECONFIG", env.cp.kubeconfig().display().to_string()),
         ("PATH", tool_path(&env.cp)?),
+        ("VAULT_URL", ckb_e2e::env::DEMO_VAULT.to_string()),
     ]);
     let mut outputs = Vec::new();
     for code in &snippets {

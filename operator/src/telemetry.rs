@@ -97,6 +97,38 @@ pub struct ReadyLabels {
     pub ready: String,
 }
 
+/// Labels of the per-binding series `ckb_binding_ready`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct BindingLabels {
+    /// The binding's namespace.
+    pub namespace: String,
+    /// The binding's name.
+    pub name: String,
+    /// Why it is (not) Ready: `Ready`, or the cause's reason from the condition vocabulary (the
+    /// `Stalled` or `Reconciling` reason), or `Unknown` before the operator wrote a status.
+    pub reason: String,
+}
+
+/// One binding as the per-binding series show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingState {
+    /// Namespace, name and reason.
+    pub labels: BindingLabels,
+    /// Whether its Ready condition is true.
+    pub ready: bool,
+    /// Matching confidential pods running without the sidecar (`status.uninjectedPods`).
+    pub uninjected_pods: i64,
+}
+
+/// Labels of `ckb_binding_uninjected_pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct BindingRefLabels {
+    /// The binding's namespace.
+    pub namespace: String,
+    /// The binding's name.
+    pub name: String,
+}
+
 /// The controller's metrics.
 #[derive(Debug, Clone)]
 pub struct ControllerMetrics {
@@ -106,6 +138,14 @@ pub struct ControllerMetrics {
     pub duration: Histogram,
     /// `ckb_bindings{ready}`.
     pub bindings: Family<ReadyLabels, Gauge>,
+    /// `ckb_binding_ready{namespace,name,reason}`: 1 when Ready, else 0; one series per binding.
+    pub binding_ready: Family<BindingLabels, Gauge>,
+    /// `ckb_binding_uninjected_pods{namespace,name}`: matching confidential pods without the
+    /// sidecar (admitted before the binding existed or while the webhook was down).
+    pub binding_uninjected: Family<BindingRefLabels, Gauge>,
+    /// The label sets last written, so series of deleted bindings (or of a reason no longer
+    /// current) are removed: cardinality stays at one series per live binding.
+    shown: Arc<Mutex<BTreeMap<BindingRefLabels, BindingLabels>>>,
 }
 
 impl ControllerMetrics {
@@ -116,6 +156,9 @@ impl ControllerMetrics {
             reconciles: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             bindings: Family::default(),
+            binding_ready: Family::default(),
+            binding_uninjected: Family::default(),
+            shown: Arc::default(),
         };
         registry.register(
             "ckb_reconciles",
@@ -132,7 +175,51 @@ impl ControllerMetrics {
             "Bindings by their Ready condition",
             m.bindings.clone(),
         );
+        registry.register(
+            "ckb_binding_ready",
+            "Per binding: 1 when its Ready condition is true, else 0; reason is Ready or the \
+             Stalled/Reconciling cause (one series per binding)",
+            m.binding_ready.clone(),
+        );
+        registry.register(
+            "ckb_binding_uninjected_pods",
+            "Per binding: matching confidential pods running without the sidecar (restart them)",
+            m.binding_uninjected.clone(),
+        );
         m
+    }
+
+    /// Replaces the per-binding series with `states` (every live binding): sets each one's
+    /// series and removes those of bindings that are gone or whose reason changed.
+    pub fn set_binding_states(&self, states: impl IntoIterator<Item = BindingState>) {
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now: BTreeMap<BindingRefLabels, BindingLabels> = BTreeMap::new();
+        for st in states {
+            let key = BindingRefLabels {
+                namespace: st.labels.namespace.clone(),
+                name: st.labels.name.clone(),
+            };
+            self.binding_ready
+                .get_or_create(&st.labels)
+                .set(i64::from(st.ready));
+            self.binding_uninjected
+                .get_or_create(&key)
+                .set(st.uninjected_pods);
+            now.insert(key, st.labels);
+        }
+        for (key, labels) in shown.iter() {
+            match now.get(key) {
+                Some(l) if l == labels => {}
+                Some(_) => {
+                    self.binding_ready.remove(labels);
+                }
+                None => {
+                    self.binding_ready.remove(labels);
+                    self.binding_uninjected.remove(key);
+                }
+            }
+        }
+        *shown = now;
     }
 
     /// Records one reconcile.
@@ -311,6 +398,56 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("ckb_bindings{ready=\"true\"} 3"), "{body}");
+    }
+
+    fn state(ns: &str, name: &str, reason: &str, ready: bool) -> BindingState {
+        BindingState {
+            labels: BindingLabels {
+                namespace: ns.into(),
+                name: name.into(),
+                reason: reason.into(),
+            },
+            ready,
+            uninjected_pods: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn per_binding_series_follow_the_bindings_and_are_removed_with_them() {
+        let mut reg = registry();
+        let m = ControllerMetrics::register(&mut reg);
+        let reg = Arc::new(reg);
+        let r = router(reg.clone(), Readiness::default());
+        m.set_binding_states([
+            state("a", "one", "KeyVaultThrottled", false),
+            state("b", "two", "Ready", true),
+        ]);
+        let (_, body) = get_text(r.clone(), "/metrics").await;
+        assert!(
+            body.contains(
+                r#"ckb_binding_ready{namespace="a",name="one",reason="KeyVaultThrottled"} 0"#
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"ckb_binding_ready{namespace="b",name="two",reason="Ready"} 1"#),
+            "{body}"
+        );
+        // "one" becomes Ready (its old reason's series goes), "two" is deleted.
+        let mut one = state("a", "one", "Ready", true);
+        one.uninjected_pods = 2;
+        m.set_binding_states([one]);
+        let (_, body) = get_text(r, "/metrics").await;
+        assert!(
+            body.contains(r#"ckb_binding_ready{namespace="a",name="one",reason="Ready"} 1"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"ckb_binding_uninjected_pods{namespace="a",name="one"} 2"#),
+            "{body}"
+        );
+        assert!(!body.contains("KeyVaultThrottled"), "{body}");
+        assert!(!body.contains(r#"name="two""#), "{body}");
     }
 
     #[tokio::test]

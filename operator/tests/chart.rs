@@ -86,18 +86,37 @@ const NAMESPACE: &str = "ckb-system";
 struct Case {
     name: &'static str,
     set: Vec<(&'static str, String)>,
+    /// APIs the cluster serves besides Kubernetes' own (`helm template --api-versions`).
+    api_versions: Vec<&'static str>,
 }
+
+/// The Prometheus Operator's APIs, as a cluster with its CRDs serves them.
+const PROMETHEUS_APIS: &[&str] = &[
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+];
 
 impl Case {
     fn new(name: &'static str, set: &[(&'static str, &str)]) -> Case {
         Case {
             name,
             set: set.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            api_versions: Vec::new(),
         }
+    }
+
+    /// The same case on a cluster that serves `apis` too.
+    fn serving(mut self, apis: &[&'static str]) -> Case {
+        self.api_versions.extend_from_slice(apis);
+        self
     }
 
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
+        for api in &self.api_versions {
+            args.push("--api-versions".to_owned());
+            args.push((*api).to_owned());
+        }
         for (k, v) in &self.set {
             args.push("--set-json".to_owned());
             args.push(format!("{k}={v}"));
@@ -162,7 +181,24 @@ fn matrix() -> Vec<Case> {
         Case::new(
             "service-monitor",
             &[("metrics.serviceMonitor.enabled", "true")],
-        ),
+        )
+        .serving(PROMETHEUS_APIS),
+        Case::new(
+            "aks-day-2",
+            &[
+                ("metrics.serviceMonitor.enabled", "true"),
+                ("metrics.prometheusRule.enabled", "true"),
+                ("metrics.prometheusRule.ruleLabels", r#"{"team":"platform"}"#),
+                ("networkPolicy.enabled", "true"),
+                (
+                    "networkPolicy.metricsFrom",
+                    r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+                ),
+                ("argocd.healthCheck.enabled", "true"),
+                ("webhook.configurationAnnotations", r#"{"team":"platform"}"#),
+            ],
+        )
+        .serving(PROMETHEUS_APIS),
         Case::new("single-replica", &[("replicaCount", "1")]),
         Case::new("no-crds", &[("crds.enabled", "false")]),
     ]
@@ -239,7 +275,9 @@ fn set(case: &Case, key: &'static str, value: &str) -> Case {
 
 #[test]
 fn helm_lint_strict_passes_over_the_values_matrix() {
-    for case in matrix() {
+    // `helm lint` cannot be told which APIs a cluster serves: cases that need the Prometheus
+    // Operator's are rendered and validated below instead.
+    for case in matrix().into_iter().filter(|c| c.api_versions.is_empty()) {
         let out = Command::new(helm())
             .args(["lint", "--strict", "--namespace", NAMESPACE])
             .arg(chart_dir())
@@ -262,6 +300,7 @@ const FOREIGN_KINDS: &[(&str, &str)] = &[
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
 #[test]
@@ -462,11 +501,71 @@ fn service_account_carries_the_workload_identity() {
     );
 }
 
+/// The injecting webhook (`inject.ckb.dev`).
 fn webhook(docs: &[Value]) -> &Value {
+    webhook_named(docs, "inject.ckb.dev")
+}
+
+fn webhook_named<'a>(docs: &'a [Value], name: &str) -> &'a Value {
     let mwc = one(docs, "MutatingWebhookConfiguration");
     let hooks = mwc["webhooks"].as_array().expect("webhooks");
-    assert_eq!(hooks.len(), 1);
-    &hooks[0]
+    assert_eq!(
+        hooks.iter().map(|h| h["name"].clone()).collect::<Vec<_>>(),
+        [json!("inject.ckb.dev"), json!("psa.ckb.dev")]
+    );
+    hooks
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no webhook {name}"))
+}
+
+/// The namespaces each webhook receives pods from: the opted-in ones (never kube-system nor the
+/// operator's), split by whether their Pod Security level admits the sidecar's hostPath volume.
+fn namespace_selector(psa_op: &str) -> Value {
+    json!({
+        "matchLabels": {"ckb.dev/injection": "enabled"},
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+             "values": ["kube-system", NAMESPACE]},
+            {"key": "pod-security.kubernetes.io/enforce", "operator": psa_op,
+             "values": ["baseline", "restricted"]}
+        ]
+    })
+}
+
+#[test]
+fn pods_of_namespaces_refusing_the_sidecar_go_to_the_psa_webhook() {
+    let docs = render(&Case::new("defaults", &[]));
+    let inject = webhook(&docs);
+    let psa = webhook_named(&docs, "psa.ckb.dev");
+    assert_eq!(inject["namespaceSelector"], namespace_selector("NotIn"));
+    assert_eq!(psa["namespaceSelector"], namespace_selector("In"));
+    assert_eq!(
+        psa["clientConfig"]["service"]["path"],
+        "/mutate-psa-refused"
+    );
+    // Same pods, same service, same behaviour on failure: only the namespaces and path differ.
+    for key in [
+        "rules",
+        "matchConditions",
+        "failurePolicy",
+        "timeoutSeconds",
+        "sideEffects",
+    ] {
+        assert_eq!(inject[key], psa[key], "{key}");
+    }
+    assert_eq!(
+        inject["clientConfig"]["service"]["name"],
+        psa["clientConfig"]["service"]["name"]
+    );
+    // The operator serves that path.
+    let server = std::fs::read_to_string(repo_root().join("operator/src/webhook/psa.rs")).unwrap();
+    assert!(server.contains("pub const PATH: &str = \"/mutate-psa-refused\";"));
+    let dev = render(&Case::new("dev", &[("devMode.enabled", "true")]));
+    assert_eq!(
+        webhook_named(&dev, "psa.ckb.dev")["clientConfig"],
+        json!({"url": "https://127.0.0.1:9443/mutate-psa-refused"})
+    );
 }
 
 #[test]
@@ -483,14 +582,7 @@ fn webhook_is_scoped_to_opted_in_namespaces_and_confidential_pods() {
         json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                 "resources": ["pods"], "scope": "Namespaced"}])
     );
-    assert_eq!(
-        hook["namespaceSelector"],
-        json!({
-            "matchLabels": {"ckb.dev/injection": "enabled"},
-            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                  "values": ["kube-system", NAMESPACE]}]
-        })
-    );
+    assert_eq!(hook["namespaceSelector"], namespace_selector("NotIn"));
     assert_eq!(
         hook["matchConditions"],
         json!([{"name": "confidential-runtime-class",
@@ -706,13 +798,16 @@ fn crd_is_the_generated_one_and_kept_on_uninstall() {
 
 #[test]
 fn service_monitor_scrapes_the_metrics_port() {
-    let docs = render(&Case::new(
-        "sm",
-        &[
-            ("metrics.serviceMonitor.enabled", "true"),
-            ("metrics.serviceMonitor.labels", r#"{"release":"prom"}"#),
-        ],
-    ));
+    let docs = render(
+        &Case::new(
+            "sm",
+            &[
+                ("metrics.serviceMonitor.enabled", "true"),
+                ("metrics.serviceMonitor.labels", r#"{"release":"prom"}"#),
+            ],
+        )
+        .serving(PROMETHEUS_APIS),
+    );
     let sm = one(&docs, "ServiceMonitor");
     assert_eq!(sm["metadata"]["labels"]["release"], "prom");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
@@ -722,6 +817,206 @@ fn service_monitor_scrapes_the_metrics_port() {
         one(&docs, "Service")["spec"]["selector"]
     );
     assert!(!kinds(&render(&Case::new("d", &[]))).contains("ServiceMonitor"));
+}
+
+#[test]
+fn prometheus_objects_need_their_crds_and_say_so() {
+    for (value, kind) in [
+        ("metrics.serviceMonitor.enabled", "ServiceMonitor"),
+        ("metrics.prometheusRule.enabled", "PrometheusRule"),
+    ] {
+        let api = format!("monitoring.coreos.com/v1/{kind}");
+        let message = refused(&[(value, "true")]);
+        for needle in [value, api.as_str(), "CRD", "--api-versions"] {
+            assert!(
+                message.contains(needle),
+                "without the {kind} CRD, helm should say {needle:?}; it said:\n{message}"
+            );
+        }
+        let docs = render(&Case::new("crd-present", &[(value, "true")]).serving(PROMETHEUS_APIS));
+        assert!(kinds(&docs).contains(kind), "{kind} with its CRD present");
+        // Off (the default) renders neither, whatever the cluster serves.
+        let off = render(&Case::new("off", &[]).serving(PROMETHEUS_APIS));
+        assert!(!kinds(&off).contains(kind), "{kind} is off by default");
+    }
+}
+
+#[test]
+fn prometheus_rule_alerts_on_bindings_denials_and_throttling() {
+    let docs = render(
+        &Case::new(
+            "rules",
+            &[
+                ("metrics.prometheusRule.enabled", "true"),
+                ("metrics.prometheusRule.bindingNotReadyFor", r#""20m""#),
+                (
+                    "metrics.prometheusRule.ruleLabels",
+                    r#"{"team":"platform"}"#,
+                ),
+            ],
+        )
+        .serving(PROMETHEUS_APIS),
+    );
+    let rule = one(&docs, "PrometheusRule");
+    let rules = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules");
+    let by = |name: &str| {
+        rules
+            .iter()
+            .find(|r| r["alert"] == name)
+            .unwrap_or_else(|| panic!("no alert {name}"))
+    };
+    let not_ready = by("CkbBindingNotReady");
+    assert_eq!(not_ready["for"], "20m");
+    assert!(
+        not_ready["expr"]
+            .as_str()
+            .unwrap()
+            .contains("ckb_binding_ready")
+    );
+    assert!(
+        by("CkbWebhookDenials")["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"ckb_admissions_total{result="denied"}"#)
+    );
+    assert!(
+        by("CkbKeyVaultThrottled")["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"ckb_keyvault_requests_total{outcome="throttled"}"#)
+    );
+    for r in rules {
+        assert_eq!(r["labels"]["team"], "platform", "{r}");
+        assert_eq!(r["labels"]["severity"], "warning", "{r}");
+        // The alert templates reach Prometheus unexpanded.
+        assert!(
+            r["annotations"]["summary"].as_str().unwrap().contains("{{")
+                || r["alert"] != "CkbBindingNotReady",
+            "{r}"
+        );
+    }
+    // The metric names the rules use are the ones the operator registers.
+    let sources: String = operator_sources().into_iter().map(|(_, t)| t).collect();
+    for metric in [
+        "\"ckb_binding_ready\"",
+        "\"ckb_admissions\"",
+        "\"ckb_keyvault_requests\"",
+    ] {
+        assert!(sources.contains(metric), "the operator registers {metric}");
+    }
+}
+
+#[test]
+fn webhook_configuration_opts_out_of_the_aks_admissions_enforcer_by_default() {
+    let docs = render(&Case::new("d", &[]));
+    assert_eq!(
+        webhook_configuration(&docs)["metadata"]["annotations"]["admissions.enforcer/disabled"],
+        "true"
+    );
+    // Removable (Helm drops a key set to null), and merged with cert-manager's own annotation.
+    let none = render(&Case::new(
+        "no-annotations",
+        &[(
+            "webhook.configurationAnnotations",
+            r#"{"admissions.enforcer/disabled":null}"#,
+        )],
+    ));
+    assert!(webhook_configuration(&none)["metadata"]["annotations"].is_null());
+    let both = render(&Case::new(
+        "cm",
+        &[
+            ("certManager.enabled", "true"),
+            ("webhook.configurationAnnotations", r#"{"a.example/b":"c"}"#),
+        ],
+    ));
+    let ann = &webhook_configuration(&both)["metadata"]["annotations"];
+    assert_eq!(ann["a.example/b"], "c");
+    assert_eq!(ann["admissions.enforcer/disabled"], "true");
+    assert_eq!(
+        ann["cert-manager.io/inject-ca-from"],
+        format!("{NAMESPACE}/{RELEASE}-webhook")
+    );
+}
+
+fn webhook_configuration(docs: &[Value]) -> &Value {
+    one(docs, "MutatingWebhookConfiguration")
+}
+
+#[test]
+fn network_policy_admits_only_the_webhook_and_metrics_ports() {
+    assert!(!kinds(&render(&Case::new("d", &[]))).contains("NetworkPolicy"));
+    let docs = render(&Case::new(
+        "np",
+        &[
+            ("networkPolicy.enabled", "true"),
+            (
+                "networkPolicy.metricsFrom",
+                r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+            ),
+        ],
+    ));
+    let np = one(&docs, "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        one(&docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = np["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(rules.len(), 2);
+    let ports: Vec<&Value> = rules.iter().map(|r| &r["ports"][0]["port"]).collect();
+    let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let port_of = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["containerPort"].clone())
+            .unwrap()
+    };
+    assert_eq!(*ports[0], port_of("webhook"));
+    assert_eq!(*ports[1], port_of("metrics"));
+    // The API server is outside the pod network: the webhook port admits any source.
+    assert!(rules[0]["from"].is_null());
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    // Dev mode runs no pods to protect.
+    let dev = render(&Case::new(
+        "np-dev",
+        &[
+            ("networkPolicy.enabled", "true"),
+            ("devMode.enabled", "true"),
+        ],
+    ));
+    assert!(!kinds(&dev).contains("NetworkPolicy"));
+}
+
+#[test]
+fn argo_cd_health_check_renders_the_shipped_script() {
+    let docs = render(&Case::new(
+        "argo",
+        &[("argocd.healthCheck.enabled", "true")],
+    ));
+    let cm = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == format!("{RELEASE}-argocd-health")
+        })
+        .expect("the Argo CD health ConfigMap");
+    let script = cm["data"]["resource.customizations.health.ckb.dev_ConfidentialKeyBinding"]
+        .as_str()
+        .expect("the argocd-cm key");
+    let shipped = std::fs::read_to_string(repo_root().join("docs/argocd-health.lua")).unwrap();
+    assert_eq!(
+        script.trim_end(),
+        shipped.trim_end(),
+        "the chart's copy (files/argocd-health.lua) differs from docs/argocd-health.lua"
+    );
+    assert!(!kinds(&render(&Case::new("d", &[]))).contains("ConfigMap"));
 }
 
 #[test]
@@ -794,6 +1089,24 @@ fn invalid_values_are_refused_with_a_clear_message() {
             &["/controller/resyncPeriod"],
         ),
         (&[("replicaCount", "0")], &["/replicaCount"]),
+        (
+            &[(
+                "metrics.prometheusRule.bindingNotReadyFor",
+                r#""15 minutes""#,
+            )],
+            &["/metrics/prometheusRule/bindingNotReadyFor"],
+        ),
+        (
+            &[(
+                "networkPolicy.metricsFrom",
+                r#"[{"namespace":"monitoring"}]"#,
+            )],
+            &["/networkPolicy/metricsFrom/0", "namespace"],
+        ),
+        (
+            &[("webhook.configurationAnnotations", r#"{"a":1}"#)],
+            &["/webhook/configurationAnnotations/a"],
+        ),
         (
             &[("devMode.webhookUrl", r#""http://127.0.0.1:9443/mutate""#)],
             &["/devMode/webhookUrl"],
@@ -1463,7 +1776,8 @@ fn operator_sources() -> Vec<(PathBuf, String)> {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            !name.ends_with("_tests.rs") && name != "testing.rs"
+            // `ckb-operator doctor` runs as the user (their kubeconfig), never as the operator.
+            !name.ends_with("_tests.rs") && name != "testing.rs" && name != "doctor.rs"
         })
         .map(|p| {
             let text = std::fs::read_to_string(&p).expect("source");

@@ -75,3 +75,16 @@ app.kubernetes.io/part-of: ckb-operator
 {{- define "ckb-operator.selfManagedTls" -}}
 {{- if not .Values.certManager.enabled -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Fails with a clear message when the cluster (or `helm template --api-versions`) does not serve an
+API a rendered object needs, e.g. the Prometheus Operator's CRDs. Argument: (list $ "group/version/Kind" "value.that.asked").
+*/}}
+{{- define "ckb-operator.requireApi" -}}
+{{- $root := index . 0 }}
+{{- $api := index . 1 }}
+{{- $value := index . 2 }}
+{{- if not ($root.Capabilities.APIVersions.Has $api) }}
+{{- fail (printf "%s is true, but the cluster has no %s API (its CRD is not installed): install the Prometheus Operator CRDs first, set %s=false, or with `helm template` pass --api-versions %s" $value $api $value $api) }}
+{{- end }}
+{{- end }}

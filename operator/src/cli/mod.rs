@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod crd;
+pub mod doctor;
 pub mod hash;
 pub mod release_policy;
 pub mod render;
@@ -32,6 +33,8 @@ pub enum Command {
     ReleasePolicy(release_policy::ReleasePolicyArgs),
     /// Print workloads as the webhook will make their pods (minus the policy), for genpolicy.
     Render(render::RenderArgs),
+    /// Say every reason a pod (or a Deployment's pods) may not get its key, from the live cluster.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Entry point of the binary: parse, run, map errors to stderr and a non-zero exit.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
             Command::Hash(args) => hash::run(args),
             Command::ReleasePolicy(args) => release_policy::run(args),
             Command::Render(args) => render::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {

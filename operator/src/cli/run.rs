@@ -191,7 +191,7 @@ pub async fn operate(
 
     // Controller: on the leader.
     let id = identity(c);
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         vault,
         PlanConfig {
@@ -223,7 +223,10 @@ pub async fn operate(
         ),
         metrics,
         Arc::new(jiff::Timestamp::now),
-    ));
+    );
+    ctx.uninjected
+        .set_runtime_classes(args.webhook.mutation.confidential_runtime_classes.clone());
+    let ctx = Arc::new(ctx);
     let election = c.leader_elect.then(|| {
         LeaseSettings::operator(
             c.leader_election_namespace.clone(),

@@ -54,6 +54,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod runtime;
 pub mod status;
+pub mod uninjected;
 
 #[cfg(test)]
 mod double_tests;

@@ -437,6 +437,8 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
         key: previous.key.clone(),
         policy: previous.policy.clone(),
         injected_pods: Some(observed.injected_pods),
+        // Set by the reconcile from the last scan for missed injection (`uninjected.rs`).
+        uninjected_pods: previous.uninjected_pods,
     };
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut action = KeyAction::None;

@@ -130,6 +130,8 @@ pub struct Context {
     pub backoff: ErrorBackoff,
     /// Time source.
     pub clock: Clock,
+    /// Pods that missed injection, as the last scan found them (see [`super::uninjected`]).
+    pub uninjected: super::uninjected::Uninjected,
     verified: Mutex<HashMap<ObjectRef<ConfidentialKeyBinding>, Verified>>,
     /// Per binding UID: when this process first saw each of its hashes retired. The status says
     /// the same, but anyone with status rights can rewrite it; this memory makes sure a status
@@ -163,6 +165,7 @@ impl Context {
             metrics,
             backoff,
             clock,
+            uninjected: Default::default(),
             verified: Mutex::default(),
             retired: Mutex::default(),
         }
@@ -430,6 +433,12 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
     }
     ctx.remember_retired(&uid, &status, observed.now);
 
+    events.extend(super::uninjected::apply(
+        &mut status,
+        binding.status.as_ref(),
+        ctx.uninjected.get(&obj).as_deref(),
+        ctx.uninjected.report(&obj),
+    ));
     if binding.status.as_ref() != Some(&status) {
         write_status(ctx, binding, &status).await?;
     }
@@ -663,9 +672,10 @@ async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Acti
     }
 }
 
-/// Sets `ckb_bindings{ready}` from the binding cache.
+/// Sets `ckb_bindings{ready}` and the per-binding series from the binding cache.
 pub fn count_ready(store: &Store<ConfidentialKeyBinding>, metrics: &ControllerMetrics) {
     let (mut ready, mut not_ready) = (0, 0);
+    metrics.set_binding_states(store.state().iter().map(|b| super::status::metric_state(b)));
     for b in store.state() {
         if b.condition(ckb_crds::conditions::types::READY)
             .is_some_and(|c| c.status == "True")

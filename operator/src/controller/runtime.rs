@@ -235,6 +235,19 @@ pub async fn run_controller(
         .concurrency(concurrency);
     let metrics_store = caches.bindings.clone();
     let metrics = ctx.metrics.clone();
+    let ctx_metrics = ctx.metrics.clone();
+    let scanner = {
+        let tx = triggers.clone();
+        super::uninjected::scan(
+            ctx.client.clone(),
+            caches.bindings.clone(),
+            ctx.uninjected.clone(),
+            super::uninjected::SCAN_INTERVAL,
+            move |obj| {
+                let _ = tx.send(obj);
+            },
+        )
+    };
     let counter = async move {
         loop {
             count_ready(&metrics_store, &metrics);
@@ -258,10 +271,14 @@ pub async fn run_controller(
             Err(e) => debug!(error = %e, "reconcile error (see the reconcile log)"),
         }
     });
+    let series = ctx_metrics.clone();
     tokio::select! {
         _ = run => {}
         _ = counter => {}
+        _ = scanner => {}
     }
+    // A replica that stops leading must not keep showing per-binding series it no longer updates.
+    series.set_binding_states([]);
     info!("controller stopped");
 }
 

@@ -1,6 +1,8 @@
-//! Conditions: set one keeping its transition time unless its status flips; derive `Ready`.
+//! Conditions: set one keeping its transition time unless its status flips; derive `Ready`, and
+//! the kstatus pair `Reconciling` / `Stalled` from the failing conditions' reasons (see
+//! [`ckb_crds::conditions::severity`]).
 
-use ckb_crds::conditions::{reasons, types};
+use ckb_crds::conditions::{Severity, reasons, severity, types};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -43,8 +45,64 @@ fn status_str(ok: bool) -> &'static str {
     if ok { "True" } else { "False" }
 }
 
+/// The kstatus pair for these failing conditions: `(reconciling, stalled)`.
+///
+/// - none failing: both false, reason `Reconciled`;
+/// - any failing reason that needs a human: `Stalled=True` with that reason (the first one, in
+///   condition order), `Reconciling=False`;
+/// - otherwise: `Reconciling=True` with the first transient reason (or the first derived one),
+///   `Stalled=False`.
+///
+/// Never both true: kstatus reads whichever true one comes first.
+pub fn kstatus_pair(failing: &[&Wanted]) -> (Wanted, Wanted) {
+    if failing.is_empty() {
+        return (
+            Wanted::no(
+                types::RECONCILING,
+                reasons::RECONCILED,
+                "nothing left to do",
+            ),
+            Wanted::no(types::STALLED, reasons::RECONCILED, "nothing left to do"),
+        );
+    }
+    if let Some(w) = failing
+        .iter()
+        .find(|w| severity(w.reason) == Severity::Stalled)
+    {
+        return (
+            Wanted::no(
+                types::RECONCILING,
+                reasons::STALLED,
+                "retrying alone will not help: see Stalled",
+            ),
+            Wanted::yes(
+                types::STALLED,
+                w.reason,
+                format!("{} needs a human: {}", w.type_, w.message),
+            ),
+        );
+    }
+    let cause = failing
+        .iter()
+        .find(|w| severity(w.reason) == Severity::Transient)
+        .unwrap_or(&failing[0]);
+    (
+        Wanted::yes(
+            types::RECONCILING,
+            cause.reason,
+            format!("{}: {}", cause.type_, cause.message),
+        ),
+        Wanted::no(
+            types::STALLED,
+            reasons::PROGRESSING,
+            "the operator is retrying or waiting on its own",
+        ),
+    )
+}
+
 /// Builds the condition list from the wanted `KeyReady`, `PolicyResolved` and
-/// `ReleasePolicySynced`, adds `Ready` (true only when all three are), and keeps each previous
+/// `ReleasePolicySynced`, adds `Ready` (true only when all three are) and `Reconciling` /
+/// `Stalled` ([`kstatus_pair`]), every one with `observedGeneration`, and keeps each previous
 /// `lastTransitionTime` when the status did not flip, so a status that does not change produces
 /// byte-identical conditions (no churn).
 pub fn conditions(
@@ -68,7 +126,8 @@ pub fn conditions(
             .join(", ");
         Wanted::no(types::READY, reasons::NOT_READY, why)
     };
-    let mut all = vec![ready];
+    let (reconciling, stalled) = kstatus_pair(&failing);
+    let mut all = vec![ready, reconciling, stalled];
     all.extend(wanted.iter().cloned());
     types::ALL
         .iter()
@@ -92,13 +151,14 @@ pub fn conditions(
 }
 
 /// The conditions that newly failed: false now, and either true before or false for another
-/// reason. `Ready` and the "waiting for ..." reasons are left out (they only follow from another
+/// reason. Only the parts of `Ready` count (`Ready`, `Reconciling` and `Stalled` summarise
+/// them), and the "waiting for ..." reasons are left out (they only follow from another
 /// failure, which is reported itself). One Warning event each, so a failure that persists across
 /// loops is reported once.
 pub fn new_failures<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
     current
         .iter()
-        .filter(|c| c.type_ != types::READY && c.status == "False")
+        .filter(|c| types::PARTS.contains(&c.type_.as_str()) && c.status == "False")
         .filter(|c| c.reason != reasons::WAITING_FOR_KEY && c.reason != reasons::WAITING_FOR_POLICY)
         .filter(|c| {
             !previous
@@ -106,6 +166,41 @@ pub fn new_failures<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec
                 .any(|p| p.type_ == c.type_ && p.status == "False" && p.reason == c.reason)
         })
         .collect()
+}
+
+/// The cause a binding's status shows: `Ready` when ready, else the `Stalled` or `Reconciling`
+/// reason (whichever is true), else `Ready`'s own reason, else `Unknown` (no status yet). This
+/// is the `reason` label of `ckb_binding_ready` and what `doctor` prints first.
+pub fn cause(binding: &ckb_crds::ConfidentialKeyBinding) -> (bool, String) {
+    let is_true = |t: &str| binding.condition(t).is_some_and(|c| c.status == "True");
+    if is_true(types::READY) {
+        return (true, reasons::READY.to_string());
+    }
+    let reason = [types::STALLED, types::RECONCILING]
+        .iter()
+        .find(|t| is_true(t))
+        .or(Some(&types::READY))
+        .and_then(|t| binding.condition(t))
+        .map_or_else(|| "Unknown".to_string(), |c| c.reason.clone());
+    (false, reason)
+}
+
+/// The per-binding metric state of a binding.
+pub fn metric_state(binding: &ckb_crds::ConfidentialKeyBinding) -> crate::telemetry::BindingState {
+    let (ready, reason) = cause(binding);
+    crate::telemetry::BindingState {
+        labels: crate::telemetry::BindingLabels {
+            namespace: binding.metadata.namespace.clone().unwrap_or_default(),
+            name: binding.metadata.name.clone().unwrap_or_default(),
+            reason,
+        },
+        ready,
+        uninjected_pods: binding
+            .status
+            .as_ref()
+            .and_then(|s| s.uninjected_pods)
+            .map_or(0, i64::from),
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +215,11 @@ mod tests {
     fn transition_time_changes_only_when_status_flips() {
         let wanted = vec![
             Wanted::yes(types::KEY_READY, reasons::KEY_AVAILABLE, "ok"),
-            Wanted::no(types::POLICY_RESOLVED, reasons::CONFIG_MAP_NOT_FOUND, "x"),
+            Wanted::no(
+                types::POLICY_RESOLVED,
+                reasons::CONFIG_MAP_NOT_LABELLED,
+                "x",
+            ),
         ];
         let first = conditions(&[], &wanted, Some(1), t("2026-01-01T00:00:00Z"));
         // Same status, other reason and message: time kept.
@@ -176,6 +275,77 @@ mod tests {
             c[0].message.contains("ReleasePolicyImmutable"),
             "{}",
             c[0].message
+        );
+    }
+
+    fn by<'a>(c: &'a [Condition], ty: &str) -> &'a Condition {
+        c.iter().find(|c| c.type_ == ty).unwrap()
+    }
+
+    #[test]
+    fn kstatus_pair_follows_the_reasons() {
+        let now = t("2026-01-01T00:00:00Z");
+        let ok = [
+            Wanted::yes(types::KEY_READY, reasons::KEY_AVAILABLE, "ok"),
+            Wanted::yes(types::POLICY_RESOLVED, reasons::POLICY_RESOLVED, "ok"),
+            Wanted::yes(types::RELEASE_POLICY_SYNCED, reasons::SYNCED, "ok"),
+        ];
+        let c = conditions(&[], &ok, Some(3), now);
+        assert_eq!(c.len(), types::ALL.len());
+        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
+        assert_eq!(by(&c, types::READY).status, "True");
+        assert_eq!(by(&c, types::RECONCILING).status, "False");
+        assert_eq!(by(&c, types::STALLED).status, "False");
+
+        // A transient cause behind a derived one: Reconciling with the transient reason.
+        let throttled = [
+            Wanted::no(types::KEY_READY, reasons::KEY_VAULT_THROTTLED, "429"),
+            Wanted::yes(types::POLICY_RESOLVED, reasons::POLICY_RESOLVED, "ok"),
+            Wanted::no(
+                types::RELEASE_POLICY_SYNCED,
+                reasons::WAITING_FOR_KEY,
+                "waiting",
+            ),
+        ];
+        let c = conditions(&[], &throttled, Some(3), now);
+        assert_eq!(by(&c, types::RECONCILING).status, "True");
+        assert_eq!(
+            by(&c, types::RECONCILING).reason,
+            reasons::KEY_VAULT_THROTTLED
+        );
+        assert_eq!(by(&c, types::STALLED).status, "False");
+
+        // A stalled cause wins over a transient one, and names itself.
+        let stalled = [
+            Wanted::no(types::KEY_READY, reasons::WAITING_FOR_POLICY, "waiting"),
+            Wanted::no(
+                types::POLICY_RESOLVED,
+                reasons::CONFIG_MAP_NOT_LABELLED,
+                "label it",
+            ),
+            Wanted::no(types::RELEASE_POLICY_SYNCED, reasons::SYNC_FAILED, "x"),
+        ];
+        let c = conditions(&[], &stalled, Some(3), now);
+        assert_eq!(by(&c, types::RECONCILING).status, "False");
+        assert_eq!(by(&c, types::STALLED).status, "True");
+        assert_eq!(
+            by(&c, types::STALLED).reason,
+            reasons::CONFIG_MAP_NOT_LABELLED
+        );
+        assert!(by(&c, types::STALLED).message.contains("label it"));
+        // Only derived reasons: still Reconciling (never Current while Ready is false).
+        let derived = [Wanted::no(
+            types::RELEASE_POLICY_SYNCED,
+            reasons::WAITING_FOR_KEY,
+            "waiting",
+        )];
+        let c = conditions(&[], &derived, Some(3), now);
+        assert_eq!(by(&c, types::RECONCILING).status, "True");
+        // The pair is not reported as a failure of its own.
+        assert!(
+            new_failures(&[], &c).is_empty(),
+            "{:?}",
+            new_failures(&[], &c)
         );
     }
 

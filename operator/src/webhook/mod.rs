@@ -43,6 +43,7 @@ use crate::crds::SidecarLogLevel;
 pub mod certs;
 pub mod metrics;
 pub mod mutate;
+pub mod psa;
 pub mod review;
 pub mod server;
 pub mod sources;

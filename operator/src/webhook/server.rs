@@ -88,11 +88,13 @@ pub struct Admission {
     pub body_timeout: Duration,
 }
 
-/// The router: `POST /mutate`, `GET /healthz`, `GET /readyz`.
+/// The router: `POST /mutate`, `POST /mutate-psa-refused` (see [`super::psa`]), `GET /healthz`,
+/// `GET /readyz`.
 pub fn router(admission: Arc<Admission>) -> Router {
     admission.state.set_sources(admission.sources.clone());
     Router::new()
         .route("/mutate", post(mutate))
+        .route(super::psa::PATH, post(mutate_psa_refused))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(admission)
@@ -112,6 +114,16 @@ fn to_response(a: Answer) -> Response {
 }
 
 async fn mutate(State(adm): State<Arc<Admission>>, body: Body) -> Response {
+    admission(adm, body, false).await
+}
+
+/// For namespaces whose Pod Security level refuses the sidecar's volume (the chart routes only
+/// those here): pods that would be injected are refused with the reason.
+async fn mutate_psa_refused(State(adm): State<Arc<Admission>>, body: Body) -> Response {
+    admission(adm, body, true).await
+}
+
+async fn admission(adm: Arc<Admission>, body: Body, psa_refuses: bool) -> Response {
     let start = Instant::now();
     let collected = tokio::time::timeout(
         adm.body_timeout,
@@ -145,6 +157,11 @@ async fn mutate(State(adm): State<Arc<Admission>>, body: Body) -> Response {
                     &adm.confidential_runtime_classes,
                     req,
                 );
+                let d = if psa_refuses {
+                    super::psa::refuse_injection(d, &req.namespace)
+                } else {
+                    d
+                };
                 tracing::info!(
                     uid = %req.uid,
                     namespace = %req.namespace,
