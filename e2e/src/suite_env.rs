@@ -508,6 +508,16 @@ impl Environment {
         self.wait_operator_ready().await
     }
 
+    /// Process id of the running operator (for its memory figures in `scripts/bench.sh`).
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().map(|p| p.child.id())
+    }
+
+    /// The operator's metrics and probe address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     fn operator_running(&mut self) -> bool {
         self.operator
             .as_mut()

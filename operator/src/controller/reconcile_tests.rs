@@ -185,13 +185,7 @@ impl Harness {
             b.metadata.namespace.as_deref().unwrap_or_default(),
             b.metadata.name.as_deref().unwrap_or_default()
         );
-        let mine = |api: &MockApi| {
-            api.calls()
-                .into_iter()
-                .filter(|c| c.path.ends_with(&path))
-                .map(|c| c.body["status"].clone())
-                .collect::<Vec<_>>()
-        };
+        let mine = |api: &MockApi| api.statuses_at(&path);
         let before = mine(&self.api).len();
         let r = reconcile(Arc::new(b.clone()), self.ctx.clone()).await;
         let statuses = mine(&self.api);

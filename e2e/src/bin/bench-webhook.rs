@@ -1,0 +1,216 @@
+//! `bench-webhook`: the admission server alone, for `scripts/bench.sh`, next to its baseline.
+//!
+//! Modes (`--mode`):
+//! - `webhook`: the operator's real router and accept loop (`webhook::server::serve_tls`) over
+//!   in-memory sources holding one binding whose ConfigMap carries a 120 KiB agent policy;
+//! - `webhook-no-nodelay`: the same router on axum-server's default accept loop, which leaves
+//!   Nagle's algorithm on (how the webhook was served before `TCP_NODELAY`), for the before/after;
+//! - `baseline`: a trivial HTTPS server on the same stack (axum, axum-server, rustls, aws-lc-rs,
+//!   `TCP_NODELAY`) that reads the body and answers the bytes the webhook answers for that body,
+//!   computed once at start.
+//!
+//! It writes the request bodies (`patch.json`: a confidential pod matched by the binding, `allow.json`:
+//! a pod that needs no change) into `--out`, prints `port=<port>` once listening, and serves until
+//! killed. The load generator is a public tool (h2load), not this program.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use ckb_operator::crds::ConfidentialKeyBinding;
+use ckb_operator::webhook::mutate::SidecarDefaults;
+use ckb_operator::webhook::review;
+use ckb_operator::webhook::server::{self, Admission};
+use ckb_operator::webhook::sources::admit;
+use ckb_operator::webhook::{MapSources, WebhookMetrics, WebhookState};
+use clap::{Parser, ValueEnum};
+
+const CONFIDENTIAL: &str =
+    include_str!("../../../operator/tests/data/admission/pod-create-confidential.json");
+const RUNC: &str = include_str!("../../../operator/tests/data/admission/pod-create-runc.json");
+const CLASSES: [&str; 1] = ["kata-cc-isolation"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Webhook,
+    WebhookNoNodelay,
+    Baseline,
+}
+
+/// The admission server alone, or its baseline, for `scripts/bench.sh`.
+#[derive(Parser, Debug)]
+struct Args {
+    /// What to serve.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Address to listen on (port 0: any free port, printed as `port=<port>`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Where to write the request bodies.
+    #[arg(long)]
+    out: PathBuf,
+    /// Size of the agent policy in KiB.
+    #[arg(long, default_value_t = 120)]
+    policy_kib: usize,
+    /// Log each admission as the operator does (JSON lines on stderr).
+    #[arg(long)]
+    log: bool,
+}
+
+/// Rego-like text of about `kib` KiB (genpolicy's output for 1-3 containers is 90-150 KiB).
+fn policy(kib: usize) -> String {
+    let mut s = String::from("package agent_policy\n\n");
+    let mut i = 0;
+    while s.len() < kib * 1024 {
+        s.push_str(&format!(
+            "    {{\"name\": \"rule_{i}\", \"allowed\": [\"/bin/sh\", \"-c\"], \"layer\": \"{i:064x}\"}},\n"
+        ));
+        i += 1;
+    }
+    s
+}
+
+/// The binding of `operator/tests/data/admission/bindings.yaml` that selects the confidential pod.
+fn sources(kib: usize) -> Result<MapSources> {
+    let binding: ConfidentialKeyBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ckb.dev/v1alpha1",
+        "kind": "ConfidentialKeyBinding",
+        "metadata": {"name": "orders-key", "namespace": "payments"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "orders"}},
+            "key": {"vault": "https://contoso.vault.azure.net", "name": "orders-key"},
+            "attestation": {"authority": "https://sharedeus.eus.attest.azure.net"},
+            "policy": {"configMapRef": {"name": "orders-policy", "key": "policy.rego"}}
+        }
+    }))?;
+    Ok(MapSources::default()
+        .with_policy("payments", "orders-policy", "policy.rego", &policy(kib))
+        .with_binding(binding))
+}
+
+fn admission(sources: MapSources) -> Arc<Admission> {
+    Arc::new(Admission {
+        sources: Arc::new(sources),
+        defaults: SidecarDefaults::default(),
+        confidential_runtime_classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        metrics: WebhookMetrics::default(),
+        state: WebhookState::new(),
+        max_body_bytes: 4 * 1024 * 1024,
+        body_timeout: Duration::from_secs(10),
+    })
+}
+
+/// The webhook's answer to `body`, as the baseline will replay it.
+fn answer(sources: &MapSources, body: &[u8]) -> Vec<u8> {
+    let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+    review::handle(body, |req| {
+        admit(sources, &SidecarDefaults::default(), &classes, req)
+    })
+    .body
+}
+
+async fn replay(State(answers): State<Arc<HashMap<Bytes, Bytes>>>, body: Bytes) -> Response {
+    match answers.get(&body) {
+        Some(a) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            a.clone(),
+        )
+            .into_response(),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.log {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let sources = sources(args.policy_kib)?;
+    // Check the two cases are what they claim before anything is measured.
+    let patch = answer(&sources, CONFIDENTIAL.as_bytes());
+    let allow = answer(&sources, RUNC.as_bytes());
+    let patch_json: serde_json::Value = serde_json::from_slice(&patch)?;
+    let allow_json: serde_json::Value = serde_json::from_slice(&allow)?;
+    if patch_json["response"]["patch"].as_str().is_none()
+        || allow_json["response"]["allowed"] != true
+        || allow_json["response"].get("patch").is_some()
+    {
+        bail!("the benchmark requests no longer produce a patch and an allow");
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("patch.json"), CONFIDENTIAL)?;
+    std::fs::write(args.out.join("allow.json"), RUNC)?;
+    eprintln!(
+        "bench-webhook: response bytes: patch {}, allow {}",
+        patch.len(),
+        allow.len()
+    );
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let tls = RustlsConfig::from_pem(
+        cert.cert.pem().into_bytes(),
+        cert.signing_key.serialize_pem().into_bytes(),
+    )
+    .await
+    .context("TLS configuration")?;
+    let listener = std::net::TcpListener::bind(args.addr)?;
+    listener.set_nonblocking(true)?;
+    println!("port={}", listener.local_addr()?.port());
+
+    match args.mode {
+        Mode::Webhook => {
+            let adm = admission(sources);
+            let state = adm.state.clone();
+            state.set_tls_loaded();
+            server::serve_tls(
+                listener,
+                server::router(adm),
+                tls,
+                state,
+                std::future::pending(),
+            )
+            .await?;
+        }
+        Mode::WebhookNoNodelay => {
+            let router = server::router(admission(sources));
+            axum_server::from_tcp_rustls(listener, tls)?
+                .serve(router.into_make_service())
+                .await?;
+        }
+        Mode::Baseline => {
+            let answers: HashMap<Bytes, Bytes> = [
+                (
+                    Bytes::from_static(CONFIDENTIAL.as_bytes()),
+                    Bytes::from(patch),
+                ),
+                (Bytes::from_static(RUNC.as_bytes()), Bytes::from(allow)),
+            ]
+            .into();
+            let router: Router = Router::new()
+                .route("/mutate", post(replay))
+                .with_state(Arc::new(answers));
+            axum_server::from_tcp(listener)?
+                .acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()))
+                .serve(router.into_make_service())
+                .await?;
+        }
+    }
+    Ok(())
+}
