@@ -93,10 +93,12 @@ const SERVICE_IP: &str = "10.96.0.1";
 /// Issuer of the ServiceAccount tokens, as in a default cluster.
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Controllers the tests rely on: Deployments make ReplicaSets make Pods, namespaces are deleted,
-/// ServiceAccounts exist, owner references are garbage collected, and the root CA is published.
+/// ServiceAccounts exist, owner references are garbage collected, the root CA is published, and
+/// the built-in `view`/`edit`/`admin` ClusterRoles get their aggregated rules (the security suite
+/// acts as users bound to them).
 const CONTROLLERS: &str = "deployment-controller,replicaset-controller,namespace-controller,\
 garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,\
-root-ca-certificate-publisher-controller";
+root-ca-certificate-publisher-controller,clusterrole-aggregation-controller";
 
 /// Where the control-plane binaries are: `$CKB_CONTROL_PLANE_BIN`, else what the build script
 /// reports (without building).

@@ -107,6 +107,12 @@ async fn edit_user(env: &Environment, ns: &str) -> Result<kube::Client> {
         .cp
         .client_for_token(&format!("system:serviceaccount:{ns}:mallory"), &token)
         .await?;
+    // RBAC takes a moment to see a new RoleBinding: wait until the user may list pods.
+    wait_for(WAIT, "the edit RoleBinding to take effect", || {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        async move { Ok(pods.list(&ListParams::default()).await.ok().map(|_| ())) }
+    })
+    .await?;
     // What `edit` is: ConfigMaps and pods yes, writing bindings no.
     let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), ns);
     let mine: ConfidentialKeyBinding = serde_json::from_value(json!({
@@ -363,13 +369,9 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
         assert_eq!(w.method, "PATCH", "{w:?}");
     }
     assert!(!hashes_in_key(&env, "orders-key")?.contains(&he));
-    let b: ConfidentialKeyBinding = Api::namespaced(env.cp.client(), ns).get("orders").await?;
-    let bound = b.status.and_then(|s| s.policy).context("status.policy")?;
-    assert!(
-        bound.bound_hashes.iter().all(|x| x.hash == h2),
-        "{:?}",
-        bound.bound_hashes
-    );
+    // NB: the status may still show the entries the admin patched in: server-side apply keeps
+    // list-map entries owned by another field manager. They are never used (see above); Key Vault
+    // is the truth.
     // The released key follows: the new pod gets it, the old policy does not.
     let new = Api::<Pod>::namespaced(env.cp.client(), ns)
         .get("new")
