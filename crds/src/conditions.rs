@@ -102,6 +102,30 @@ pub mod reasons {
     /// Key Vault rejected the request as invalid (400).
     pub const KEY_VAULT_REJECTED: &str = "KeyVaultRejected";
 
+    // --- KeyReady: refused by the cluster's bounds (a ConfidentialKeyGrant, or the operator's
+    // flags when the binding names no grant). The vault is not contacted.
+    /// `spec.grantRef` names no ConfidentialKeyGrant.
+    pub const GRANT_NOT_FOUND: &str = "GrantNotFound";
+    /// The operator requires a grant (`--require-grant`) and the binding names none.
+    pub const GRANT_REQUIRED: &str = "GrantRequired";
+    /// The named grant does not select the binding's namespace.
+    pub const NAMESPACE_NOT_GRANTED: &str = "NamespaceNotGranted";
+    /// `spec.attestation.authority` is not one the grant (or `--allowed-authority`) allows.
+    pub const AUTHORITY_NOT_ALLOWED: &str = "AuthorityNotAllowed";
+    /// `spec.attestation.complianceStatus` is not one the grant (or
+    /// `--allowed-compliance-status`) allows.
+    pub const COMPLIANCE_STATUS_NOT_ALLOWED: &str = "ComplianceStatusNotAllowed";
+    /// `spec.attestation.allowDebuggable: true` is not allowed.
+    pub const DEBUGGABLE_NOT_ALLOWED: &str = "DebuggableNotAllowed";
+    /// `spec.key.name` is outside the grant's key-name prefix.
+    pub const KEY_NAME_NOT_ALLOWED: &str = "KeyNameNotAllowed";
+    /// `spec.key.type` is not one of the grant's key types.
+    pub const KEY_TYPE_NOT_ALLOWED: &str = "KeyTypeNotAllowed";
+    /// `spec.key.adopt: true` is not allowed.
+    pub const ADOPT_NOT_ALLOWED: &str = "AdoptNotAllowed";
+    /// `spec.key.deletionPolicy: Delete` is not allowed.
+    pub const DELETION_NOT_ALLOWED: &str = "DeletionPolicyNotAllowed";
+
     // --- ReleasePolicySynced
     /// The release policy allows exactly the bound hashes.
     pub const SYNCED: &str = "Synced";

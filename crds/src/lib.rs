@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod conditions;
+pub mod grant;
 pub mod schema;
 
 /// API group of every kind in this crate.
@@ -103,6 +104,25 @@ pub struct ConfidentialKeyBindingSpec {
     /// Overrides of the operator's defaults for the SKR sidecar injected into selected pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
+
+    /// The cluster-scoped ConfidentialKeyGrant that lets this namespace use the vault, and bounds
+    /// what this binding may ask for (authorities, compliance values, debuggable VMs, key names
+    /// and types, adopt, deletion). Unset: the operator's own bounds apply (`--allowed-vault`,
+    /// `--allowed-authority`, `--allowed-compliance-status`, ...), unless it requires grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_ref: Option<GrantRef>,
+}
+
+/// A reference to a cluster-scoped ConfidentialKeyGrant.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRef {
+    /// Name of the ConfidentialKeyGrant.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
 }
 
 /// An exportable HSM-backed key in an Azure Key Vault (Premium) or Managed HSM.
@@ -598,7 +618,7 @@ pub fn crd() -> CustomResourceDefinition {
     crd
 }
 
-fn strip_nullable(schema: &mut JSONSchemaProps) {
+pub(crate) fn strip_nullable(schema: &mut JSONSchemaProps) {
     schema.nullable = None;
     for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
         strip_nullable(p);

@@ -17,7 +17,8 @@
 /// Where a grant applies, which decides between the chart's ClusterRole and its Role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Namespaced objects in every namespace (bindings, pods, ...): a ClusterRole rule.
+    /// Namespaced objects in every namespace (bindings, pods, ...), or every object of a
+    /// cluster-scoped kind (grants, namespaces): a ClusterRole rule.
     AllNamespaces,
     /// Cluster-scoped objects, only those named: a ClusterRole rule with `resourceNames`.
     ClusterNamed(&'static [ObjectName]),
@@ -105,14 +106,35 @@ pub const API_ACCESS: &[ApiAccess] = &[
         why: "status is written by server-side apply with field manager ckb-operator",
     },
     ApiAccess {
+        group: "ckb.dev",
+        resource: "confidentialkeygrants",
+        subresource: None,
+        verbs: &["list", "watch"],
+        scope: Scope::AllNamespaces,
+        needed: Needed::Always,
+        why: "cluster-scoped grants bound what bindings may ask for; read only (only cluster \
+              admins write them)",
+    },
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        subresource: None,
+        verbs: &["list", "watch"],
+        scope: Scope::AllNamespaces,
+        needed: Needed::Always,
+        why: "namespace labels (metadata-only watch) decide which namespaces a grant's selector \
+              matches",
+    },
+    ApiAccess {
         group: "",
         resource: "configmaps",
         subresource: None,
         verbs: &["get", "list", "watch"],
         scope: Scope::AllNamespaces,
         needed: Needed::Always,
-        why: "policy ConfigMaps are watched with the label selector ckb.dev/policy=true (RBAC cannot \
-              restrict by label)",
+        why: "policy ConfigMaps are watched by metadata only with the label selector \
+              ckb.dev/policy=true (RBAC cannot restrict by label), and those bindings reference \
+              are read by name",
     },
     ApiAccess {
         group: "",

@@ -201,6 +201,22 @@ fn matrix() -> Vec<Case> {
         .serving(PROMETHEUS_APIS),
         Case::new("single-replica", &[("replicaCount", "1")]),
         Case::new("no-crds", &[("crds.enabled", "false")]),
+        Case::new(
+            "bounds",
+            &[
+                (
+                    "bounds.allowedAuthorities",
+                    r#"["https://maa.example.com:8443"]"#,
+                ),
+                (
+                    "bounds.allowedComplianceStatuses",
+                    r#"["azure-compliant-uvm"]"#,
+                ),
+                ("bounds.requireGrant", "true"),
+                ("bounds.namespaceSharePercent", "10"),
+                ("userRoles.enabled", "false"),
+            ],
+        ),
     ]
 }
 
@@ -773,7 +789,7 @@ fn json_differences(a: &Value, b: &Value, path: &str) -> Vec<String> {
 #[test]
 fn crd_is_the_generated_one_and_kept_on_uninstall() {
     let docs = render(&Case::new("defaults", &[]));
-    let crd = one(&docs, "CustomResourceDefinition");
+    let crd = crd_named(&docs, "confidentialkeybindings.ckb.dev");
     assert_eq!(
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
@@ -789,11 +805,162 @@ fn crd_is_the_generated_one_and_kept_on_uninstall() {
     );
 
     let not_kept = render(&Case::new("nokeep", &[("crds.keep", "false")]));
-    let crd = one(&not_kept, "CustomResourceDefinition");
+    let crd = crd_named(&not_kept, "confidentialkeybindings.ckb.dev");
     assert!(crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
 
     let none = render(&Case::new("nocrd", &[("crds.enabled", "false")]));
     assert!(!kinds(&none).contains("CustomResourceDefinition"));
+}
+
+fn crd_named<'a>(docs: &'a [Value], name: &str) -> &'a Value {
+    let found: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition" && d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one CRD {name}");
+    found[0]
+}
+
+#[test]
+fn grant_crd_is_the_generated_one_cluster_scoped_and_kept() {
+    let docs = render(&Case::new("defaults", &[]));
+    let crd = crd_named(&docs, "confidentialkeygrants.ckb.dev");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let generated = serde_json::to_value(ckb_operator::crds::grant::crd()).expect("CRD serializes");
+    let differences = json_differences(&crd["spec"], &generated["spec"], "spec");
+    assert!(
+        differences.is_empty(),
+        "the chart's grant CRD differs from the Rust types at {differences:#?}: regenerate \
+         charts/ckb-operator/files/confidentialkeygrants.ckb.dev.yaml with \
+         `ckb-operator crd --kind grant`"
+    );
+    let none = render(&Case::new("nocrd", &[("crds.enabled", "false")]));
+    assert!(!kinds(&none).contains("CustomResourceDefinition"));
+}
+
+/// (verb, resource) pairs a user role grants on `ckb.dev`.
+fn user_role_grants(role: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        assert_eq!(rule["apiGroups"], json!(["ckb.dev"]), "{rule}");
+        for r in rule["resources"].as_array().unwrap() {
+            for v in rule["verbs"].as_array().unwrap() {
+                out.insert((
+                    v.as_str().unwrap().to_owned(),
+                    r.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn user_roles_let_view_read_and_only_admin_write_bindings() {
+    let docs = render(&Case::new("defaults", &[]));
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" && is_user_role(d))
+        .collect();
+    assert_eq!(roles.len(), 2, "a view and an admin role");
+    let label = |r: &Value, l: &str| r["metadata"]["labels"][l] == "true";
+    const VIEW: &str = "rbac.authorization.k8s.io/aggregate-to-view";
+    const EDIT: &str = "rbac.authorization.k8s.io/aggregate-to-edit";
+    const ADMIN: &str = "rbac.authorization.k8s.io/aggregate-to-admin";
+    let view = roles
+        .iter()
+        .find(|r| label(r, VIEW))
+        .expect("a role aggregated to view");
+    let admin = roles
+        .iter()
+        .find(|r| label(r, ADMIN))
+        .expect("a role aggregated to admin");
+    assert_eq!(view["metadata"]["name"], "ckb-operator-view");
+    assert_eq!(admin["metadata"]["name"], "ckb-operator-admin");
+    const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+    // view reads, never writes.
+    for (verb, resource) in user_role_grants(view) {
+        assert!(
+            ["get", "list", "watch"].contains(&verb.as_str()),
+            "view grants {verb} {resource}"
+        );
+    }
+    assert!(user_role_grants(view).contains(&("list".into(), "confidentialkeybindings".into())));
+    // admin writes bindings, and reaches neither edit nor view (edit must not write bindings).
+    for verb in WRITES {
+        assert!(
+            user_role_grants(admin).contains(&(verb.into(), "confidentialkeybindings".into())),
+            "admin cannot {verb} bindings"
+        );
+    }
+    for role in &roles {
+        assert!(
+            !label(role, EDIT),
+            "{} aggregates to edit",
+            role["metadata"]["name"]
+        );
+        let grants = user_role_grants(role);
+        if label(role, VIEW) {
+            assert!(grants.iter().all(|(v, _)| !WRITES.contains(&v.as_str())));
+        }
+        // Grants are for cluster admins only, and status is the operator's.
+        assert!(
+            grants.iter().all(|(_, r)| r != "confidentialkeygrants"),
+            "{grants:?}"
+        );
+        assert!(
+            grants.iter().all(
+                |(v, r)| r != "confidentialkeybindings/status" || !WRITES.contains(&v.as_str())
+            ),
+            "{grants:?}"
+        );
+    }
+    let off = render(&Case::new("noroles", &[("userRoles.enabled", "false")]));
+    assert!(!off.iter().any(is_user_role));
+}
+
+#[test]
+fn bounds_values_reach_the_operators_environment() {
+    let docs = render(&Case::new("defaults", &[]));
+    assert_eq!(env_value(&docs, "CKB_ALLOW_DEBUGGABLE"), "false");
+    assert_eq!(env_value(&docs, "CKB_REQUIRE_GRANT"), "false");
+    assert_eq!(env_value(&docs, "CKB_KV_NAMESPACE_SHARE"), "50");
+    assert!(!deployment_env(&docs).contains_key("CKB_ALLOWED_AUTHORITIES"));
+    let docs = render(&Case::new(
+        "bounds",
+        &[
+            (
+                "bounds.allowedAuthorities",
+                r#"["https://maa.example.com","https://sharedeus.eus.attest.azure.net"]"#,
+            ),
+            (
+                "bounds.allowedComplianceStatuses",
+                r#"["azure-compliant-uvm"]"#,
+            ),
+            ("bounds.allowDebuggable", "true"),
+            ("bounds.requireGrant", "true"),
+            ("bounds.namespaceSharePercent", "25"),
+        ],
+    ));
+    assert_eq!(
+        env_value(&docs, "CKB_ALLOWED_AUTHORITIES"),
+        "https://maa.example.com,https://sharedeus.eus.attest.azure.net"
+    );
+    assert_eq!(
+        env_value(&docs, "CKB_ALLOWED_COMPLIANCE_STATUSES"),
+        "azure-compliant-uvm"
+    );
+    assert_eq!(env_value(&docs, "CKB_ALLOW_DEBUGGABLE"), "true");
+    assert_eq!(env_value(&docs, "CKB_REQUIRE_GRANT"), "true");
+    assert_eq!(env_value(&docs, "CKB_KV_NAMESPACE_SHARE"), "25");
+    let why = refused(&[("bounds.namespaceSharePercent", "0")]);
+    assert!(why.contains("namespaceSharePercent"), "{why}");
+    let why = refused(&[("bounds.allowedAuthorities", r#"["http://maa.example.com"]"#)]);
+    assert!(why.contains("allowedAuthorities"), "{why}");
 }
 
 #[test]
@@ -1146,6 +1313,7 @@ fn rendered_grants(docs: &[Value]) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
     for doc in docs {
         let place = match doc["kind"].as_str() {
+            Some("ClusterRole") if is_user_role(doc) => continue,
             Some("ClusterRole") => "cluster",
             Some("Role") => {
                 assert_eq!(
@@ -1189,6 +1357,15 @@ fn rendered_grants(docs: &[Value]) -> BTreeSet<Grant> {
         }
     }
     grants
+}
+
+/// Whether a ClusterRole is one of the roles for the cluster's users (aggregated into a built-in
+/// role), not the operator's own.
+fn is_user_role(doc: &Value) -> bool {
+    doc["metadata"]["labels"].as_object().is_some_and(|l| {
+        l.keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+    })
 }
 
 /// The grants the table in rbac.rs asks for, with configured names taken from `names`.
@@ -1247,7 +1424,9 @@ fn bound_to_the_service_account(docs: &[Value]) {
     ] {
         let b = one(docs, binding);
         assert_eq!(b["roleRef"]["kind"], role);
-        assert_eq!(b["roleRef"]["name"], one(docs, role)["metadata"]["name"]);
+        // The operator's own role (the users' aggregated roles are bound by cluster admins).
+        let own: Vec<Value> = docs.iter().filter(|d| !is_user_role(d)).cloned().collect();
+        assert_eq!(b["roleRef"]["name"], one(&own, role)["metadata"]["name"]);
         assert_eq!(
             b["subjects"],
             json!([{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}])
@@ -1799,6 +1978,7 @@ fn operator_sources() -> Vec<(PathBuf, String)> {
 fn resource_of(type_name: &str) -> Option<(&'static str, &'static str)> {
     Some(match type_name {
         "ConfidentialKeyBinding" => ("ckb.dev", "confidentialkeybindings"),
+        "ConfidentialKeyGrant" => ("ckb.dev", "confidentialkeygrants"),
         "ConfigMap" => ("", "configmaps"),
         "Pod" => ("", "pods"),
         "Namespace" => ("", "namespaces"),
@@ -1827,6 +2007,8 @@ fn rbac_table_names_every_resource_the_code_uses_and_no_other() {
         {
             let rest = &code[i..];
             let inner = &rest[rest.find('<').unwrap() + 1..rest.find('>').expect("closing >")];
+            // A metadata-only watch (`Api<PartialObjectMeta<K>>`) talks to K's resource.
+            let inner = inner.trim_start_matches("PartialObjectMeta<");
             let type_name = inner.rsplit("::").next().unwrap().trim();
             let resource = resource_of(type_name).unwrap_or_else(|| {
                 panic!(

@@ -28,6 +28,24 @@ the operator's built-in default.
 - name: CKB_ALLOWED_VAULTS
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with .Values.bounds.allowedAuthorities }}
+- name: CKB_ALLOWED_AUTHORITIES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with .Values.bounds.allowedComplianceStatuses }}
+- name: CKB_ALLOWED_COMPLIANCE_STATUSES
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: CKB_ALLOW_DEBUGGABLE
+  value: {{ .Values.bounds.allowDebuggable | quote }}
+- name: CKB_ALLOW_ADOPT
+  value: {{ .Values.bounds.allowAdopt | quote }}
+- name: CKB_ALLOW_DELETE
+  value: {{ .Values.bounds.allowDelete | quote }}
+- name: CKB_REQUIRE_GRANT
+  value: {{ .Values.bounds.requireGrant | quote }}
+- name: CKB_KV_NAMESPACE_SHARE
+  value: {{ .Values.bounds.namespaceSharePercent | quote }}
 - name: CKB_RESYNC_PERIOD
   value: {{ .Values.controller.resyncPeriod | quote }}
 - name: CKB_HASH_GRACE_PERIOD

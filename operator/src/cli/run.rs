@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Controller settings.
     #[command(flatten)]
     pub controller: crate::controller::ControllerArgs,
+    /// Bounds on what bindings without a grant may ask for, and the per-namespace rate share.
+    #[command(flatten)]
+    pub bounds: crate::controller::grant::BoundsArgs,
     /// Webhook settings.
     #[command(flatten)]
     pub webhook: crate::webhook::WebhookArgs,
@@ -92,6 +95,19 @@ pub async fn operate(
             "no --allowed-vault given: no vault will be contacted, every binding reports VaultNotAllowed"
         );
     }
+    let bounds = args
+        .bounds
+        .bounds()
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("cluster bounds")?;
+    info!(
+        authorities = ?bounds.authorities,
+        compliance = ?bounds.compliance_statuses,
+        allow_debuggable = bounds.allow_debuggable,
+        require_grant = bounds.require_grant,
+        namespace_share_percent = bounds.namespace_share_percent,
+        "bounds of bindings without a grant"
+    );
     let cluster = cluster_uid(&client, c.cluster_id.as_deref())
         .await
         .context("reading the kube-system namespace UID (the ckb-cluster tag)")?;
@@ -205,6 +221,7 @@ pub async fn operate(
                 .mutation
                 .confidential_runtime_classes
                 .clone(),
+            bounds,
         },
         Timing {
             resync: c.resync_period,
@@ -223,7 +240,8 @@ pub async fn operate(
         ),
         metrics,
         Arc::new(jiff::Timestamp::now),
-    );
+    )
+    .with_grants(caches.grants.clone());
     ctx.uninjected
         .set_runtime_classes(args.webhook.mutation.confidential_runtime_classes.clone());
     let ctx = Arc::new(ctx);

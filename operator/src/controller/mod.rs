@@ -2,6 +2,7 @@
 //!
 //! - [`plan`]: the pure decision (policy resolution, allowed hashes, key checks, status, events).
 //! - [`hashes`]: which policy hashes a release policy allows.
+//! - [`grant`]: the cluster's bounds on what a binding may ask for (grants, or the flags).
 //! - [`status`]: conditions and their transition times.
 //! - [`index`]: pure lookups between bindings, policy ConfigMaps and injected pods.
 //! - [`reconcile`]: the I/O around the decision, the finalizer, the error policy.
@@ -47,6 +48,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 pub mod backoff;
+pub mod grant;
 pub mod hashes;
 pub mod index;
 pub mod leader;

@@ -39,6 +39,8 @@ pub struct PlanConfig {
     pub retention_ceiling: Duration,
     /// Runtime classes of confidential pods: only such pods keep a retired hash bound.
     pub confidential_runtime_classes: Vec<String>,
+    /// The operator-wide bounds on what bindings may ask for (see [`super::grant`]).
+    pub bounds: super::grant::ClusterBounds,
 }
 
 impl Default for PlanConfig {
@@ -53,6 +55,7 @@ impl Default for PlanConfig {
             confidential_runtime_classes: vec![
                 crate::webhook::mutate::DEFAULT_CONFIDENTIAL_RUNTIME_CLASS.to_string(),
             ],
+            bounds: super::grant::ClusterBounds::default(),
         }
     }
 }
@@ -191,6 +194,8 @@ pub struct Observed {
     pub injected_pods: i32,
     /// The time of this reconcile.
     pub now: Timestamp,
+    /// The grant the binding names and its namespace's labels (see [`super::grant::admit`]).
+    pub grant: super::grant::GrantLookup,
 }
 
 /// The one Key Vault write a reconcile makes, if any.
@@ -427,9 +432,14 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
     let generation = binding.metadata.generation;
     let spec = &binding.spec;
     let vault = VaultUrl::parse(&spec.key.vault);
-    let vault_allowed = vault
-        .as_ref()
-        .is_ok_and(|v| config.allowed_vaults.contains(v));
+    // The cluster's bounds (a grant, or the operator's flags): a refusal contacts no vault.
+    let admission = super::grant::admit(
+        binding,
+        &observed.grant,
+        &config.allowed_vaults,
+        &config.bounds,
+    );
+    let vault_allowed = vault.is_ok() && admission.is_ok();
 
     let mut status = ConfidentialKeyBindingStatus {
         observed_generation: generation,
@@ -557,14 +567,11 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
             reasons::KEY_VAULT_REJECTED,
             format!("vault URL is invalid: {e}"),
         ));
-    } else if !vault_allowed {
+    } else if let Err(refusal) = &admission {
         wanted.push(Wanted::no(
             types::KEY_READY,
-            reasons::VAULT_NOT_ALLOWED,
-            format!(
-                "vault {} is not in the operator's allow-list (--allowed-vault); it was not contacted",
-                spec.key.vault_url()
-            ),
+            refusal.reason,
+            refusal.message.clone(),
         ));
     }
     let mut synced: Option<Wanted> = None;

@@ -89,6 +89,7 @@ fn observed(policy: Result<ResolvedPolicy, PolicyProblem>, key: KeyObservation) 
         seen_retired: BTreeMap::new(),
         injected_pods: 0,
         now: now(),
+        grant: Default::default(),
     }
 }
 

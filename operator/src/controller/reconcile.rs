@@ -132,6 +132,8 @@ pub struct Context {
     pub clock: Clock,
     /// Pods that missed injection, as the last scan found them (see [`super::uninjected`]).
     pub uninjected: super::uninjected::Uninjected,
+    /// ConfidentialKeyGrants and namespace labels (empty until [`Context::with_grants`]).
+    pub grants: super::runtime::GrantStores,
     verified: Mutex<HashMap<ObjectRef<ConfidentialKeyBinding>, Verified>>,
     /// Per binding UID: when this process first saw each of its hashes retired. The status says
     /// the same, but anyone with status rights can rewrite it; this memory makes sure a status
@@ -166,6 +168,7 @@ impl Context {
             backoff,
             clock,
             uninjected: Default::default(),
+            grants: super::runtime::GrantStores::default(),
             verified: Mutex::default(),
             retired: Mutex::default(),
         }
@@ -190,6 +193,25 @@ impl Context {
         if !merged.is_empty() {
             map.insert(uid.to_string(), merged);
         }
+    }
+
+    /// Reads grants and namespace labels from these caches.
+    pub fn with_grants(mut self, grants: super::runtime::GrantStores) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// Whether the cluster's bounds admit the binding (a grant, or the operator's flags).
+    pub fn admission(
+        &self,
+        binding: &ConfidentialKeyBinding,
+    ) -> Result<super::grant::Admitted, super::grant::Refusal> {
+        super::grant::admit(
+            binding,
+            &self.grants.lookup(binding),
+            &self.config.allowed_vaults,
+            &self.config.bounds,
+        )
     }
 
     fn verified(&self, obj: &ObjectRef<ConfidentialKeyBinding>) -> Option<Verified> {
@@ -222,12 +244,22 @@ pub async fn reconcile(
     async move {
         let started = Instant::now();
         let api: Api<ConfidentialKeyBinding> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer(&api, ckb_crds::FINALIZER, binding, |event| async {
-            match event {
-                finalizer::Event::Apply(b) => apply(&b, &ctx).await,
-                finalizer::Event::Cleanup(b) => cleanup(&b, &ctx).await,
-            }
-        })
+        // Key Vault calls of this reconcile count against its namespace's share of the vault.
+        let share = ctx
+            .admission(&binding)
+            .map_or(ctx.config.bounds.namespace_share_percent, |a| {
+                a.rate_share_percent
+            });
+        let result = crate::keyvault::limiter::with_namespace_share(
+            &ns,
+            share,
+            finalizer(&api, ckb_crds::FINALIZER, binding, |event| async {
+                match event {
+                    finalizer::Event::Apply(b) => apply(&b, &ctx).await,
+                    finalizer::Event::Cleanup(b) => cleanup(&b, &ctx).await,
+                }
+            }),
+        )
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)));
         ctx.metrics
@@ -314,7 +346,10 @@ async fn policy_config_map(
 ) -> Result<Option<Arc<ConfigMap>>, Error> {
     let ns = binding.namespace().ok_or(Error::Unnamed)?;
     let name = &binding.spec.policy.config_map_ref.name;
-    if let Some(cm) = ctx.config_maps.get(&ObjectRef::new(name).within(&ns)) {
+    // The cache leaves out a policy over the annotation budget: read it once to say how large.
+    if let Some(cm) = ctx.config_maps.get(&ObjectRef::new(name).within(&ns))
+        && !super::runtime::omitted(&cm, &binding.spec.policy.config_map_ref.key)
+    {
         return Ok(Some(cm));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -348,6 +383,7 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
         seen_retired: ctx.seen_retired(&uid),
         injected_pods: qualifying.count,
         now: (ctx.clock)(),
+        grant: ctx.grants.lookup(binding),
     };
 
     let mut current = plan(binding, &observed, &ctx.config);
@@ -552,16 +588,17 @@ async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Acti
         ))
         .await;
     }
-    let url = match VaultUrl::parse(&spec.vault) {
-        Ok(u) if ctx.config.allowed_vaults.contains(&u) => u,
-        _ => {
+    let url = match (VaultUrl::parse(&spec.vault), ctx.admission(binding)) {
+        (Ok(u), Ok(_)) => u,
+        (_, refused) => {
+            let why = refused.err().map_or_else(
+                || format!("vault {} is not allowed", spec.vault_url()),
+                |r| format!("{} ({})", r.message, r.reason),
+            );
             return done(event(
                 false,
                 "KeyNotContacted",
-                format!(
-                    "vault {} is not allowed; nothing was deleted",
-                    spec.vault_url()
-                ),
+                format!("{why}; nothing was deleted"),
             ))
             .await;
         }

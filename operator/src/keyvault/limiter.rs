@@ -13,6 +13,15 @@
 //! cannot arrive inside the service's window of the earlier one, however the network delays
 //! either. A call whose slot depends on one still in flight waits for that one to finish.
 //!
+//! **Fairness.** Two shares keep one user of a vault from starving the others:
+//! - the operator's limits are a *part* of the vault's budget (the default `--kv-other-limit` is
+//!   100 of the 500 RSA-3072 HSM transactions per 10 s, domain.md §4.7), because the pods' own
+//!   release calls draw on the same per-vault budget and must not be throttled by the operator;
+//! - within the operator's limits, the calls made for one namespace (a reconcile runs inside
+//!   [`with_namespace_share`]) may use only that namespace's share (a percentage, from its
+//!   ConfidentialKeyGrant or `--kv-namespace-share`, 50 by default) of each window, so a namespace
+//!   with many bindings, or one whose bindings churn, leaves the rest of the window to the others.
+//!
 //! Waiting is asynchronous and bounded: a caller sleeps until the instant its slot opens (or an
 //! in-flight call completes), never polls, and a wait longer than `max_wait` is not taken: the
 //! caller gets [`KeyVaultError::Throttled`] with the delay, so a controller worker requeues instead
@@ -115,19 +124,86 @@ impl Window {
 }
 
 #[derive(Debug, Default)]
-struct VaultState {
+struct Windows {
     creates: Window,
     other: Window,
+}
+
+impl Windows {
+    fn window(&mut self, class: CallClass) -> &mut Window {
+        match class {
+            CallClass::Create => &mut self.creates,
+            CallClass::Other => &mut self.other,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.creates.entries.is_empty() && self.other.entries.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct VaultState {
+    windows: Windows,
+    /// The calls of each namespace (by [`with_namespace_share`]), for its share of the windows.
+    namespaces: HashMap<String, Windows>,
     /// Set from a 429's Retry-After: no call to this vault starts before it.
     backoff_until: Option<Instant>,
 }
 
 impl VaultState {
     fn window(&mut self, class: CallClass) -> &mut Window {
-        match class {
-            CallClass::Create => &mut self.creates,
-            CallClass::Other => &mut self.other,
-        }
+        self.windows.window(class)
+    }
+}
+
+/// The namespace a call is made for, and its share (percent) of the operator's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NamespaceShare {
+    namespace: String,
+    percent: u32,
+}
+
+tokio::task_local! {
+    static NAMESPACE_SHARE: NamespaceShare;
+}
+
+/// Runs `fut` with its Key Vault calls counted against `namespace`'s share (`percent` of the
+/// operator's per-vault limits, at least one call per window).
+///
+/// NB: a task-local rather than a parameter of every [`super::KeyVault`] method: the share is a
+/// property of who the reconcile works for, not of the call, and the client stays unaware of it.
+pub async fn with_namespace_share<F: std::future::Future>(
+    namespace: &str,
+    percent: u32,
+    fut: F,
+) -> F::Output {
+    NAMESPACE_SHARE
+        .scope(
+            NamespaceShare {
+                namespace: namespace.to_owned(),
+                percent: percent.clamp(1, 100),
+            },
+            fut,
+        )
+        .await
+}
+
+fn current_share() -> Option<NamespaceShare> {
+    NAMESPACE_SHARE.try_with(Clone::clone).ok()
+}
+
+/// A namespace's part of `limit`: `percent` of it, at least 1.
+pub fn share_of(limit: u32, percent: u32) -> u32 {
+    ((u64::from(limit) * u64::from(percent.min(100))) / 100).max(1) as u32
+}
+
+/// The later of two slots (a call must wait for both).
+fn later(a: Slot, b: Slot) -> Slot {
+    match (a, b) {
+        (Slot::AfterCompletion, _) | (_, Slot::AfterCompletion) => Slot::AfterCompletion,
+        (Slot::Now, s) | (s, Slot::Now) => s,
+        (Slot::At(x), Slot::At(y)) => Slot::At(x.max(y)),
     }
 }
 
@@ -153,6 +229,7 @@ pub struct Permit {
     host: String,
     class: CallClass,
     id: u64,
+    namespace: Option<String>,
     waited: Duration,
 }
 
@@ -169,10 +246,19 @@ impl Drop for Permit {
         {
             let mut vaults = self.limiter.lock();
             if let Some(state) = vaults.get_mut(&self.host) {
-                let window = state.window(self.class);
-                if let Some(e) = window.entries.iter_mut().find(|e| e.id == self.id) {
-                    e.at = now;
-                    e.in_flight = false;
+                let mut windows = vec![state.windows.window(self.class)];
+                if let Some(ns) = self
+                    .namespace
+                    .as_ref()
+                    .and_then(|n| state.namespaces.get_mut(n))
+                {
+                    windows.push(ns.window(self.class));
+                }
+                for window in windows {
+                    if let Some(e) = window.entries.iter_mut().find(|e| e.id == self.id) {
+                        e.at = now;
+                        e.in_flight = false;
+                    }
                 }
             }
         }
@@ -199,7 +285,8 @@ impl RateLimiter {
     }
 
     /// Waits (asynchronously) for a slot on `host` for a call of `class`, and takes it. Keep the
-    /// permit for the duration of the call.
+    /// permit for the duration of the call. Inside [`with_namespace_share`], the call also needs
+    /// a slot in that namespace's share of the window.
     ///
     /// Refuses with [`KeyVaultError::Throttled`], taking no slot, when the wait would exceed
     /// `max_wait`.
@@ -211,6 +298,7 @@ impl RateLimiter {
             CallClass::Create => self.limits.creates,
             CallClass::Other => self.limits.other,
         };
+        let share = current_share();
         loop {
             // Registered before the state is read, so a completion in between is not missed.
             let completed = self.shared.completed.notified();
@@ -219,24 +307,51 @@ impl RateLimiter {
                 let mut vaults = self.lock();
                 let state = vaults.entry(host.to_owned()).or_default();
                 let backoff = state.backoff_until.filter(|&b| b > now);
+                state.namespaces.retain(|_, w| {
+                    w.creates.prune(now, span);
+                    w.other.prune(now, span);
+                    !w.is_empty()
+                });
                 let window = state.window(class);
                 window.prune(now, span);
-                match (backoff, window.next_slot(now, limit, span)) {
+                let mut slot = window.next_slot(now, limit, span);
+                if let Some(share) = &share {
+                    let ns_limit = share_of(limit, share.percent);
+                    let ns_slot = state
+                        .namespaces
+                        .get_mut(&share.namespace)
+                        .map_or(Slot::Now, |w| {
+                            w.window(class).next_slot(now, ns_limit, span)
+                        });
+                    slot = later(slot, ns_slot);
+                }
+                match (backoff, slot) {
                     (None, Slot::Now) => {
                         let id = self
                             .shared
                             .next_id
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        window.entries.push(Entry {
+                        let entry = Entry {
                             id,
                             at: now,
                             in_flight: true,
-                        });
+                        };
+                        state.window(class).entries.push(entry);
+                        if let Some(share) = &share {
+                            state
+                                .namespaces
+                                .entry(share.namespace.clone())
+                                .or_default()
+                                .window(class)
+                                .entries
+                                .push(entry);
+                        }
                         return Ok(Permit {
                             limiter: self.clone(),
                             host: host.to_owned(),
                             class,
                             id,
+                            namespace: share.as_ref().map(|s| s.namespace.clone()),
                             waited: now - start,
                         });
                     }
@@ -466,6 +581,98 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(err, KeyVaultError::Throttled { .. }), "{err:?}");
+    }
+
+    /// Starts of `n` calls made at once for `namespace` (share `percent`), each taking `hold`.
+    fn flood(
+        limiter: &RateLimiter,
+        namespace: &'static str,
+        percent: u32,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Instant>> {
+        (0..n)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(with_namespace_share(namespace, percent, async move {
+                    limiter.acquire("a", CallClass::Other).await.expect("slot");
+                    Instant::now()
+                }))
+            })
+            .collect()
+    }
+
+    async fn starts(tasks: Vec<tokio::task::JoinHandle<Instant>>) -> Vec<Instant> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_namespace_cannot_starve_another_on_a_shared_vault() {
+        let limiter = limiter(10, 10, 600);
+        let t0 = Instant::now();
+        // A namespace with many bindings asks for 60 calls at once, then another asks for 5.
+        let noisy = flood(&limiter, "noisy", 50, 60);
+        tokio::task::yield_now().await;
+        let quiet = flood(&limiter, "quiet", 50, 5);
+        let noisy = starts(noisy).await;
+        let quiet = starts(quiet).await;
+        let window = Duration::from_secs(10);
+        // The quiet namespace is served in the first window, not after the noisy one's 60 calls.
+        assert!(
+            quiet.iter().all(|&t| t - t0 < window),
+            "{:?}",
+            quiet.iter().map(|t| *t - t0).collect::<Vec<_>>()
+        );
+        // Neither namespace exceeds its half of any window, and the vault its limit.
+        assert_eq!(max_in_any_window(&noisy, window), 5);
+        assert!(max_in_any_window(&quiet, window) <= 5);
+        let all: Vec<Instant> = noisy.iter().chain(&quiet).copied().collect();
+        assert_eq!(max_in_any_window(&all, window), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_shares_the_first_namespace_takes_every_slot() {
+        // The same load with every namespace allowed the whole budget (share 100): the quiet
+        // namespace waits behind the noisy one; the test above would fail like this.
+        let limiter = limiter(10, 10, 600);
+        let t0 = Instant::now();
+        let noisy = flood(&limiter, "noisy", 100, 60);
+        tokio::task::yield_now().await;
+        let quiet = flood(&limiter, "quiet", 100, 5);
+        let _ = starts(noisy).await;
+        let quiet = starts(quiet).await;
+        assert!(quiet.iter().all(|&t| t - t0 >= Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_share_is_a_percentage_of_the_limit_and_at_least_one() {
+        assert_eq!(share_of(500, 50), 250);
+        assert_eq!(share_of(10, 50), 5);
+        assert_eq!(share_of(10, 1), 1);
+        assert_eq!(share_of(10, 100), 10);
+        assert_eq!(share_of(10, 250), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_outside_a_namespace_use_the_vault_budget_only() {
+        let limiter = limiter(10, 4, 600);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            limiter.acquire("a", CallClass::Other).await.expect("slot");
+        }
+        assert_eq!(Instant::now(), t0);
+        // And the namespace windows are forgotten once empty.
+        with_namespace_share("x", 50, async {
+            let _p = limiter.acquire("b", CallClass::Other).await.expect("slot");
+        })
+        .await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        limiter.acquire("b", CallClass::Other).await.expect("slot");
+        let vaults = limiter.lock();
+        assert!(vaults["b"].namespaces.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

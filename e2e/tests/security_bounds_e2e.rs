@@ -1,0 +1,560 @@
+//! Cluster-level bounds and bounded resources, end to end on a real control plane (issue 10):
+//!
+//! - who may write bindings is an RBAC grant: a user bound to `edit` in a namespace cannot create
+//!   or patch bindings (nor grants), one bound to `admin` can;
+//! - a binding, even one a namespace admin applied, never reaches a vault, an attestation
+//!   authority, a debuggable VM, a compliance value, a key name, adopt or Delete that the cluster
+//!   admin did not allow (the operator's flags, or a ConfidentialKeyGrant): each is refused with
+//!   its condition reason and an Event, and the Key Vault double's request log shows the vault
+//!   was never contacted for it; a granted binding still becomes Ready;
+//! - the policy cache holds only what bindings reference: a 0.9 MB labelled ConfigMap nobody
+//!   references is not in memory.
+//!
+//! Run one at a time: `cargo test -p ckb-e2e --test security_bounds_e2e -- --test-threads=1`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use ckb_crds::ConfidentialKeyBinding;
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::grant::ConfidentialKeyGrant;
+use ckb_doubles::LogEntry;
+use ckb_e2e::cluster::ControlPlane;
+use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_operator::controller::runtime::{OMITTED_ANNOTATION, reflectors, store_ready};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const VAULT: &str = "https://demo.vault.azure.net";
+const VAULT_HOST: &str = "demo.vault.azure.net";
+const ATTACKER: &str = "https://attacker.example.com:8443";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn binding(ns: &str, name: &str, key: &str, patch: Value) -> ConfidentialKeyBinding {
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": name}},
+        "key": {"vault": VAULT, "name": key, "type": "RSA-HSM", "size": 2048},
+        "attestation": {"authority": DEMO_AUTHORITY, "complianceStatus": "azure-signed-katacc-uvm"},
+        "policy": {"configMapRef": {"name": "policy", "key": "policy.rego"}}
+    });
+    merge(&mut spec, patch);
+    let mut b = ConfidentialKeyBinding::new(name, serde_json::from_value(spec).expect("spec"));
+    b.metadata.namespace = Some(ns.into());
+    b
+}
+
+fn merge(into: &mut Value, patch: Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn policy_config_map(ns: &str, name: &str, data: BTreeMap<String, String>) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"ckb.dev/policy": "true"}},
+        "data": data
+    }))
+    .expect("ConfigMap")
+}
+
+fn rego(variant: &str) -> String {
+    format!("package agent_policy\n\n# {variant}\ndefault CreateContainerRequest := true\n")
+}
+
+/// Requests to the double naming key `name` (any method).
+fn requests_for_key<'a>(log: &'a [LogEntry], name: &str) -> Vec<&'a LogEntry> {
+    let prefix = format!("/keys/{name}");
+    log.iter()
+        .filter(|e| e.path == prefix || e.path.starts_with(&format!("{prefix}/")))
+        .collect()
+}
+
+fn is_forbidden(r: &kube::Result<impl std::fmt::Debug>) -> bool {
+    matches!(r, Err(kube::Error::Api(ae)) if ae.code == 403)
+}
+
+/// A client for a new ServiceAccount `name` of `ns` bound to the built-in ClusterRole `role` there.
+async fn user_bound_to(env: &Environment, ns: &str, name: &str, role: &str) -> Result<Client> {
+    env.apply_yaml(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {ns}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}-{role}\n  \
+         namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  \
+         name: {role}\nsubjects:\n  - kind: ServiceAccount\n    name: {name}\n    namespace: {ns}\n"
+    ))?;
+    let token = env
+        .cp
+        .token_for_service_account(ns, name, Duration::from_secs(3600))
+        .await?;
+    env.cp
+        .client_for_token(&format!("system:serviceaccount:{ns}:{name}"), &token)
+        .await
+}
+
+/// Waits until the binding is refused with `reason` and an Event with that reason names it.
+async fn expect_refused(env: &Environment, ns: &str, name: &str, reason: &str) -> Result<()> {
+    let b = env
+        .wait_binding_condition(ns, name, types::KEY_READY, "False", Some(reason), WAIT)
+        .await?;
+    let (_, _, message) = Environment::condition(&b, types::KEY_READY).context("KeyReady")?;
+    assert!(message.contains("not contacted"), "{name}: {message}");
+    let ready = Environment::condition(&b, types::READY).context("Ready")?;
+    assert_eq!(ready.0, "False", "{name}");
+    let events: Api<Event> = Api::namespaced(env.cp.client(), ns);
+    wait_for(WAIT, &format!("a {reason} event on {ns}/{name}"), || {
+        let events = events.clone();
+        async move {
+            let found = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                });
+            Ok(found.then_some(()))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admin_did_not_allow()
+-> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let (ns, other_ns) = ("team-a", "team-b");
+    env.create_namespace(ns, true)?;
+    env.create_namespace(other_ns, true)?;
+    let admin = env.cp.client();
+    for n in [ns, other_ns] {
+        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), n);
+        cms.create(
+            &PostParams::default(),
+            &policy_config_map(n, "policy", [("policy.rego".into(), rego(n))].into()),
+        )
+        .await?;
+    }
+    let editor = user_bound_to(&env, ns, "editor", "edit").await?;
+    let owner = user_bound_to(&env, ns, "owner", "admin").await?;
+    let as_editor: Api<ConfidentialKeyBinding> = Api::namespaced(editor.clone(), ns);
+    let as_owner: Api<ConfidentialKeyBinding> = Api::namespaced(owner.clone(), ns);
+
+    // --- RBAC: the chart's roles are aggregated into admin (write) and view (read) only.
+    let simple = binding(ns, "simple", "simple-key", json!({}));
+    wait_for(WAIT, "admin to be allowed to create bindings", || {
+        let (api, b) = (as_owner.clone(), simple.clone());
+        async move {
+            match api.create(&PostParams::default(), &b).await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(ae)) if ae.code == 403 => bail!("not yet: {}", ae.message),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await?;
+    wait_for(WAIT, "edit to be allowed to read bindings", || {
+        let api = as_editor.clone();
+        async move { Ok(api.list(&Default::default()).await.ok().map(|_| ())) }
+    })
+    .await?;
+    let created = as_editor
+        .create(
+            &PostParams::default(),
+            &binding(ns, "sneaky", "sneaky-key", json!({})),
+        )
+        .await;
+    assert!(
+        is_forbidden(&created),
+        "edit created a binding: {created:?}"
+    );
+    let patched = as_editor
+        .patch(
+            "simple",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"attestation": {"authority": ATTACKER}}})),
+        )
+        .await;
+    assert!(
+        is_forbidden(&patched),
+        "edit patched a binding: {patched:?}"
+    );
+    let deleted = as_editor.delete("simple", &DeleteParams::default()).await;
+    assert!(
+        is_forbidden(&deleted),
+        "edit deleted a binding: {deleted:?}"
+    );
+    // Neither edit nor admin of a namespace may write grants (cluster-scoped, cluster admins only).
+    let grant_of = |spec: Value| -> ConfidentialKeyGrant {
+        ConfidentialKeyGrant::new("team-a", serde_json::from_value(spec).expect("grant spec"))
+    };
+    let grant = grant_of(json!({
+        "vault": VAULT,
+        "namespaces": {"names": [ns]},
+        "keyNamePrefix": "{namespace}-",
+        "attestation": {"authorities": [DEMO_AUTHORITY]},
+        "rateLimitPercent": 20
+    }));
+    for (who, client) in [("edit", &editor), ("admin", &owner)] {
+        let r = Api::<ConfidentialKeyGrant>::all(client.clone())
+            .create(&PostParams::default(), &grant)
+            .await;
+        assert!(is_forbidden(&r), "{who} created a grant: {r:?}");
+    }
+    env.wait_binding_ready(ns, "simple").await?;
+
+    // --- Simple mode (no grantRef): the operator's flags bound authorities, compliance values
+    // and debuggable VMs.
+    let refused_simple = [
+        (
+            "attacker",
+            "attacker-key",
+            json!({"attestation": {"authority": ATTACKER}}),
+            reasons::AUTHORITY_NOT_ALLOWED,
+        ),
+        (
+            "debug",
+            "debug-key",
+            json!({"attestation": {"allowDebuggable": true}}),
+            reasons::DEBUGGABLE_NOT_ALLOWED,
+        ),
+        (
+            "aci",
+            "aci-key",
+            json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}}),
+            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
+        ),
+        (
+            "elsewhere",
+            "elsewhere-key",
+            json!({"key": {"vault": "https://elsewhere.vault.azure.net"}}),
+            reasons::VAULT_NOT_ALLOWED,
+        ),
+    ];
+    // --- Grant mode: the cluster admin's grant for team-a.
+    Api::<ConfidentialKeyGrant>::all(admin.clone())
+        .create(&PostParams::default(), &grant)
+        .await?;
+    let g = |patch: Value| {
+        let mut p = json!({"grantRef": {"name": "team-a"}});
+        merge(&mut p, patch);
+        p
+    };
+    let refused_granted = [
+        (
+            "g-attacker",
+            "team-a-attacker",
+            g(json!({"attestation": {"authority": ATTACKER}})),
+            reasons::AUTHORITY_NOT_ALLOWED,
+        ),
+        (
+            "g-debug",
+            "team-a-debug",
+            g(json!({"attestation": {"allowDebuggable": true}})),
+            reasons::DEBUGGABLE_NOT_ALLOWED,
+        ),
+        (
+            "g-aci",
+            "team-a-aci",
+            g(json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}})),
+            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
+        ),
+        (
+            "g-vault",
+            "team-a-vault",
+            g(json!({"key": {"vault": "https://other.vault.azure.net"}})),
+            reasons::VAULT_NOT_ALLOWED,
+        ),
+        (
+            "g-scope",
+            "orders",
+            g(json!({})),
+            reasons::KEY_NAME_NOT_ALLOWED,
+        ),
+        (
+            "g-adopt",
+            "team-a-adopt",
+            g(json!({"key": {"adopt": true}})),
+            reasons::ADOPT_NOT_ALLOWED,
+        ),
+        (
+            "g-delete",
+            "team-a-delete",
+            g(json!({"key": {"deletionPolicy": "Delete"}})),
+            reasons::DELETION_NOT_ALLOWED,
+        ),
+        (
+            "g-missing",
+            "team-a-missing",
+            json!({"grantRef": {"name": "nobody-made-this"}}),
+            reasons::GRANT_NOT_FOUND,
+        ),
+    ];
+    for (name, key, patch, _) in refused_simple.iter().chain(&refused_granted) {
+        as_owner
+            .create(
+                &PostParams::default(),
+                &binding(ns, name, key, patch.clone()),
+            )
+            .await
+            .with_context(|| format!("admin creates {name}"))?;
+    }
+    // A grant for team-a is no grant for team-b, whoever applies there.
+    let team_b: Api<ConfidentialKeyBinding> = Api::namespaced(admin.clone(), other_ns);
+    team_b
+        .create(
+            &PostParams::default(),
+            &binding(other_ns, "borrowed", "team-a-borrowed", g(json!({}))),
+        )
+        .await?;
+    // The granted binding.
+    as_owner
+        .create(
+            &PostParams::default(),
+            &binding(ns, "granted", "team-a-orders", g(json!({}))),
+        )
+        .await?;
+
+    for (name, _, _, reason) in refused_simple.iter().chain(&refused_granted) {
+        expect_refused(&env, ns, name, reason).await?;
+    }
+    expect_refused(&env, other_ns, "borrowed", reasons::NAMESPACE_NOT_GRANTED).await?;
+    env.wait_binding_ready(ns, "granted").await?;
+
+    // The double's request log: not one request for any refused binding's key, nor to a vault
+    // that was not granted; the granted and simple ones were created.
+    let log = env.double.log();
+    for (name, key, _, _) in refused_simple.iter().chain(&refused_granted) {
+        let seen = requests_for_key(&log, key);
+        assert!(
+            seen.is_empty(),
+            "{name}: the vault was contacted for {key}: {seen:?}"
+        );
+    }
+    assert!(requests_for_key(&log, "team-a-borrowed").is_empty());
+    let other_hosts: Vec<_> = log.iter().filter(|e| e.host != VAULT_HOST).collect();
+    assert!(other_hosts.is_empty(), "{other_hosts:?}");
+    assert!(env.key(VAULT_HOST, "team-a-orders").is_some());
+    assert!(env.key(VAULT_HOST, "simple-key").is_some());
+
+    // The grant goes: its binding stops at GrantNotFound, and nothing more is sent for its key.
+    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
+    Api::<ConfidentialKeyGrant>::all(admin.clone())
+        .delete("team-a", &DeleteParams::default())
+        .await?;
+    expect_refused(&env, ns, "granted", reasons::GRANT_NOT_FOUND).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        requests_for_key(&env.double.log(), "team-a-orders").len(),
+        before,
+        "the vault was contacted after the grant was deleted"
+    );
+    eprintln!("test done in {:?}", t0.elapsed());
+    Ok(())
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [ckb_operator::crds::crd(), ckb_operator::crds::grant::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.create(&PostParams::default(), &crd).await?;
+        wait_for(WAIT, &format!("CRD {name} established"), || {
+            let (crds, name) = (crds.clone(), name.clone());
+            async move {
+                let c = crds.get(&name).await?;
+                let ok = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(ok.then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Bytes of `data` values the cache holds in all.
+fn cached_bytes(store: &kube::runtime::reflector::Store<ConfigMap>) -> usize {
+    store
+        .state()
+        .iter()
+        .flat_map(|c| c.data.iter().flatten().map(|(k, v)| k.len() + v.len()))
+        .sum()
+}
+
+fn cached_names(store: &kube::runtime::reflector::Store<ConfigMap>) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .state()
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap_or_default())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_cache_holds_only_what_bindings_reference_capped_at_the_annotation_limit()
+-> Result<()> {
+    let cp = ControlPlane::start().await.context("control plane")?;
+    let client = cp.client();
+    install_crds(&client).await?;
+    let ns = "mem";
+    cp.kubectl(["create", "namespace", ns])?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let big = "x".repeat(900 * 1024);
+    let small = rego("small");
+    // What any user with `edit` can write: a labelled 0.9 MB ConfigMap nobody references.
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(ns, "junk", [("policy.rego".into(), big.clone())].into()),
+    )
+    .await?;
+    // A referenced ConfigMap with a small policy and 0.9 MB under another key.
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(
+            ns,
+            "orders-policy",
+            [
+                ("policy.rego".into(), small.clone()),
+                ("padding".into(), big.clone()),
+            ]
+            .into(),
+        ),
+    )
+    .await?;
+    // A referenced ConfigMap whose policy itself is 0.9 MB (over the annotation limit).
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(
+            ns,
+            "huge-policy",
+            [("policy.rego".into(), big.clone())].into(),
+        ),
+    )
+    .await?;
+    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), ns);
+    let mut orders = binding(ns, "orders", "orders", json!({}));
+    orders.spec.policy.config_map_ref.name = "orders-policy".into();
+    bindings.create(&PostParams::default(), &orders).await?;
+    let mut huge = binding(ns, "huge", "huge", json!({}));
+    huge.spec.policy.config_map_ref.name = "huge-policy".into();
+    bindings.create(&PostParams::default(), &huge).await?;
+
+    let (caches, _triggers, driver) = reflectors(client.clone());
+    let task = tokio::spawn(driver);
+    tokio::time::timeout(WAIT, store_ready(&caches.config_maps))
+        .await
+        .context("the policy cache did not sync")?;
+    let store = caches.config_maps.clone();
+    assert_eq!(cached_names(&store), vec!["huge-policy", "orders-policy"]);
+    let held = cached_bytes(&store);
+    assert!(
+        held < small.len() + 64,
+        "the cache holds {held} bytes of ConfigMap data (the policy is {} bytes)",
+        small.len()
+    );
+    let orders_cm = store
+        .state()
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("orders-policy"))
+        .expect("orders-policy cached");
+    assert_eq!(
+        orders_cm
+            .data
+            .as_ref()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["policy.rego".to_string()])
+    );
+    let huge_cm = store
+        .state()
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("huge-policy"))
+        .expect("huge-policy cached");
+    assert!(huge_cm.data.as_ref().is_none_or(|d| d.is_empty()));
+    assert_eq!(
+        huge_cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OMITTED_ANNOTATION)),
+        Some(&"policy.rego".to_string())
+    );
+
+    // A change of a referenced policy reaches the cache.
+    let newer = rego("newer");
+    cms.patch(
+        "orders-policy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"policy.rego": newer}})),
+    )
+    .await?;
+    wait_for(WAIT, "the changed policy in the cache", || {
+        let (store, newer) = (store.clone(), newer.clone());
+        async move {
+            let found = store
+                .state()
+                .iter()
+                .any(|c| c.data.as_ref().and_then(|d| d.get("policy.rego")) == Some(&newer));
+            Ok(found.then_some(()))
+        }
+    })
+    .await?;
+    // A binding that starts referencing a ConfigMap brings it (its referenced key) in; when it
+    // goes, so does the ConfigMap.
+    let mut late = binding(ns, "late", "late", json!({}));
+    late.spec.policy.config_map_ref.name = "junk".into();
+    late.spec.policy.config_map_ref.key = "other".into();
+    cms.patch(
+        "junk",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"other": small}})),
+    )
+    .await?;
+    bindings.create(&PostParams::default(), &late).await?;
+    wait_for(WAIT, "junk cached with only its referenced key", || {
+        let store = store.clone();
+        async move {
+            let junk = store
+                .state()
+                .into_iter()
+                .find(|c| c.metadata.name.as_deref() == Some("junk"));
+            Ok(junk
+                .filter(|c| {
+                    c.data
+                        .as_ref()
+                        .map(|d| d.keys().cloned().collect::<Vec<_>>())
+                        == Some(vec!["other".to_string()])
+                })
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    bindings.delete("late", &DeleteParams::default()).await?;
+    wait_for(WAIT, "junk out of the cache", || {
+        let store = store.clone();
+        async move { Ok((!cached_names(&store).contains(&"junk".to_string())).then_some(())) }
+    })
+    .await?;
+    assert!(
+        cached_bytes(&store) < 1024,
+        "{} bytes held",
+        cached_bytes(&store)
+    );
+    task.abort();
+    Ok(())
+}
