@@ -95,9 +95,10 @@ async fn user_bound_to(env: &Environment, ns: &str, name: &str, role: &str) -> R
         .cp
         .token_for_service_account(ns, name, Duration::from_secs(3600))
         .await?;
-    env.cp
+    Ok(env
+        .cp
         .client_for_token(&format!("system:serviceaccount:{ns}:{name}"), &token)
-        .await
+        .await?)
 }
 
 /// Waits until the binding is refused with `reason` and an Event with that reason names it.
