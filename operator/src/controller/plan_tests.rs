@@ -1363,6 +1363,7 @@ mod property {
                         seen_retired: seen.clone(),
                         injected_pods: found.count,
                         now,
+                        grant: Default::default(),
                     };
                     let p = plan(&b, &o, &cfg);
                     // Without a hash to bind (no pin, not following) the key is left alone.
