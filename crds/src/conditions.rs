@@ -168,6 +168,17 @@ pub const STALLED_REASONS: &[&str] = &[
     reasons::POLICY_HASH_NOT_PINNED,
     reasons::POLICY_NOT_PINNED,
     reasons::ADOPT_CONSENT_MISSING,
+    // Refused by the cluster's bounds: the binding or a grant must change. (GrantNotFound stays
+    // transient, like a missing ConfigMap: the grant may be applied later.)
+    reasons::GRANT_REQUIRED,
+    reasons::NAMESPACE_NOT_GRANTED,
+    reasons::AUTHORITY_NOT_ALLOWED,
+    reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
+    reasons::DEBUGGABLE_NOT_ALLOWED,
+    reasons::KEY_NAME_NOT_ALLOWED,
+    reasons::KEY_TYPE_NOT_ALLOWED,
+    reasons::ADOPT_NOT_ALLOWED,
+    reasons::DELETION_NOT_ALLOWED,
 ];
 
 /// Reasons that only echo another condition's failure.
