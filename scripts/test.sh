@@ -40,6 +40,8 @@ else
   bash scripts/install-tools.sh kubectl
   step "GitOps health checkers: kstatus and Argo CD's Lua (Go modules; cached after the first build)"
   bash e2e/scripts/build-gitops-check.sh
+  step "Azure Workload Identity webhook (from its Go module; cached after the first build)"
+  bash e2e/scripts/build-awi.sh
 fi
 
 step "version check (crates, Chart.yaml, values.yaml image tag, CHANGELOG.md, README install agree); workflow schema"

@@ -1,7 +1,9 @@
 //! The whole local environment the demo and the operator e2e tests run in: the control plane, the
-//! Key Vault and Attestation doubles (in process), the chart installed in development mode with
-//! helm, and `ckb-operator run` as a local process authenticated with the token of the chart's
-//! ServiceAccount, so the chart's RBAC is exactly what the operator has.
+//! Key Vault, Attestation and Entra ID doubles (in process), the chart installed in development
+//! mode with helm, and `ckb-operator run` as a local process authenticated with the token of the
+//! chart's ServiceAccount, so the chart's RBAC is exactly what the operator has. It authenticates
+//! to Key Vault with workload identity, as the chart configures it
+//! ([`crate::workload_identity::OperatorIdentity`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use ckb_doubles::{Config as DoublesConfig, KeyVaultDouble};
 
 use crate::cluster::{ControlPlane, Proc, free_ports, log_tail, repo_root};
+use crate::workload_identity::{IdentityOptions, OPERATOR_CLIENT_ID, OperatorIdentity};
 
 /// Namespace the chart is installed in.
 pub const OPERATOR_NAMESPACE: &str = "ckb-system";
@@ -72,6 +75,8 @@ pub struct Environment {
     pub double: KeyVaultDouble,
     /// File with the doubles' CA certificate (PEM).
     pub double_ca_file: PathBuf,
+    /// The operator's workload identity (its federated token, refreshed before expiry).
+    pub identity: OperatorIdentity,
     /// The control plane (dropped last).
     pub cp: ControlPlane,
 }
@@ -120,9 +125,16 @@ impl Environment {
             "KUBECONFIG".into(),
             operator_kubeconfig.display().to_string(),
         ));
-        let token_file = cp.dir().join("kv-operator-token");
-        // Any bearer token works with the permissive double; this one has the operator's rights.
-        std::fs::write(&token_file, "operator-token")?;
+        let identity = OperatorIdentity::start(
+            &cp,
+            &double,
+            OPERATOR_NAMESPACE,
+            RELEASE,
+            IdentityOptions::default(),
+        )
+        .await
+        .context("the operator's workload identity")?;
+        operator_env.extend(identity.operator_env());
 
         let port = double.addr().port();
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
@@ -131,15 +143,17 @@ impl Environment {
             format!("--webhook-addr=127.0.0.1:{webhook_port}"),
             format!("--metrics-addr={metrics_addr}"),
             format!("--allowed-vault={DEMO_VAULT}"),
-            "--kv-credential=static-token".to_string(),
-            format!("--kv-static-token-file={}", token_file.display()),
             format!(
-                "--kv-resolve=.vault.azure.net=127.0.0.1:{port},.managedhsm.azure.net=127.0.0.1:{port}"
+                "--kv-resolve=.vault.azure.net=127.0.0.1:{port},.managedhsm.azure.net=127.0.0.1:{port},{}",
+                OperatorIdentity::resolve_entry(&double)
             ),
             format!("--kv-ca-file={}", double_ca_file.display()),
             "--log-format=text".to_string(),
             "--log-level=info,ckb_operator=debug".to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(OperatorIdentity::operator_args())
+        .collect::<Vec<_>>();
         let operator = Proc::spawn_with_env(
             "ckb-operator",
             &operator_bin,
@@ -156,6 +170,7 @@ impl Environment {
             webhook_port,
             double,
             double_ca_file,
+            identity,
             cp,
         };
         env.wait_operator_ready(Duration::from_secs(120)).await?;
@@ -181,6 +196,8 @@ impl Environment {
                     &format!("devMode.webhookUrl=https://127.0.0.1:{webhook_port}/mutate"),
                     "--set",
                     &format!("keyVault.allowedVaults={{{DEMO_VAULT}}}"),
+                    "--set",
+                    &format!("workloadIdentity.clientId={OPERATOR_CLIENT_ID}"),
                 ]),
             "helm install (development mode)",
         )

@@ -6,3 +6,4 @@ pub mod demo;
 pub mod env;
 pub mod registry;
 pub mod suite_env;
+pub mod workload_identity;

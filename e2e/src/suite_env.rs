@@ -20,9 +20,12 @@
 //!   with `devMode.enabled=true`: CRD, ServiceAccount, RBAC and the webhook configuration pointing
 //!   at `https://127.0.0.1:<port>/mutate`, where the local operator serves it.
 //! - The operator authenticates to the API server with a token of the chart's ServiceAccount, so
-//!   the chart's RBAC is exactly what it may do; to Key Vault with a static token that the double
-//!   accepts, reaching `*.vault.azure.net`, `*.managedhsm.azure.net` and `*.attest.azure.net` at
-//!   the double through `--kv-resolve` and trusting the double's CA through `--kv-ca-file`.
+//!   the chart's RBAC is exactly what it may do; to Key Vault with Azure workload identity, as the
+//!   chart configures it ([`crate::workload_identity::OperatorIdentity`]): a ServiceAccount token
+//!   for `api://AzureADTokenExchange` exchanged at the Entra ID double for an access token the Key
+//!   Vault double accepts. It reaches `*.vault.azure.net`, `*.managedhsm.azure.net`,
+//!   `*.attest.azure.net` and `login.microsoftonline.com` at the doubles through `--kv-resolve`
+//!   and trusts their CA through `--kv-ca-file`.
 //! - Waits are polls on a condition with a timeout, never fixed sleeps.
 //! - Everything is torn down when the [`Environment`] is dropped, also when a test panics (then
 //!   the tail of the operator's log and of every control-plane log is printed first).
@@ -49,6 +52,7 @@ use kube::api::ListParams;
 use serde_json::Value;
 
 use crate::cluster::{ControlPlane, log_tail, repo_root};
+use crate::workload_identity::{IdentityOptions, OPERATOR_CLIENT_ID, OperatorIdentity};
 
 /// Namespace the chart is installed in (and the operator's own namespace).
 pub const NAMESPACE: &str = "ckb-system";
@@ -58,8 +62,6 @@ pub const RELEASE: &str = "ckb-operator";
 pub const SERVICE_ACCOUNT: &str = "ckb-operator";
 /// Name of the CRD the chart installs.
 pub const CRD_NAME: &str = "confidentialkeybindings.ckb.dev";
-/// Bearer token the operator presents to the Key Vault double (full key-management rights there).
-pub const OPERATOR_KV_TOKEN: &str = "operator-token";
 /// Bearer token a workload's sidecar presents to the Key Vault double (release only).
 pub const RELEASE_KV_TOKEN: &str = "release-token";
 /// The vault of the samples and of most tests.
@@ -91,6 +93,11 @@ pub struct EnvOptions {
     pub failure_policy: String,
     /// Extra `--set` values for `helm install` (`key=value`).
     pub helm_set: Vec<String>,
+    /// The operator's federated ServiceAccount token: lifetime and refresh.
+    pub identity: IdentityOptions,
+    /// Lifetime of the access tokens the Entra double issues (the SDK renews 5 minutes before
+    /// expiry, so a lifetime just over 5 minutes makes the operator exchange again every few seconds).
+    pub entra_token_lifetime: Duration,
 }
 
 impl Default for EnvOptions {
@@ -102,6 +109,8 @@ impl Default for EnvOptions {
             max_retry_delay: Duration::from_secs(5),
             failure_policy: "Fail".to_string(),
             helm_set: Vec::new(),
+            identity: IdentityOptions::default(),
+            entra_token_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -152,7 +161,8 @@ pub struct Environment {
     operator_bin: PathBuf,
     operator_kubeconfig: PathBuf,
     operator_log: PathBuf,
-    kv_token_file: PathBuf,
+    /// The operator's workload identity (federation in the Entra double, token file).
+    pub identity: Option<OperatorIdentity>,
     kv_ca_file: PathBuf,
     webhook_addr: SocketAddr,
     metrics_addr: SocketAddr,
@@ -264,8 +274,7 @@ impl Environment {
         let dir = cp.dir().to_path_buf();
         let kv_ca_file = dir.join("doubles-ca.pem");
         fs::write(&kv_ca_file, double.ca_pem())?;
-        let kv_token_file = dir.join("kv-token");
-        fs::write(&kv_token_file, OPERATOR_KV_TOKEN)?;
+        double.entra().set_token_lifetime(opts.entra_token_lifetime);
         let helm_home = dir.join("helm");
         fs::create_dir_all(&helm_home)?;
         let http = double.client_for(&[]);
@@ -277,7 +286,7 @@ impl Environment {
             operator_bin,
             operator_kubeconfig: dir.join("operator.kubeconfig"),
             operator_log: dir.join("operator.log"),
-            kv_token_file,
+            identity: None,
             kv_ca_file,
             webhook_addr: free_addr()?,
             metrics_addr: free_addr()?,
@@ -289,6 +298,17 @@ impl Environment {
         // What an AKS Kata confidential node pool provides; the API server refuses pods naming a
         // RuntimeClass that does not exist.
         env.apply_yaml(RUNTIME_CLASS_YAML)?;
+        env.identity = Some(
+            OperatorIdentity::start(
+                &env.cp,
+                &env.double,
+                NAMESPACE,
+                SERVICE_ACCOUNT,
+                env.opts.identity.clone(),
+            )
+            .await
+            .context("the operator's workload identity")?,
+        );
         env.write_operator_kubeconfig().await?;
         env.start_operator().await?;
         tracing::info!(
@@ -362,8 +382,9 @@ impl Environment {
             "devMode.enabled=true".to_string(),
             format!("devMode.webhookUrl={}", self.webhook_url()),
             format!("webhook.failurePolicy={}", self.opts.failure_policy),
-            // The local operator authenticates with a static token, not workload identity.
-            "workloadIdentity.enabled=false".to_string(),
+            // The ServiceAccount names the operator's identity, as on AKS.
+            "workloadIdentity.enabled=true".to_string(),
+            format!("workloadIdentity.clientId={OPERATOR_CLIENT_ID}"),
         ];
         for (i, vault) in self.opts.allowed_vaults.iter().enumerate() {
             v.push(format!("keyVault.allowedVaults[{i}]={vault}"));
@@ -435,14 +456,13 @@ impl Environment {
         ]
         .iter()
         .map(|s| format!("{s}={addr}"))
+        .chain([OperatorIdentity::resolve_entry(&self.double)])
         .collect::<Vec<_>>()
         .join(",");
         // Whole seconds: both duration parsers of the operator accept `<n>s`.
         let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
         let mut args = vec![
             "run".to_string(),
-            "--kv-credential=static-token".to_string(),
-            format!("--kv-static-token-file={}", self.kv_token_file.display()),
             format!("--kv-resolve={resolve}"),
             format!("--kv-ca-file={}", self.kv_ca_file.display()),
             format!("--hash-grace-period={}", secs(self.opts.hash_grace_period)),
@@ -459,6 +479,7 @@ impl Environment {
         for v in &self.opts.allowed_vaults {
             args.push(format!("--allowed-vault={v}"));
         }
+        args.extend(OperatorIdentity::operator_args());
         args
     }
 
@@ -492,6 +513,11 @@ impl Environment {
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("CKB_POD_NAMESPACE", NAMESPACE)
             .env("CKB_POD_NAME", OPERATOR_IDENTITY)
+            .envs(
+                self.identity
+                    .iter()
+                    .flat_map(OperatorIdentity::operator_env),
+            )
             .env(
                 "CKB_LOG_LEVEL",
                 std::env::var("CKB_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),

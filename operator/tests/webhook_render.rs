@@ -280,3 +280,16 @@ async fn webhook_only_adds_the_hash_to_a_rendered_pod_with_its_generated_policy(
     );
     assert_eq!(admitted["spec"], pod["spec"]);
 }
+
+#[test]
+fn render_notes_what_workload_identity_adds_to_the_sidecar_at_admission() {
+    let (_, notes) = rendered();
+    // The Deployment opts in to workload identity; the CronJob does not.
+    let wi: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("AZURE_FEDERATED_TOKEN_FILE"))
+        .collect();
+    assert_eq!(wi.len(), 1, "{notes:?}");
+    assert!(wi[0].starts_with("Deployment payments/"), "{}", wi[0]);
+    assert!(wi[0].contains("skr"), "{}", wi[0]);
+}

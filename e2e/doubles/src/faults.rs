@@ -221,6 +221,13 @@ pub struct LogEntry {
     /// client's attempts (does it wait for `Retry-After`?) are read from it.
     #[serde(default)]
     pub received_ms: u64,
+    /// Issuer of the bearer token when it is a valid access token of the Entra double (`None`
+    /// for the opaque test tokens and for no token).
+    #[serde(default)]
+    pub token_issuer: Option<String>,
+    /// The application (client id) that Entra access token was issued to.
+    #[serde(default)]
+    pub token_client_id: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, as [`LogEntry::received_ms`] counts them.

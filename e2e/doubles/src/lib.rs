@@ -17,6 +17,7 @@
 //! ```
 
 pub mod attestation;
+pub mod entra;
 pub mod faults;
 pub mod jose;
 pub mod keyvault;
@@ -26,6 +27,7 @@ pub mod server;
 pub mod sidecar;
 
 pub use attestation::TokenRequest;
+pub use entra::{EntraConfig, FederatedCredential, TrustedIssuer};
 pub use faults::{Fault, LogEntry};
 pub use keyvault::Permission;
 pub use server::{Config, KeyVaultDouble, StartError};

@@ -1,4 +1,5 @@
-//! `ckb-doubles`: runs the Key Vault and Attestation doubles on loopback until SIGTERM/SIGINT.
+//! `ckb-doubles`: runs the Key Vault, Attestation and Entra ID token endpoint doubles on loopback
+//! until SIGTERM/SIGINT.
 //!
 //! When ready it writes the CA certificate to `--ca-out`, and prints (and writes to
 //! `--ready-file`, atomically) `{"addr": "127.0.0.1:<port>", "port": <port>, "ca_file": ...}`.
@@ -52,6 +53,26 @@ struct Args {
         value_delimiter = ';'
     )]
     authority_resolve: Vec<String>,
+    /// Entra double: an issuer whose assertions it verifies, `ISSUER=PUBLIC_KEY_PEM_FILE`
+    /// (repeatable; for Kubernetes, `--service-account-issuer` and the public key of
+    /// `--service-account-signing-key-file`).
+    #[arg(
+        long = "entra-trust-issuer",
+        env = "CKB_DOUBLES_ENTRA_TRUST_ISSUERS",
+        value_delimiter = ';'
+    )]
+    entra_trust_issuers: Vec<String>,
+    /// Entra double: a federated identity credential, `CLIENT_ID|ISSUER|SUBJECT` (audience
+    /// `api://AzureADTokenExchange`; repeatable).
+    #[arg(
+        long = "entra-federated-credential",
+        env = "CKB_DOUBLES_ENTRA_CREDENTIALS",
+        value_delimiter = ';'
+    )]
+    entra_credentials: Vec<String>,
+    /// Entra double: lifetime of the access tokens it issues, in seconds (Entra: about an hour).
+    #[arg(long, env = "CKB_DOUBLES_ENTRA_TOKEN_LIFETIME", default_value_t = 3600)]
+    entra_token_lifetime: u64,
 }
 
 fn parse_token(spec: &str) -> anyhow::Result<(String, BTreeSet<Permission>)> {
@@ -99,6 +120,34 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(t) = args.tenant {
         config.tenant = t;
+    }
+    config.entra.tenant = config.tenant.clone();
+    config.entra.token_lifetime = std::time::Duration::from_secs(args.entra_token_lifetime);
+    for spec in &args.entra_trust_issuers {
+        let Some((issuer, pem_file)) = spec.rsplit_once('=') else {
+            bail!("--entra-trust-issuer {spec}: expected ISSUER=PUBLIC_KEY_PEM_FILE");
+        };
+        let public_key_pem = std::fs::read_to_string(pem_file)
+            .with_context(|| format!("reading the public key of {issuer} from {pem_file}"))?;
+        config.entra.issuers.push(ckb_doubles::TrustedIssuer {
+            issuer: issuer.to_owned(),
+            public_key_pem,
+        });
+    }
+    for spec in &args.entra_credentials {
+        let parts: Vec<&str> = spec.split('|').collect();
+        let [client_id, issuer, subject] = parts[..] else {
+            bail!("--entra-federated-credential {spec}: expected CLIENT_ID|ISSUER|SUBJECT");
+        };
+        config
+            .entra
+            .credentials
+            .push(ckb_doubles::FederatedCredential {
+                client_id: client_id.to_owned(),
+                issuer: issuer.to_owned(),
+                subject: subject.to_owned(),
+                audience: ckb_doubles::entra::TOKEN_EXCHANGE_AUDIENCE.to_owned(),
+            });
     }
     for spec in &args.tokens {
         let (token, perms) = parse_token(spec)?;

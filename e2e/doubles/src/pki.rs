@@ -36,6 +36,8 @@ pub const DEFAULT_SANS: &[&str] = &[
     "*.wus.attest.azure.net",
     "*.neu.attest.azure.net",
     "*.weu.attest.azure.net",
+    // The Entra ID authority host (the token endpoint double).
+    "login.microsoftonline.com",
     "localhost",
     "127.0.0.1",
 ];

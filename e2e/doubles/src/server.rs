@@ -18,6 +18,7 @@ use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt as _;
 
 use crate::attestation::{Attestation, AttestationError, TokenRequest};
+use crate::entra::{self, AccessTokenInfo, Entra, EntraConfig};
 use crate::faults::{Fault, FaultError, Faults, LogEntry};
 use crate::keyvault::release;
 use crate::keyvault::route::Route;
@@ -52,6 +53,12 @@ pub struct Config {
     pub authority_resolve: Vec<(String, SocketAddr)>,
     /// Extra CA certificates (PEM) trusted when fetching an authority's keys, besides our own CA.
     pub extra_trust_pem: Vec<String>,
+    /// The Entra ID token endpoint double, served on `login.microsoftonline.com`: its tenant,
+    /// trusted issuers and federated identity credentials.
+    pub entra: EntraConfig,
+    /// Permissions of the applications (client ids) holding an access token of the Entra double.
+    /// An application not listed has every permission, unless `strict_auth`.
+    pub entra_permissions: BTreeMap<String, BTreeSet<Permission>>,
 }
 
 impl Default for Config {
@@ -92,6 +99,8 @@ impl Default for Config {
             sans: DEFAULT_SANS.iter().map(|s| (*s).to_owned()).collect(),
             authority_resolve: Vec::new(),
             extra_trust_pem: Vec::new(),
+            entra: EntraConfig::new(DEFAULT_TENANT),
+            entra_permissions: BTreeMap::new(),
         }
     }
 }
@@ -105,6 +114,9 @@ pub enum StartError {
     /// Attestation keys.
     #[error(transparent)]
     Attestation(#[from] AttestationError),
+    /// Entra token signing key.
+    #[error("Entra double key: {0}")]
+    Entra(#[from] crate::jose::JoseError),
     /// TLS configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -118,6 +130,7 @@ struct Shared {
     addr: SocketAddr,
     pki: Pki,
     attestation: Attestation,
+    entra: Entra,
     vaults: Mutex<BTreeMap<String, Vault>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<LogEntry>>,
@@ -156,6 +169,7 @@ impl KeyVaultDouble {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let pki = Pki::generate(&config.sans)?;
         let attestation = Attestation::new(&pki)?;
+        let entra = Entra::new(config.entra.clone())?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -188,6 +202,7 @@ impl KeyVaultDouble {
             addr,
             pki,
             attestation,
+            entra,
             vaults: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
@@ -254,6 +269,11 @@ impl KeyVaultDouble {
     /// Mints an attestation token.
     pub fn mint_token(&self, req: &TokenRequest) -> Result<String, AttestationError> {
         self.shared.attestation.mint(req, now_secs())
+    }
+
+    /// The Entra ID token endpoint double (federated credentials, token exchanges).
+    pub fn entra(&self) -> &Entra {
+        &self.shared.entra
     }
 
     /// The attestation JWKS (as served at `/certs`).
@@ -434,6 +454,21 @@ async fn dispatch(
         return admin(&shared, &method, &path, &host, &body);
     }
     let authenticated = headers.contains_key(header::AUTHORIZATION);
+    if host == entra::AUTHORITY_HOST {
+        return entra_handler(&shared, &method, &path, &body);
+    }
+    // An access token of the Entra double, checked once here so the log can name its issuer.
+    let entra_token = bearer(&headers)
+        .filter(|t| looks_like_jwt(t))
+        .map(|t| shared.entra.verify_access_token(t, None, now_secs()));
+    let token_issuer = entra_token
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|i| i.issuer.clone());
+    let token_client_id = entra_token
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|i| i.client_id.clone());
     let attestation = is_attestation_host(&host);
     let api_version = query_param(&uri, "api-version");
     // The SDK's first request of a client carries no token (it is the challenge probe); faults
@@ -467,6 +502,8 @@ async fn dispatch(
             write,
             fault,
             received_ms,
+            token_issuer: token_issuer.clone(),
+            token_client_id: token_client_id.clone(),
         });
     };
     let reset = |conn: &Option<axum::Extension<ConnControl>>| {
@@ -507,6 +544,7 @@ async fn dispatch(
             &full,
             &host,
             &headers,
+            entra_token.as_ref(),
             api_version.as_deref(),
             &body,
         )
@@ -552,6 +590,48 @@ fn fault_response(status: u16, fault: &Fault) -> Response {
         );
     }
     r
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a bearer token is a compact JWS with a JSON payload (else it is an opaque test token).
+fn looks_like_jwt(token: &str) -> bool {
+    crate::jose::CompactJws::parse(token)
+        .and_then(|j| j.claims())
+        .is_ok()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` on the authority host.
+fn entra_handler(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Response {
+    let tenant = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix("/oauth2/v2.0/token"))
+        .filter(|t| !t.is_empty() && !t.contains('/'));
+    match (method.as_str(), tenant) {
+        ("POST", Some(tenant)) => {
+            let (status, answer) = shared.entra.token(tenant, body, now_secs());
+            tracing::info!(tenant, status, "entra token request");
+            let mut r = json_response(status, &answer);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        _ => json_response(
+            404,
+            &json!({"error": "not_found", "error_description": format!("{method} {path} is not served by the Entra double")}),
+        ),
+    }
 }
 
 fn attestation_handler(
@@ -614,20 +694,13 @@ async fn vault_handler(
     full_host: &str,
     host: &str,
     headers: &HeaderMap,
+    entra_token: Option<&Result<AccessTokenInfo, String>>,
     api_version: Option<&str>,
     body: &[u8],
 ) -> (Response, bool) {
     let kind = VaultKind::from_host(host);
     // 1. Authentication: the challenge exactly as the SDK expects it.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+    let Some(token) = bearer(headers) else {
         return (
             challenge(
                 shared,
@@ -637,10 +710,36 @@ async fn vault_handler(
             false,
         );
     };
-    let permissions: BTreeSet<Permission> = match shared.config.tokens.get(token) {
-        Some(p) => p.clone(),
-        None if !shared.config.strict_auth => Permission::ALL.into_iter().collect(),
-        None => {
+    let permissions: BTreeSet<Permission> = match (shared.config.tokens.get(token), entra_token) {
+        (Some(p), _) => p.clone(),
+        // A JWT must be a valid access token of the Entra double, for this vault's resource.
+        (None, Some(Err(why))) => {
+            return (
+                challenge(shared, kind, &format!("AKV10022: Invalid token: {why}.")),
+                false,
+            );
+        }
+        (None, Some(Ok(info))) if info.audience.trim_end_matches('/') != kind.resource() => {
+            return (
+                challenge(
+                    shared,
+                    kind,
+                    &format!(
+                        "AKV10022: Invalid audience. Expected {}, found: {}.",
+                        kind.resource(),
+                        info.audience
+                    ),
+                ),
+                false,
+            );
+        }
+        (None, Some(Ok(info))) => match shared.config.entra_permissions.get(&info.client_id) {
+            Some(p) => p.clone(),
+            None if !shared.config.strict_auth => Permission::ALL.into_iter().collect(),
+            None => BTreeSet::new(),
+        },
+        (None, None) if !shared.config.strict_auth => Permission::ALL.into_iter().collect(),
+        (None, None) => {
             return (
                 challenge(shared, kind, "AKV10022: Invalid audience or unknown token."),
                 false,

@@ -11,6 +11,11 @@
 //! az confcom katapolicygen -y app.rendered.yaml     # or genpolicy -y app.rendered.yaml
 //! ```
 //!
+//! Workload identity: a pod template that already carries the Azure Workload Identity webhook's
+//! variables and token mount (a rendered copy of an admitted pod, for example) shows them on the
+//! `skr` sidecar too, as the webhook will make it; one that does not yet gets a note saying what
+//! admission will add to every container, the sidecar included.
+//!
 //! Reads Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob
 //! and List documents; other documents (ConfigMaps, Services, ...) pass through unchanged.
 
@@ -21,6 +26,7 @@ use serde_json::Value;
 
 use crate::crds::ConfidentialKeyBinding;
 use crate::webhook::MutationArgs;
+use crate::webhook::identity;
 use crate::webhook::mutate::{self, MatchedBinding, Mode, SidecarDefaults};
 
 /// Arguments of `ckb-operator render`.
@@ -196,6 +202,15 @@ fn render_one(
         }
     })?;
     notes.extend(m.warnings.iter().map(|w| format!("{workload}: {w}")));
+    if m.changed && identity::opted_in(&m.pod) && !identity::sidecar_has_identity(&m.pod) {
+        notes.push(format!(
+            "{workload}: opts in to workload identity: at admission the Azure Workload Identity \
+             webhook adds {} and its token mount to every container, the skr sidecar included \
+             (ckb-operator copies them to skr when that webhook runs first); the generated policy \
+             must allow them on skr as on the app containers",
+            identity::IDENTITY_ENV[..4].join(", ")
+        ));
+    }
     if m.changed {
         if let Some(slot) = doc.pointer_mut(pointer) {
             *slot = m.pod;

@@ -676,6 +676,14 @@ fn map_sdk_error(error: &azure_core::Error, kind: CallKind) -> KeyVaultError {
         ErrorKind::Io => {
             errors::classify_transport(TransportFailure::AfterSend, kind, error_chain(error))
         }
+        // Entra ID refused the identity (its federation or application is wrong): a refusal
+        // naming the identity (see credential.rs), not an outage.
+        ErrorKind::Credential if credential::entra_refusal_status(error).is_some() => {
+            KeyVaultError::Forbidden {
+                status: credential::entra_refusal_status(error).unwrap_or(401),
+                message: error_chain(error),
+            }
+        }
         // No token: nothing was sent. Often passing (IMDS or the token endpoint not ready yet), so
         // retryable; the message says which credential failed.
         ErrorKind::Credential => KeyVaultError::Transient {

@@ -1,6 +1,14 @@
 //! How the operator authenticates to Key Vault. The choice is explicit (`--kv-credential`), and
 //! logged at start; the default follows what the pod has: a federated token file means workload
 //! identity, otherwise managed identity.
+//!
+//! Workload identity is the SDK's client-assertion credential (`azure_identity`'s
+//! `ClientAssertionCredential`, which its `WorkloadIdentityCredential` wraps) with the projected
+//! ServiceAccount token read from `AZURE_FEDERATED_TOKEN_FILE` at every exchange (see
+//! [`FederatedTokenFile`]). When Entra ID refuses the exchange (a 4xx with an `AADSTS` code: the
+//! federated credential does not match the token's issuer, subject or audience, or the application
+//! is unknown), the error names the identity (client id, tenant, token subject) and
+//! [`entra_refusal_status`] lets the client report it as a refusal, not as an outage.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,17 +124,19 @@ pub fn build(
                 custom.authority_host = host.clone();
                 client_options.cloud = Some(Arc::new(custom.into()));
             }
-            let wi = &settings.workload_identity;
-            let options = azure_identity::WorkloadIdentityCredentialOptions {
-                credential_options: azure_identity::ClientAssertionCredentialOptions {
-                    client_options,
+            let wi = resolve_workload_identity(&settings.workload_identity)
+                .map_err(sdk(settings.kind))?;
+            let identity = wi.describe();
+            let inner = azure_identity::ClientAssertionCredential::new(
+                wi.tenant_id,
+                wi.client_id,
+                FederatedTokenFile {
+                    path: wi.token_file,
                 },
-                tenant_id: wi.tenant_id.clone(),
-                client_id: wi.client_id.clone(),
-                token_file_path: wi.token_file.clone(),
-            };
-            azure_identity::WorkloadIdentityCredential::new(Some(options))
-                .map_err(sdk(settings.kind))?
+                Some(azure_identity::ClientAssertionCredentialOptions { client_options }),
+            )
+            .map_err(sdk(settings.kind))?;
+            Arc::new(NamedCredential { inner, identity })
         }
         CredentialKind::ManagedIdentity => {
             let options = azure_identity::ManagedIdentityCredentialOptions {
@@ -150,6 +160,188 @@ pub fn build(
             Arc::new(StaticTokenCredential { path })
         }
     })
+}
+
+/// The workload identity settings with the environment's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedWorkloadIdentity {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Client id of the application or user-assigned managed identity.
+    pub client_id: String,
+    /// The projected ServiceAccount token file.
+    pub token_file: PathBuf,
+}
+
+impl ResolvedWorkloadIdentity {
+    /// `client id <id> in tenant <tenant> (federated token <file>, subject <sub>)`: what a user
+    /// compares with the federated identity credential when Entra refuses the exchange.
+    pub fn describe(&self) -> String {
+        let subject = std::fs::read_to_string(&self.token_file)
+            .ok()
+            .and_then(|t| jwt_claim(t.trim(), "sub"))
+            .unwrap_or_else(|| "unreadable".to_string());
+        format!(
+            "workload identity client id {} in tenant {} (federated token {}, subject {subject})",
+            self.client_id,
+            self.tenant_id,
+            self.token_file.display()
+        )
+    }
+}
+
+fn env_or(value: &Option<String>, var: &str) -> azure_core::Result<String> {
+    value
+        .clone()
+        .or_else(|| std::env::var(var).ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!(
+                    "workload identity needs {var} (set by the Azure Workload Identity webhook)"
+                ),
+            )
+        })
+}
+
+/// Fills the settings not given from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+/// `AZURE_FEDERATED_TOKEN_FILE`, as the SDK's workload identity credential does.
+pub fn resolve_workload_identity(
+    wi: &WorkloadIdentitySettings,
+) -> azure_core::Result<ResolvedWorkloadIdentity> {
+    let token_file = match &wi.token_file {
+        Some(p) => p.display().to_string(),
+        None => env_or(&None, "AZURE_FEDERATED_TOKEN_FILE")?,
+    };
+    Ok(ResolvedWorkloadIdentity {
+        tenant_id: env_or(&wi.tenant_id, "AZURE_TENANT_ID")?,
+        client_id: env_or(&wi.client_id, "AZURE_CLIENT_ID")?,
+        token_file: PathBuf::from(token_file),
+    })
+}
+
+/// A claim of a JWT's payload, read without checking anything (for messages only).
+fn jwt_claim(token: &str, claim: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get(claim)?.as_str().map(str::to_owned)
+}
+
+/// The client assertion of workload identity: the projected ServiceAccount token, read from its
+/// file at every exchange.
+// NB: hand-written instead of the SDK's `WorkloadIdentityCredential`, which reads the file when
+// built (the file must exist before the operator starts) and then at most every 10 minutes: with
+// the kubelet's rotation of a short-lived token that can hand Entra an expired assertion. An
+// exchange happens only when the access token is about to expire, so reading a small file each
+// time costs nothing and always presents the freshest token.
+#[derive(Debug)]
+pub struct FederatedTokenFile {
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl azure_identity::ClientAssertion for FederatedTokenFile {
+    async fn secret(
+        &self,
+        _options: Option<azure_core::http::ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
+        let token = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!(
+                    "cannot read the federated token file {}: {e}",
+                    self.path.display()
+                ),
+            )
+        })?;
+        Ok(token.trim().to_owned())
+    }
+}
+
+/// A credential whose refusals by Entra ID name the identity.
+#[derive(Debug)]
+struct NamedCredential {
+    inner: Arc<dyn TokenCredential>,
+    identity: String,
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for NamedCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        self.inner.get_token(scopes, options).await.map_err(|e| {
+            if entra_refusal_status(&e).is_some() {
+                let message = format!("Entra ID refused the {}: {e}", self.identity);
+                azure_core::Error::with_error(azure_core::error::ErrorKind::Credential, e, message)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// `AADSTS` codes of Entra ID that say "try again", not "this identity is refused".
+const TRANSIENT_AADSTS: [&str; 2] = ["AADSTS50000", "AADSTS90033"];
+
+/// The `AADSTS<n>` code in a text, if any.
+fn aadsts_code(text: &str) -> Option<&str> {
+    let at = text.find("AADSTS")?;
+    let digits = text[at + 6..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    (digits > 0).then(|| &text[at..at + 6 + digits])
+}
+
+/// The HTTP status when `error` is (or wraps) a refusal by Entra ID's token endpoint: a 4xx
+/// answer carrying `AADSTS` error codes. Such a refusal is about the identity or its federation
+/// (wrong issuer, subject or audience, unknown application) and does not pass by retrying.
+// NB: azure_identity 1.0 reads the error body's `error_description` as a borrowed string, which
+// fails on the `\r\n` escapes Entra puts in it (Trace ID, Correlation ID, Timestamp lines): the
+// status is then lost and only the description survives, inside the parse error's text. So a
+// credential error whose text carries an `AADSTS` code (not a transient one) counts as a refusal
+// too, reported as 401.
+pub fn entra_refusal_status(error: &azure_core::Error) -> Option<u16> {
+    if *error.kind() == azure_core::error::ErrorKind::Credential {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(s) = source {
+            text.push('\n');
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        if let Some(code) = aadsts_code(&text)
+            && !TRANSIENT_AADSTS.contains(&code)
+        {
+            return Some(401);
+        }
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(az) = e.downcast_ref::<azure_core::Error>()
+            && let azure_core::error::ErrorKind::HttpResponse {
+                status,
+                error_code: Some(_),
+                ..
+            } = az.kind()
+        {
+            let status = u16::from(*status);
+            if (400..500).contains(&status) && status != 429 {
+                return Some(status);
+            }
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// A bearer token read from a file at each request (so a test can rotate it). For tests and the
@@ -222,6 +414,26 @@ mod tests {
             choose(Some(CredentialKind::AzureCli), Some("/t")),
             (CredentialKind::AzureCli, false)
         );
+    }
+
+    #[test]
+    fn an_aadsts_code_in_a_credential_error_is_a_refusal_unless_transient() {
+        use azure_core::error::ErrorKind;
+        let refused = azure_core::Error::with_message(
+            ErrorKind::Credential,
+            "ClientAssertionCredential authentication failed. invalid type: string \"AADSTS700213: No matching federated identity record\r\nTrace ID: x\"",
+        );
+        assert_eq!(entra_refusal_status(&refused), Some(401));
+        let transient = azure_core::Error::with_message(
+            ErrorKind::Credential,
+            "AADSTS90033: A transient error has occurred",
+        );
+        assert_eq!(entra_refusal_status(&transient), None);
+        let unreachable =
+            azure_core::Error::with_message(ErrorKind::Credential, "connection refused");
+        assert_eq!(entra_refusal_status(&unreachable), None);
+        assert_eq!(aadsts_code("x AADSTS700024: y"), Some("AADSTS700024"));
+        assert_eq!(aadsts_code("AADSTS: none"), None);
     }
 
     #[test]

@@ -41,6 +41,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use crate::crds::SidecarLogLevel;
 
 pub mod certs;
+pub mod identity;
 pub mod metrics;
 pub mod mutate;
 pub mod psa;

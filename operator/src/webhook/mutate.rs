@@ -32,6 +32,7 @@
 //!   naming the container and variable. Keeping the user's value silently would send the app to
 //!   another key or vault than the binding it matched, and failures would surface only at release.
 //! - **Workload identity** label missing: a warning, never a change (the user owns the identity).
+//!   With the label, the sidecar gets the app containers' workload identity ([`super::identity`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -766,10 +767,12 @@ pub fn mutate(
     let mut warnings = Vec::new();
     if !has_wi {
         warnings.push(format!(
-            "ckb-operator: {who} has no label {WORKLOAD_IDENTITY_LABEL}: \"true\"; the SKR sidecar authenticates to Key Vault through Azure workload identity (bindings {})",
+            "ckb-operator: {who} has no label {WORKLOAD_IDENTITY_LABEL}: \"true\"; the SKR sidecar authenticates to Key Vault through Azure workload identity, and without it gets no AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_FEDERATED_TOKEN_FILE and falls back to the node's managed identity (IMDS), which cannot release the key (bindings {})",
             binding_names.join(", ")
         ));
     }
+    // 8. The pod's workload identity for the sidecar, whatever the webhook order (see identity.rs).
+    warnings.extend(super::identity::share_with_sidecar(&mut out).warning(&who));
     let changed = &out != pod;
     Ok(Mutated {
         pod: out,

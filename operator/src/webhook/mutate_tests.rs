@@ -843,3 +843,193 @@ fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
     let d = decide(&pod(), &[b], &SidecarDefaults::default(), &classes());
     assert!(matches!(d, Decision::Patch { .. }), "{d:?}");
 }
+
+// --- Workload identity for the sidecar, whatever the webhook order (identity.rs) ---
+
+const WI_VOLUME: &str = "azure-workload-identity-reserved-0123456789abcdef";
+const WI_TOKEN_FILE: &str = "/var/run/secrets/azure/wi/token/azure-identity-token";
+
+/// What the Azure Workload Identity webhook (v1.6.0, pkg/webhook) does to a pod: every container
+/// gets the four variables it lacks and the token mount (replaced by name), and the pod the
+/// projected volume (replaced by name). A model for the unit tests; the e2e suite runs the real one.
+fn awi_mutates(pod: &mut Value) {
+    let env = [
+        ("AZURE_CLIENT_ID", "00000000-0000-4000-8000-000000000001"),
+        ("AZURE_TENANT_ID", "00000000-0000-4000-8000-0000000000aa"),
+        ("AZURE_FEDERATED_TOKEN_FILE", WI_TOKEN_FILE),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+    ];
+    let mount =
+        json!({"name": WI_VOLUME, "mountPath": "/var/run/secrets/azure/wi", "readOnly": true});
+    let spec = pod["spec"].as_object_mut().unwrap();
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let c = c.as_object_mut().unwrap();
+            let e = c.entry("env").or_insert_with(|| json!([]));
+            for (name, value) in env {
+                if !e.as_array().unwrap().iter().any(|v| v["name"] == name) {
+                    e.as_array_mut()
+                        .unwrap()
+                        .push(json!({"name": name, "value": value}));
+                }
+            }
+            let m = c.entry("volumeMounts").or_insert_with(|| json!([]));
+            let m = m.as_array_mut().unwrap();
+            match m.iter_mut().find(|v| v["name"] == WI_VOLUME) {
+                Some(existing) => *existing = mount.clone(),
+                None => m.push(mount.clone()),
+            }
+        }
+    }
+    let volume = json!({"name": WI_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "path": "token/azure-identity-token", "expirationSeconds": 3600, "audience": "api://AzureADTokenExchange"}}]}});
+    let vols = spec.entry("volumes").or_insert_with(|| json!([]));
+    let vols = vols.as_array_mut().unwrap();
+    match vols.iter_mut().find(|v| v["name"] == WI_VOLUME) {
+        Some(existing) => *existing = volume,
+        None => vols.push(volume),
+    }
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// How many times each AZURE_* variable and the token mount appear in a container.
+fn identity_counts(c: &Value) -> (BTreeMap<String, usize>, usize) {
+    let mut env = BTreeMap::new();
+    for e in c["env"].as_array().into_iter().flatten() {
+        let n = e["name"].as_str().unwrap();
+        if n.starts_with("AZURE_") {
+            *env.entry(n.to_string()).or_insert(0) += 1;
+        }
+    }
+    let mounts = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == WI_VOLUME)
+        .count();
+    (env, mounts)
+}
+
+fn full_identity() -> (BTreeMap<String, usize>, usize) {
+    let env = [
+        "AZURE_AUTHORITY_HOST",
+        "AZURE_CLIENT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_TENANT_ID",
+    ]
+    .into_iter()
+    .map(|n| (n.to_string(), 1))
+    .collect();
+    (env, 1)
+}
+
+#[test]
+fn awi_before_us_the_sidecar_gets_the_same_identity_once() {
+    let bs = [binding("orders-key", "orders", Some(POLICY_A))];
+    let mut p = pod();
+    awi_mutates(&mut p);
+    let once = apply(
+        &p,
+        &decide(&p, &bs, &SidecarDefaults::default(), &classes()),
+    );
+    let skr = container(&once, "skr");
+    assert_eq!(identity_counts(skr), full_identity());
+    // The same values and the same mount as the app container.
+    let app = container(&once, "app");
+    for name in [
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE",
+    ] {
+        let get = |c: &Value| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+        };
+        assert_eq!(get(skr), get(app), "{name}");
+    }
+    assert!(skr["volumeMounts"].as_array().unwrap().contains(
+        &json!({"name": WI_VOLUME, "mountPath": "/var/run/secrets/azure/wi", "readOnly": true})
+    ));
+    // Our re-invocation changes nothing; AWI's re-invocation (IfNeeded upstream) neither.
+    assert_eq!(
+        decide(&once, &bs, &SidecarDefaults::default(), &classes()),
+        Decision::Allow { warnings: vec![] }
+    );
+    let mut again = once.clone();
+    awi_mutates(&mut again);
+    assert_eq!(again, once);
+}
+
+#[test]
+fn awi_after_us_mutates_the_sidecar_and_our_reinvocation_adds_nothing() {
+    let bs = [binding("orders-key", "orders", Some(POLICY_A))];
+    let p = pod();
+    let ours = apply(
+        &p,
+        &decide(&p, &bs, &SidecarDefaults::default(), &classes()),
+    );
+    // AWI has not run yet: the sidecar has no identity of its own making.
+    assert_eq!(identity_counts(container(&ours, "skr")).1, 0);
+    let mut after_awi = ours.clone();
+    awi_mutates(&mut after_awi);
+    assert_eq!(
+        identity_counts(container(&after_awi, "skr")),
+        full_identity()
+    );
+    assert_eq!(
+        decide(&after_awi, &bs, &SidecarDefaults::default(), &classes()),
+        Decision::Allow { warnings: vec![] }
+    );
+}
+
+#[test]
+fn pod_without_the_label_gets_no_identity_and_a_warning_naming_the_fallback() {
+    let bs = [binding("orders-key", "orders", Some(POLICY_A))];
+    let mut p = pod();
+    awi_mutates(&mut p);
+    p["metadata"]["labels"] = json!({"app": "orders"});
+    let d = decide(&p, &bs, &SidecarDefaults::default(), &classes());
+    let Decision::Patch { warnings, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("IMDS"), "{}", warnings[0]);
+    assert!(warnings[0].contains("managed identity"), "{}", warnings[0]);
+    let got = apply(&p, &d);
+    assert_eq!(
+        identity_counts(container(&got, "skr")),
+        (BTreeMap::new(), 0)
+    );
+}
+
+#[test]
+fn render_shows_the_sidecar_with_the_identity_genpolicy_must_see() {
+    let mut p = pod();
+    awi_mutates(&mut p);
+    let m = mutate(
+        &p,
+        &[binding("orders-key", "orders", None)],
+        &SidecarDefaults::default(),
+        &classes(),
+        Mode::Render,
+    )
+    .unwrap();
+    assert_eq!(identity_counts(container(&m.pod, "skr")), full_identity());
+}

@@ -1,0 +1,425 @@
+//! Workload identity end to end, on a real control plane:
+//!
+//! - the real Azure Workload Identity (AWI) webhook (built from its Go module by
+//!   `e2e/scripts/build-awi.sh`) registered beside ours, under its shipped configuration name
+//!   (which the API server calls before ours), and under a name that sorts after ours: either way
+//!   the injected `skr` sidecar of the pod the API server stores carries the pod's `AZURE_*`
+//!   variables and token mount exactly once; a pod without the opt-in label gets our warning and
+//!   no identity in `skr`;
+//! - the operator authenticates to Key Vault with the workload identity the chart configures: a
+//!   ServiceAccount token from the API server's TokenRequest API, refreshed before it expires,
+//!   exchanged at the Entra ID double; the Key Vault double sees tokens of the Entra double only;
+//!   a federation for another subject is a `KeyVaultForbidden` condition naming the identity.
+//!
+//! Run one at a time: `cargo test -p ckb-e2e --test workload_identity_e2e -- --test-threads=1`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use ckb_crds::conditions::{reasons, types};
+use ckb_e2e::suite_env::{
+    DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, wait_for,
+};
+use ckb_e2e::workload_identity::{
+    AUTHORITY_HOST_URL, AWI_TENANT_ID, AwiWebhook, IdentityOptions, OPERATOR_CLIENT_ID,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use serde_json::{Value, json};
+
+/// AWI's configuration name as its chart and manifests ship it.
+const AWI_SHIPPED_NAME: &str = "azure-wi-webhook-mutating-webhook-configuration";
+/// A name that sorts after ours (`ckb-operator`).
+const AWI_LATER_NAME: &str = "zz-azure-wi-webhook-mutating-webhook-configuration";
+/// Our configuration's name (the chart's full name for release `ckb-operator`).
+const OUR_CONFIGURATION: &str = "ckb-operator";
+/// The client id on the apps' ServiceAccount (`azure.workload.identity/client-id`).
+const APP_CLIENT_ID: &str = "0d3a5e7c-0000-4000-8000-0000000000a1";
+const APPS: &str = "wi-apps";
+const IDENTITY_VARS: [&str; 4] = [
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+];
+
+fn policy_rego() -> String {
+    "package agent_policy\n\n# workload identity e2e\ndefault CreateContainerRequest := true\n"
+        .into()
+}
+
+/// The apps' ServiceAccount (federated in Entra), the policy ConfigMap and a binding of key
+/// `key` to the pods `app=<app>`.
+fn apps_yaml(binding: &str, app: &str, key: &str) -> String {
+    let rego: String = policy_rego()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {app}
+  namespace: {APPS}
+  annotations:
+    azure.workload.identity/client-id: {APP_CLIENT_ID}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {binding}-policy
+  namespace: {APPS}
+  labels:
+    ckb.dev/policy: "true"
+data:
+  policy.rego: |
+{rego}---
+apiVersion: ckb.dev/v1alpha1
+kind: ConfidentialKeyBinding
+metadata:
+  name: {binding}
+  namespace: {APPS}
+spec:
+  podSelector:
+    matchLabels:
+      app: {app}
+  key:
+    vault: {DEMO_VAULT}
+    name: {key}
+    type: RSA-HSM
+    size: 2048
+  attestation:
+    authority: {DEMO_AUTHORITY}
+  policy:
+    configMapRef:
+      name: {binding}-policy
+      key: policy.rego
+"#
+    )
+}
+
+/// A confidential pod `app=<app>` running as ServiceAccount `<app>`, opted in to workload identity
+/// when `wi`.
+fn pod_json(name: &str, app: &str, wi: bool) -> Value {
+    let mut labels = json!({"app": app});
+    if wi {
+        labels["azure.workload.identity/use"] = json!("true");
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": APPS, "labels": labels},
+        "spec": {
+            "runtimeClassName": "kata-cc-isolation",
+            "serviceAccountName": app,
+            "containers": [{"name": "app", "image": "registry.example/app:1.0"}],
+        },
+    })
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> Result<&'a Value> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("no container {name} in {pod}"))
+}
+
+/// The AZURE_* variables of a container: name -> every value it has (to see duplicates).
+fn azure_env(c: &Value) -> Vec<(String, String)> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let n = e["name"].as_str()?;
+            n.starts_with("AZURE_")
+                .then(|| (n.to_string(), e["value"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+/// Checks that the stored pod's `skr` carries the app container's identity, each variable and the
+/// token mount exactly once; returns the token file path.
+fn assert_sidecar_identity(pod: &Value, case: &str) -> Result<String> {
+    let app = container(pod, "app")?;
+    let skr = container(pod, "skr")?;
+    let app_env = azure_env(app);
+    let skr_env = azure_env(skr);
+    for var in IDENTITY_VARS {
+        let in_skr: Vec<&(String, String)> = skr_env.iter().filter(|(n, _)| n == var).collect();
+        ensure!(
+            in_skr.len() == 1,
+            "{case}: skr has {var} {} times: {skr_env:?}",
+            in_skr.len()
+        );
+        let in_app: Vec<&(String, String)> = app_env.iter().filter(|(n, _)| n == var).collect();
+        ensure!(
+            in_app.len() == 1 && in_app[0].1 == in_skr[0].1,
+            "{case}: {var} differs between app ({in_app:?}) and skr ({in_skr:?})"
+        );
+    }
+    let get = |var: &str| {
+        skr_env
+            .iter()
+            .find(|(n, _)| n == var)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    ensure!(
+        get("AZURE_CLIENT_ID") == APP_CLIENT_ID,
+        "{case}: {skr_env:?}"
+    );
+    ensure!(
+        get("AZURE_TENANT_ID") == AWI_TENANT_ID,
+        "{case}: {skr_env:?}"
+    );
+    ensure!(
+        get("AZURE_AUTHORITY_HOST") == AUTHORITY_HOST_URL,
+        "{case}: {skr_env:?}"
+    );
+    let file = get("AZURE_FEDERATED_TOKEN_FILE");
+    // The token mount: the one volume AWI added, mounted once in skr where app has it.
+    let volumes: Vec<&Value> = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            v.pointer("/projected/sources/0/serviceAccountToken/audience")
+                == Some(&json!("api://AzureADTokenExchange"))
+        })
+        .collect();
+    ensure!(volumes.len() == 1, "{case}: token volumes {volumes:?}");
+    let volume = volumes[0]["name"].as_str().unwrap_or_default();
+    let mounts_of = |c: &Value| -> Vec<Value> {
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["name"] == volume)
+            .cloned()
+            .collect()
+    };
+    let (skr_mounts, app_mounts) = (mounts_of(skr), mounts_of(app));
+    ensure!(
+        skr_mounts.len() == 1 && skr_mounts == app_mounts,
+        "{case}: token mount in skr {skr_mounts:?}, in app {app_mounts:?}"
+    );
+    let dir = skr_mounts[0]["mountPath"].as_str().unwrap_or_default();
+    ensure!(
+        file.starts_with(&format!("{}/", dir.trim_end_matches('/'))),
+        "{case}: {file} is not under the token mount {dir}"
+    );
+    ensure!(skr_mounts[0]["readOnly"] == json!(true), "{case}");
+    Ok(file)
+}
+
+/// Creates a pod with kubectl (so the API server's warnings come back) and returns the pod the
+/// API server stored, with kubectl's stderr.
+async fn create_pod(env: &Environment, pod: &Value) -> Result<(Value, String)> {
+    let out = env.kubectl_stdin_output(&["create", "-f", "-"], &pod.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        bail!("kubectl create failed: {stderr}");
+    }
+    let api: Api<Pod> = Api::namespaced(env.cp.client(), APPS);
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let stored = api.get(name).await?;
+    Ok((serde_json::to_value(stored)?, stderr))
+}
+
+/// Whether AWI mutates a pod right now (a server-side dry run through the whole admission chain).
+async fn awi_active(env: &Environment) -> Result<bool> {
+    let probe = pod_json("probe", "orders", true);
+    let out = env.kubectl_stdin_output(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &probe.to_string(),
+    )?;
+    if !out.status.success() {
+        bail!("dry run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pod: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(!azure_env(container(&pod, "app")?).is_empty())
+}
+
+async fn wait_awi(env: &Environment, active: bool) -> Result<()> {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("AWI admission active={active}"),
+        || async move { Ok((awi_active(env).await? == active).then_some(())) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_awi_webhook_gives_the_sidecar_the_pods_identity_in_either_order() -> Result<()> {
+    let env = Environment::start(EnvOptions::default()).await?;
+    let awi = AwiWebhook::start(&env.cp).await?;
+    env.create_namespace(APPS, true)?;
+    env.apply_yaml(&apps_yaml("orders-key", "orders", "orders"))?;
+    env.wait_binding_ready(APPS, "orders-key").await?;
+    assert!(AWI_SHIPPED_NAME < OUR_CONFIGURATION && OUR_CONFIGURATION < AWI_LATER_NAME);
+
+    // (name, reinvocationPolicy): as shipped (before ours; the API server re-invokes it after our
+    // change), before ours without re-invocation (then only our copy gives skr the identity), and
+    // after ours (it mutates skr itself; our re-invocation must add nothing).
+    let cases = [
+        (AWI_SHIPPED_NAME, "IfNeeded"),
+        (AWI_SHIPPED_NAME, "Never"),
+        (AWI_LATER_NAME, "IfNeeded"),
+    ];
+    for (i, (name, reinvocation)) in cases.into_iter().enumerate() {
+        let case = format!("AWI as {name} (reinvocationPolicy {reinvocation})");
+        env.apply_yaml(&awi.configuration_yaml(name, reinvocation))?;
+        wait_awi(&env, true).await.context(case.clone())?;
+        let (pod, stderr) = create_pod(&env, &pod_json(&format!("orders-{i}"), "orders", true))
+            .await
+            .context(case.clone())?;
+        assert_sidecar_identity(&pod, &case)?;
+        assert!(
+            !stderr.contains("azure.workload.identity/use"),
+            "{case}: unexpected warning {stderr}"
+        );
+        env.kubectl(&["delete", "mutatingwebhookconfiguration", name])?;
+        wait_awi(&env, false).await.context(case)?;
+    }
+
+    // Without the label AWI leaves the pod alone (its object selector), and we warn.
+    env.apply_yaml(&awi.configuration_yaml(AWI_SHIPPED_NAME, "IfNeeded"))?;
+    wait_awi(&env, true).await?;
+    let (pod, stderr) = create_pod(&env, &pod_json("orders-nolabel", "orders", false)).await?;
+    assert!(
+        stderr.contains("Warning:")
+            && stderr.contains("azure.workload.identity/use")
+            && stderr.contains("IMDS"),
+        "kubectl stderr: {stderr}"
+    );
+    let skr = container(&pod, "skr")?;
+    assert_eq!(azure_env(skr), Vec::<(String, String)>::new(), "{skr}");
+    assert!(
+        skr["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|m| !m["mountPath"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("/var/run/secrets/azure")),
+        "{skr}"
+    );
+    drop(awi);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_clear_refusal()
+-> Result<()> {
+    let opts = EnvOptions {
+        // The kubelet refreshes a projected token at 80 % of its lifetime; here every 3 s.
+        identity: IdentityOptions {
+            token_ttl: Duration::from_secs(600),
+            refresh_every: Some(Duration::from_secs(3)),
+        },
+        // Renewed 5 minutes before expiry by the SDK: a new exchange every few seconds.
+        entra_token_lifetime: Duration::from_secs(303),
+        resync_period: Duration::from_secs(3),
+        ..EnvOptions::default()
+    };
+    let env = Environment::start(opts).await?;
+    env.create_namespace(APPS, true)?;
+    env.apply_yaml(&apps_yaml("orders-key", "orders", "orders"))?;
+    env.wait_binding_ready(APPS, "orders-key").await?;
+    let entra = env.double.entra();
+    let identity = env.identity.as_ref().context("identity")?;
+    let operator_subject = format!("system:serviceaccount:{NAMESPACE}:ckb-operator");
+
+    // Several exchanges, with at least two different (refreshed) ServiceAccount tokens.
+    wait_for(
+        Duration::from_secs(60),
+        "exchanges with a refreshed federated token",
+        || async {
+            let iats: BTreeSet<i64> = entra
+                .exchanges()
+                .iter()
+                .filter_map(|e| e.assertion_iat)
+                .collect();
+            Ok((iats.len() >= 3 && identity.refreshes() >= 2).then_some(()))
+        },
+    )
+    .await?;
+    let exchanges = entra.exchanges();
+    for e in &exchanges {
+        assert_eq!(e.status, 200, "{e:?}");
+        assert_eq!(e.client_id.as_deref(), Some(OPERATOR_CLIENT_ID), "{e:?}");
+        assert_eq!(
+            e.assertion_issuer.as_deref(),
+            Some(identity.issuer.as_str())
+        );
+        assert_eq!(
+            e.assertion_subject.as_deref(),
+            Some(operator_subject.as_str())
+        );
+        // Never an expired ServiceAccount token.
+        assert!(e.assertion_exp.is_some_and(|exp| exp > e.at), "{e:?}");
+    }
+    env.wait_binding_ready(APPS, "orders-key").await?;
+
+    // The vault saw tokens of the Entra double only, issued to the operator's identity.
+    let calls: Vec<_> = env
+        .double
+        .log()
+        .into_iter()
+        .filter(|e| e.host.ends_with(".vault.azure.net") && e.authenticated)
+        .collect();
+    assert!(calls.len() >= 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(c.token_issuer, Some(entra.issuer()), "{c:?}");
+        assert_eq!(
+            c.token_client_id.as_deref(),
+            Some(OPERATOR_CLIENT_ID),
+            "{c:?}"
+        );
+        assert!(c.status.is_some_and(|s| s < 400), "{c:?}");
+    }
+
+    // The federated credential now names another ServiceAccount: Entra refuses the exchange, and
+    // a new binding says so, naming the identity.
+    entra.set_credentials(vec![ckb_doubles::FederatedCredential::service_account(
+        OPERATOR_CLIENT_ID,
+        &identity.issuer,
+        NAMESPACE,
+        "not-the-operator",
+    )]);
+    // Wait for a refused exchange (the next resync of orders-key): then no access token of the
+    // right federation is cached any more.
+    wait_for(Duration::from_secs(60), "a refused exchange", || async {
+        Ok(entra
+            .exchanges()
+            .iter()
+            .any(|e| e.aadsts == Some(700213))
+            .then_some(()))
+    })
+    .await?;
+    env.apply_yaml(&apps_yaml("audit-key", "audit", "audit"))?;
+    let b = env
+        .wait_binding_condition(
+            APPS,
+            "audit-key",
+            types::KEY_READY,
+            "False",
+            Some(reasons::KEY_VAULT_FORBIDDEN),
+            Duration::from_secs(90),
+        )
+        .await?;
+    let (_, _, message) = Environment::condition(&b, types::KEY_READY).context("KeyReady")?;
+    for needle in [
+        OPERATOR_CLIENT_ID,
+        operator_subject.as_str(),
+        "AADSTS700213",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    Ok(())
+}
