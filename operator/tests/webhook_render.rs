@@ -287,7 +287,7 @@ fn render_notes_what_workload_identity_adds_to_the_sidecar_at_admission() {
     // The Deployment opts in to workload identity; the CronJob does not.
     let wi: Vec<&String> = notes
         .iter()
-        .filter(|n| n.contains("AZURE_FEDERATED_TOKEN_FILE"))
+        .filter(|n| n.contains("opts in to workload identity"))
         .collect();
     assert_eq!(wi.len(), 1, "{notes:?}");
     assert!(wi[0].starts_with("Deployment payments/"), "{}", wi[0]);
