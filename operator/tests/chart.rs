@@ -1812,7 +1812,10 @@ fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
     // The runtime stage: nothing but the static binary, the CA bundle (reqwest and kube trust the
     // OS store), passwd/group for the non-root user, /tmp and the SBOM: one COPY of a root filesystem.
     let runtime = &instructions[instructions.iter().position(|l| l == froms[1]).unwrap()..];
-    assert_eq!(*froms[1], "FROM scratch", "the runtime stage is empty but for the build's files");
+    assert_eq!(
+        *froms[1], "FROM scratch",
+        "the runtime stage is empty but for the build's files"
+    );
     let copies: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY")).collect();
     assert_eq!(copies, [&"COPY --from=build /rootfs/ /"]);
     for needed in [
