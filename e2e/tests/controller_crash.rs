@@ -82,6 +82,10 @@ async fn install_crd(client: &kube::Client) -> Result<()> {
     crds.create(&PostParams::default(), &ConfidentialKeyBinding::crd())
         .await
         .context("creating the CRD")?;
+    // The chart installs the grant CRD beside it; the operator waits for both.
+    crds.create(&PostParams::default(), &ckb_operator::crds::grant::crd())
+        .await
+        .context("creating the grant CRD")?;
     let bindings: Api<ConfidentialKeyBinding> = Api::all(client.clone());
     poll(
         Duration::from_secs(60),

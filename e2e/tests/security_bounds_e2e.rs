@@ -40,7 +40,9 @@ fn binding(ns: &str, name: &str, key: &str, patch: Value) -> ConfidentialKeyBind
         "podSelector": {"matchLabels": {"app": name}},
         "key": {"vault": VAULT, "name": key, "type": "RSA-HSM", "size": 2048},
         "attestation": {"authority": DEMO_AUTHORITY, "complianceStatus": "azure-signed-katacc-uvm"},
-        "policy": {"configMapRef": {"name": "policy", "key": "policy.rego"}}
+        // These bindings are about the cluster's bounds, not about pinning: they follow the
+        // ConfigMap explicitly (the operator's default is Pinned).
+        "policy": {"configMapRef": {"name": "policy", "key": "policy.rego"}, "source": "ConfigMap"}
     });
     merge(&mut spec, patch);
     let mut b = ConfidentialKeyBinding::new(name, serde_json::from_value(spec).expect("spec"));
