@@ -95,6 +95,9 @@ spec:
     configMapRef:
       name: {binding}-policy
       key: policy.rego
+    # Follows the ConfigMap (the explicit opt-in; the default pins hashes): this suite is about
+    # identity, not pinning.
+    source: ConfigMap
 "#
     )
 }
