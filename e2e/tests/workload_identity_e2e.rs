@@ -384,7 +384,11 @@ async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_cle
             Some(OPERATOR_CLIENT_ID),
             "{c:?}"
         );
-        assert!(c.status.is_some_and(|s| s < 400), "{c:?}");
+        // Accepted (a 404 is the read before the key is created), never refused for its token.
+        assert!(
+            c.status.is_some_and(|s| s != 401 && s != 403 && s < 500),
+            "{c:?}"
+        );
     }
 
     // The federated credential now names another ServiceAccount: Entra refuses the exchange, and
