@@ -394,7 +394,18 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
         );
     }
 
-    // Graceful stop on SIGTERM.
+    // Graceful stop on SIGTERM. The bindings may all be Ready before the last restarted operator
+    // has even installed its handler (they were made Ready by an earlier one): wait for its first
+    // log line, which it writes only after the handler is installed.
+    poll(
+        Duration::from_secs(30),
+        "the last operator to start (its first log line)",
+        async || {
+            let len = std::fs::metadata(&last_log).map(|m| m.len()).unwrap_or(0);
+            Ok((len > 0).then_some(()))
+        },
+    )
+    .await?;
     let pid = op.child.id().context("pid")?;
     std::process::Command::new("kill")
         .arg("-TERM")
