@@ -4,7 +4,8 @@
 # From a fresh clone on a fresh machine: installs the tools, builds the local control plane
 # (Kubernetes from Go modules; 15-25 min the first time, cached afterwards), then runs format,
 # lints, unit and integration tests, the chart tests and the end-to-end suite on a real API server
-# (including installing the chart from a local OCI registry).
+# (including building the release image for both architectures and installing the chart and the
+# image from a local OCI registry).
 # Every step prints a timestamp and the elapsed time, so a long step never looks like a hang.
 #
 # Environment:
@@ -67,12 +68,16 @@ else
 fi
 
 if [[ "${CKB_TEST_SKIP_E2E:-}" != 1 ]]; then
-  # The local OCI registry (the README test installs the chart from it) and crane.
-  step "tools: crane, OCI registry (distribution)"
-  bash scripts/install-tools.sh crane registry
-  # The release image (scripts/image.sh all: static musl binaries for linux/amd64 and linux/arm64,
-  # SBOM, daemon-less assembly, checks) is a separate command for now: its cold cross build takes
-  # 25-40 min on two cores. Its e2e test (oci_install, ignored here) runs after it.
+  # The local OCI registry (the README test and oci_install push to it), crane, the cross toolchain
+  # (Debian's musl and aarch64 packages) and cargo-cyclonedx.
+  step "tools: crane, OCI registry (distribution), cross toolchain, cargo-cyclonedx"
+  bash scripts/install-tools.sh crane registry cross cyclonedx
+  # The release image: static musl binaries for linux/amd64 and linux/arm64, SBOM, daemon-less
+  # assembly, then its checks (unpacked, run, user, modes, architecture, static, labels, SBOM vs
+  # Cargo.lock, reproducible digest). The cross build is cached like the control plane; the first one
+  # takes 15-30 min on two cores. e2e/tests/oci_install.rs then installs from it.
+  step "release image for linux/amd64 and linux/arm64 (scripts/image.sh all; cached after the first build)"
+  bash scripts/image.sh all
 
   step "end-to-end suite on the local control plane (one test at a time)"
   cargo test -j2 -p ckb-e2e -- --test-threads=1

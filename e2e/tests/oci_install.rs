@@ -104,7 +104,6 @@ impl Drop for LocalOperator {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the release image of `scripts/image.sh all` (a 25-40 min cross build, not yet in the test command): scripts/image.sh all && cargo test -p ckb-e2e --test oci_install -- --ignored"]
 async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_binding()
 -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
