@@ -60,6 +60,11 @@ pub mod tags {
     /// value, `<namespace>/<name>` or a binding's UID, names the one binding allowed to take the
     /// key over (`spec.key.adopt: true`). The operator removes it once the key is taken over.
     pub const ADOPT: &str = "ckb-adopt";
+    /// Tag the operator keeps on its keys: when each hash still in the release policy stopped
+    /// being current or pinned, as `<first 16 hex digits>=<Unix seconds>` entries separated by
+    /// commas. Key Vault is the memory of retirements that survives an operator restart (the
+    /// binding's status can be rewritten by anyone with status rights).
+    pub const RETIRED: &str = "ckb-retired";
 }
 
 /// Declares that a Key Vault key may be released only to this namespace's confidential pods that run

@@ -7,6 +7,10 @@
 //!   admin did not allow (the operator's flags, or a ConfidentialKeyGrant): each is refused with
 //!   its condition reason and an Event, and the Key Vault double's request log shows the vault
 //!   was never contacted for it; a granted binding still becomes Ready;
+//! - narrowing a grant (an authority, a namespace) refuses the bindings it no longer covers, with
+//!   no request to the vault for them;
+//! - the grant CRD is optional: without it the caches sync ("no grants"), and a CRD installed
+//!   later is picked up;
 //! - the policy cache holds only what bindings reference: a 0.9 MB labelled ConfigMap nobody
 //!   references is not in memory.
 //!
@@ -351,6 +355,46 @@ async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admi
     assert!(env.key(VAULT_HOST, "team-a-orders").is_some());
     assert!(env.key(VAULT_HOST, "simple-key").is_some());
 
+    // The cluster admin narrows the grant: the authority the binding names is no longer allowed,
+    // then (authority back) the namespace is no longer granted. Each time the binding is refused
+    // and its vault is not contacted for it.
+    let grants: Api<ConfidentialKeyGrant> = Api::all(admin.clone());
+    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
+    let other_authority = "https://sharedwus.wus.attest.azure.net";
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"attestation": {"authorities": [other_authority]}}})),
+        )
+        .await?;
+    expect_refused(&env, ns, "granted", reasons::AUTHORITY_NOT_ALLOWED).await?;
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "attestation": {"authorities": [DEMO_AUTHORITY]},
+                "namespaces": {"names": [other_ns]}
+            }})),
+        )
+        .await?;
+    expect_refused(&env, ns, "granted", reasons::NAMESPACE_NOT_GRANTED).await?;
+    assert_eq!(
+        requests_for_key(&env.double.log(), "team-a-orders").len(),
+        before,
+        "the vault was contacted for a binding the narrowed grant no longer covers"
+    );
+    // Widened back, the binding is Ready again, its key as it was.
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"namespaces": {"names": [ns]}}})),
+        )
+        .await?;
+    env.wait_binding_ready(ns, "granted").await?;
+
     // The grant goes: its binding stops at GrantNotFound, and nothing more is sent for its key.
     let before = requests_for_key(&env.double.log(), "team-a-orders").len();
     Api::<ConfidentialKeyGrant>::all(admin.clone())
@@ -368,8 +412,19 @@ async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admi
 }
 
 async fn install_crds(client: &Client) -> Result<()> {
+    install(
+        client,
+        [ckb_operator::crds::crd(), ckb_operator::crds::grant::crd()],
+    )
+    .await
+}
+
+async fn install(
+    client: &Client,
+    crds_: impl IntoIterator<Item = CustomResourceDefinition>,
+) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [ckb_operator::crds::crd(), ckb_operator::crds::grant::crd()] {
+    for crd in crds_ {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crds.create(&PostParams::default(), &crd).await?;
         wait_for(WAIT, &format!("CRD {name} established"), || {
@@ -558,6 +613,42 @@ async fn the_policy_cache_holds_only_what_bindings_reference_capped_at_the_annot
         "{} bytes held",
         cached_bytes(&store)
     );
+    task.abort();
+    Ok(())
+}
+
+/// A cluster that never installed the grant CRD (simple mode only): the caches sync, so the
+/// readiness probe and the controller do not wait for ever; a CRD installed later is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_grant_crd_the_caches_sync_with_no_grants_and_pick_it_up_later() -> Result<()> {
+    let cp = ControlPlane::start().await.context("control plane")?;
+    let client = cp.client();
+    install(&client, [ckb_operator::crds::crd()]).await?;
+    let (caches, _triggers, driver) = reflectors(client.clone());
+    let task = tokio::spawn(driver);
+    tokio::time::timeout(WAIT, caches.wait_until_ready())
+        .await
+        .context("the caches did not sync without the grant CRD")?;
+    assert!(caches.grants.grants.state().is_empty());
+
+    install(&client, [ckb_operator::crds::grant::crd()]).await?;
+    let grant: ConfidentialKeyGrant = ConfidentialKeyGrant::new(
+        "later",
+        serde_json::from_value(json!({
+            "vault": VAULT,
+            "namespaces": {"names": ["team-a"]},
+            "attestation": {"authorities": [DEMO_AUTHORITY]}
+        }))?,
+    );
+    Api::<ConfidentialKeyGrant>::all(client.clone())
+        .create(&PostParams::default(), &grant)
+        .await?;
+    let store = caches.grants.grants.clone();
+    wait_for(WAIT, "the grant in the cache", || {
+        let store = store.clone();
+        async move { Ok((!store.state().is_empty()).then_some(())) }
+    })
+    .await?;
     task.abort();
     Ok(())
 }

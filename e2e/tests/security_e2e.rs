@@ -1,11 +1,13 @@
 //! The trust model (`docs/security.md`) tried as an attacker would, on a real control plane with
 //! the real operator and the Key Vault double. Each attack is run by a user with exactly the
 //! rights it names: a ServiceAccount bound to the built-in `edit` ClusterRole in one namespace
-//! (pods and ConfigMaps, no `ckb.dev` rights), or a cluster admin where the point is that even
-//! what such a user writes (a binding's status) is not trusted. Each is shown to change nothing in
-//! Key Vault, from the double's request log and key state; the legitimate flows next to them
-//! (a policy change by the binding's author with a rollout, a re-created binding claiming its key
-//! with the owner's consent) still work.
+//! (pods and ConfigMaps, no `ckb.dev` rights), one bound to `admin` where writing a binding is
+//! the point (the chart aggregates binding writes into `admin`, not status writes), or a cluster
+//! admin where the point is that even what such a user writes (a binding's status) is not
+//! trusted. Each is shown to change nothing in Key Vault, from the double's request log and key
+//! state; the legitimate flows next to them (a policy change by the binding's author with a
+//! rollout, a binding of an earlier version told what to pin, a re-created binding claiming its
+//! key with the owner's consent) still work.
 //!
 //! Run one at a time: `cargo test -p ckb-e2e --test security_e2e -- --test-threads=1`.
 
@@ -90,29 +92,68 @@ spec:
     )
 }
 
-/// A ServiceAccount `mallory` of `ns` bound to the built-in `edit` ClusterRole there, and a client
+/// A ServiceAccount `name` of `ns` bound to the built-in ClusterRole `role` there, and a client
 /// authenticated as it.
-async fn edit_user(env: &Environment, ns: &str) -> Result<kube::Client> {
+async fn user_bound_to(
+    env: &Environment,
+    ns: &str,
+    name: &str,
+    role: &str,
+) -> Result<kube::Client> {
     env.apply_yaml(&format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: mallory\n  namespace: {ns}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: mallory-edit\n  \
-         namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: edit\n\
-         subjects:\n  - kind: ServiceAccount\n    name: mallory\n    namespace: {ns}\n"
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {ns}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}-{role}\n  \
+         namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {role}\n\
+         subjects:\n  - kind: ServiceAccount\n    name: {name}\n    namespace: {ns}\n"
     ))?;
     let token = env
         .cp
-        .token_for_service_account(ns, "mallory", Duration::from_secs(3600))
+        .token_for_service_account(ns, name, Duration::from_secs(3600))
         .await?;
     let client = env
         .cp
-        .client_for_token(&format!("system:serviceaccount:{ns}:mallory"), &token)
+        .client_for_token(&format!("system:serviceaccount:{ns}:{name}"), &token)
         .await?;
     // RBAC takes a moment to see a new RoleBinding: wait until the user may list pods.
-    wait_for(WAIT, "the edit RoleBinding to take effect", || {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        async move { Ok(pods.list(&ListParams::default()).await.ok().map(|_| ())) }
-    })
+    wait_for(
+        WAIT,
+        &format!("the {role} RoleBinding to take effect"),
+        || {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            async move { Ok(pods.list(&ListParams::default()).await.ok().map(|_| ())) }
+        },
+    )
     .await?;
+    Ok(client)
+}
+
+/// Applies a binding (YAML) as `client`, a user bound to `admin` in its namespace: waits until
+/// the chart's aggregated role gives `admin` the right to write bindings.
+async fn apply_binding_as(client: &kube::Client, yaml: &str) -> Result<()> {
+    let b: ConfidentialKeyBinding = serde_saphyr::from_str(yaml).context("binding YAML")?;
+    let ns = b.metadata.namespace.clone().context("namespace")?;
+    let api: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        WAIT,
+        "the namespace admin to be allowed to write bindings",
+        || {
+            let (api, b) = (api.clone(), b.clone());
+            async move {
+                match api.create(&PostParams::default(), &b).await {
+                    Ok(_) => Ok(Some(())),
+                    Err(kube::Error::Api(e)) if e.code == 403 => bail!("not yet: {}", e.message),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// A ServiceAccount `mallory` of `ns` bound to the built-in `edit` ClusterRole there, and a client
+/// authenticated as it.
+async fn edit_user(env: &Environment, ns: &str) -> Result<kube::Client> {
+    let client = user_bound_to(env, ns, "mallory", "edit").await?;
     // What `edit` is: ConfigMaps and pods yes, writing bindings no.
     let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), ns);
     let mine: ConfidentialKeyBinding = serde_json::from_value(json!({
@@ -238,6 +279,54 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
     ))?;
     env.wait_binding_ready(ns, "orders").await?;
     assert_eq!(hashes_in_key(&env, "orders-key")?, set(&[&h1]));
+
+    // --- Migration: a binding as written for earlier versions (no spec.policy.sha256, no
+    // source) under the chart's default (Pinned): Key Vault is not contacted for its key, and
+    // the condition gives the exact line to add; with that line added it is Ready.
+    let legacy: ConfidentialKeyBinding = serde_json::from_value(json!({
+        "apiVersion": "ckb.dev/v1alpha1", "kind": "ConfidentialKeyBinding",
+        "metadata": {"name": "legacy", "namespace": ns},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "legacy"}},
+            "key": {"vault": format!("https://{VAULT_HOST}"), "name": "legacy-key",
+                    "type": "RSA-HSM", "size": 2048},
+            "attestation": {"authority": DEMO_AUTHORITY},
+            "policy": {"configMapRef": {"name": "orders-policy", "key": "policy.rego"}}
+        }
+    }))?;
+    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(env.cp.client(), ns);
+    bindings.create(&PostParams::default(), &legacy).await?;
+    let b = env
+        .wait_binding_condition(
+            ns,
+            "legacy",
+            types::POLICY_RESOLVED,
+            "False",
+            Some(reasons::POLICY_NOT_PINNED),
+            WAIT,
+        )
+        .await?;
+    let (_, _, msg) = Environment::condition(&b, types::POLICY_RESOLVED).context("condition")?;
+    let line = format!("`spec.policy.sha256: [\"{h1}\"]`");
+    assert!(msg.contains(&format!("add {line} to the binding")), "{msg}");
+    wait_warning(&env, ns, "legacy", reasons::POLICY_NOT_PINNED).await?;
+    assert!(
+        env.double
+            .log()
+            .iter()
+            .all(|e| !e.path.starts_with("/keys/legacy-key")),
+        "Key Vault was contacted for an unpinned binding"
+    );
+    patch_binding(
+        &env,
+        ns,
+        "legacy",
+        json!({"spec": {"policy": {"sha256": [h1]}}}),
+    )
+    .await?;
+    env.wait_binding_ready(ns, "legacy").await?;
+    assert_eq!(hashes_in_key(&env, "legacy-key")?, set(&[&h1]));
+
     let mallory = edit_user(&env, ns).await?;
     let pods: Api<Pod> = Api::namespaced(mallory.clone(), ns);
     // A legitimate pod, injected with v1 (created by the edit user, as workloads are).
@@ -348,13 +437,20 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
     .await?;
     assert_eq!(hashes_in_key(&env, "orders-key")?, set(&[&h1, &h2]));
 
-    // --- Attack 6 (cluster admin, status rights): mark v1 and the evil policy as in grace until
-    // 2099.
+    // --- Attack 6: mark v1 and the evil policy as in grace until 2099. The edit user has no
+    // status rights at all; a cluster admin (status rights) does it.
     let status = json!({"status": {"policy": {"boundHashes": [
         {"hash": h1, "reason": "Grace", "since": "2099-01-01T00:00:00Z"},
         {"hash": h2, "reason": "Current", "since": "2026-01-01T00:00:00Z"},
         {"hash": he, "reason": "Grace", "since": "2099-01-01T00:00:00Z"},
     ]}}});
+    match Api::<ConfidentialKeyBinding>::namespaced(mallory.clone(), ns)
+        .patch_status("orders", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => bail!("the edit user should not patch the binding's status: {other:?}"),
+    }
     Api::<ConfidentialKeyBinding>::namespaced(env.cp.client(), ns)
         .patch_status("orders", &PatchParams::default(), &Patch::Merge(&status))
         .await?;
@@ -440,7 +536,8 @@ fn key_tags(env: &Environment, name: &str) -> Result<Value> {
 }
 
 /// Attacks 3 (adopt across namespaces without the owner's consent) and 4 (a namespace deleted
-/// and re-created with the same name inheriting a Retained key); and the documented claim.
+/// and re-created with the same name inheriting a Retained key), each by the admin of the
+/// attacking namespace (writing bindings is `admin`'s, not `edit`'s); and the documented claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Result<()> {
     let env = Environment::start(EnvOptions::default()).await?;
@@ -448,21 +545,26 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let h1 = h(&v1);
     let their = "ab".repeat(32);
 
-    // --- Attack 3: a binding in a namespace that is not even opted in, `adopt: true` and
-    // `deletionPolicy: Delete`, on another team's untagged key.
+    // --- Attack 3: the admin of a namespace that is not even opted in writes a binding with
+    // `adopt: true` and `deletionPolicy: Delete`, on another team's untagged key.
     let ns = "sec-thief";
     env.create_namespace(ns, false)?;
+    let thief = user_bound_to(&env, ns, "thief", "admin").await?;
     create_key_as_owner(&env, "team-a-key", json!({"team": "a"}), &their).await?;
     env.double.clear_log();
     env.apply_yaml(&config_map_yaml(ns, "thief-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "thief",
-        "team-a-key",
-        std::slice::from_ref(&h1),
-        true,
-        "Delete",
-    ))?;
+    apply_binding_as(
+        &thief,
+        &binding_yaml(
+            ns,
+            "thief",
+            "team-a-key",
+            std::slice::from_ref(&h1),
+            true,
+            "Delete",
+        ),
+    )
+    .await?;
     let b = env
         .wait_binding_condition(
             ns,
@@ -476,7 +578,7 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let (_, _, msg) = Environment::condition(&b, types::KEY_READY).context("KeyReady")?;
     assert!(msg.contains("ckb-adopt=sec-thief/thief"), "{msg}");
     wait_warning(&env, ns, "thief", reasons::ADOPT_CONSENT_MISSING).await?;
-    Api::<ConfidentialKeyBinding>::namespaced(env.cp.client(), ns)
+    Api::<ConfidentialKeyBinding>::namespaced(thief.clone(), ns)
         .delete("thief", &DeleteParams::default())
         .await?;
     wait_for(WAIT, "the thief binding gone", || async {
@@ -516,19 +618,36 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
         "Retain keeps the key"
     );
 
+    // The new namespace's admin (another team, the same namespace name) writes a binding of the
+    // same name for the same key.
     let v2 = policy_rego("someone else's");
     let h2 = h(&v2);
     env.double.clear_log();
     env.create_namespace(ns, true)?;
+    let newcomer = user_bound_to(&env, ns, "newcomer", "admin").await?;
     env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v2))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "team-key",
-        std::slice::from_ref(&h2),
-        false,
-        "Delete",
-    ))?;
+    // The namespace admin writes bindings but not their status (the chart's role has no status).
+    let forged = json!({"status": {"key": {"id": "https://x/keys/team-key/v0", "version": "v0",
+                                           "keyType": "RSA-HSM"}}});
+    match Api::<ConfidentialKeyBinding>::namespaced(newcomer.clone(), ns)
+        .patch_status("orders", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => bail!("a namespace admin patched a binding's status: {other:?}"),
+    }
+    apply_binding_as(
+        &newcomer,
+        &binding_yaml(
+            ns,
+            "orders",
+            "team-key",
+            std::slice::from_ref(&h2),
+            false,
+            "Delete",
+        ),
+    )
+    .await?;
     let b = env
         .wait_binding_condition(
             ns,
@@ -548,15 +667,16 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     assert_eq!(writes_to(&env.double.log(), "team-key"), Vec::new());
     assert_eq!(hashes_in_key(&env, "team-key")?, set(&[&h1]));
 
-    // --- Legitimate: the documented claim. The binding asks (adopt: true) and the key's owner,
-    // with Key Vault rights, consents with the tag; the key is then this binding's.
-    patch_binding(
-        &env,
-        ns,
-        "orders",
-        json!({"spec": {"key": {"adopt": true}}}),
-    )
-    .await?;
+    // --- Legitimate: the documented claim. The binding's author (the namespace admin) asks
+    // (adopt: true) and the key's owner, with Key Vault rights, consents with the tag; the key is
+    // then this binding's.
+    Api::<ConfidentialKeyBinding>::namespaced(newcomer.clone(), ns)
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"key": {"adopt": true}}})),
+        )
+        .await?;
     env.wait_binding_condition(
         ns,
         "orders",

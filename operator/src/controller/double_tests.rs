@@ -542,3 +542,158 @@ async fn throughput_to_ready_under_real_throttling() {
         rates[0]
     );
 }
+
+fn namespace(name: &str) -> kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> {
+    use kube::core::PartialObjectMetaExt as _;
+    kube::api::ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+    .into_response_partial()
+}
+
+fn grant(spec: serde_json::Value) -> ckb_crds::grant::ConfidentialKeyGrant {
+    ckb_crds::grant::ConfidentialKeyGrant::new("payments", serde_json::from_value(spec).unwrap())
+}
+
+/// Narrowing a grant re-plans the binding that names it: each narrowing (an authority, the
+/// namespace, a key type) refuses it with its reason and a Warning event, and the vault gets not
+/// one request for it; widened again, it is Ready with its key as it was.
+#[tokio::test]
+async fn narrowing_a_grant_refuses_its_binding_without_contacting_the_vault() {
+    use kube::runtime::watcher::Event;
+    // No --allowed-vault: the grant alone admits the vault.
+    let mut s = setup(false).await;
+    s.h.namespaces
+        .apply_watcher_event(&Event::Apply(namespace("payments")));
+    let wide = serde_json::json!({
+        "vault": "https://demo.vault.azure.net",
+        "namespaces": {"names": ["payments"]},
+        "keyTypes": ["RSA-HSM"],
+        "attestation": {"authorities": ["https://sharedeus.eus.attest.azure.net"]}
+    });
+    s.h.grants
+        .apply_watcher_event(&Event::Apply(grant(wide.clone())));
+    let mut b = binding();
+    b.spec.grant_ref = Some(ckb_crds::GrantRef {
+        name: "payments".into(),
+    });
+    s.h.reconcile(&mut b).await.unwrap();
+    assert_eq!(cond(&b, types::READY).0, "True");
+    let policy = stored_policy(&s).await;
+
+    let narrowings = [
+        (
+            serde_json::json!({"attestation": {"authorities": ["https://sharedwus.wus.attest.azure.net"]}}),
+            reasons::AUTHORITY_NOT_ALLOWED,
+        ),
+        (
+            serde_json::json!({"namespaces": {"names": ["billing"]}}),
+            reasons::NAMESPACE_NOT_GRANTED,
+        ),
+        (
+            serde_json::json!({"keyTypes": ["EC-HSM"]}),
+            reasons::KEY_TYPE_NOT_ALLOWED,
+        ),
+    ];
+    for (narrow, reason) in narrowings {
+        let mut spec = wide.clone();
+        for (k, v) in narrow.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        s.h.grants.apply_watcher_event(&Event::Apply(grant(spec)));
+        s.double.clear_log();
+        s.h.api.clear();
+        s.h.reconcile(&mut b).await.unwrap();
+        assert_eq!(cond(&b, types::KEY_READY), ("False".into(), reason.into()));
+        assert_eq!(cond(&b, types::READY).0, "False");
+        assert!(
+            s.h.api
+                .events()
+                .contains(&("Warning".to_string(), reason.to_string())),
+            "{reason}: {:?}",
+            s.h.api.events()
+        );
+        assert!(
+            s.double.log().is_empty(),
+            "{reason}: the vault was contacted: {:?}",
+            calls(&s.double.log())
+        );
+        // Widened again: Ready, nothing written.
+        s.h.grants
+            .apply_watcher_event(&Event::Apply(grant(wide.clone())));
+        s.h.reconcile(&mut b).await.unwrap();
+        assert_eq!(cond(&b, types::READY).0, "True", "{reason}");
+        assert_eq!(writes(&s.double.log()), Vec::<String>::new());
+    }
+    assert_eq!(stored_policy(&s).await, policy);
+}
+
+/// When a hash retired is recorded on the key (tag `ckb-retired`), so an operator restart (or a
+/// new leader) neither forgets it nor lets a rewritten status lengthen the hash's life.
+#[tokio::test]
+async fn a_restart_neither_forgets_nor_lengthens_a_retirement() {
+    let mut s = setup(true).await;
+    let mut b = binding();
+    s.h.reconcile(&mut b).await.unwrap();
+    // The policy changes to B at t0: A retires (grace 10m) and the retirement is on the key.
+    s.h.set_policy(REGO_B);
+    s.h.reconcile(&mut b).await.unwrap();
+    let k = s.admin.get_key(&url(), "orders-key").await.unwrap();
+    let a = crate::policy::hash_rego(REGO_A.as_bytes()).to_string();
+    assert_eq!(
+        k.tags.get(ckb_crds::tags::RETIRED),
+        Some(&format!("{}={}", &a[..16], t0().as_second()))
+    );
+    // Someone with status rights moves A's retirement to t0+9m (not in the future then).
+    let nine = (t0() + jiff::SignedDuration::from_mins(9)).to_string();
+    for h in &mut b
+        .status
+        .as_mut()
+        .unwrap()
+        .policy
+        .as_mut()
+        .unwrap()
+        .bound_hashes
+    {
+        if h.hash == a {
+            h.since = nine.clone();
+        }
+    }
+    // The operator restarts: a new process, no memory, the same vault.
+    let dir = tempfile::tempdir().unwrap();
+    let mut restarted = Harness::with_vault(
+        demo_allowed(true),
+        quick(),
+        Arc::new(client(&s.double, &dir)),
+    );
+    restarted.set_policy(REGO_B);
+    // Within A's grace (t0+5m): A is still bound, counted from t0 (not lost).
+    restarted.advance(300);
+    restarted.reconcile(&mut b).await.unwrap();
+    let bound = &b
+        .status
+        .as_ref()
+        .unwrap()
+        .policy
+        .as_ref()
+        .unwrap()
+        .bound_hashes;
+    let a_bound = bound.iter().find(|h| h.hash == a).expect("A still bound");
+    assert_eq!(a_bound.since, t0().to_string());
+    // At t0+10m30s the grace is over, whatever the status says: A is pruned.
+    restarted.advance(330);
+    s.double.clear_log();
+    restarted.reconcile(&mut b).await.unwrap();
+    let now = crate::policy::ReleasePolicy::parse_json(&stored_policy(&s).await).unwrap();
+    let want = crate::policy::ReleasePolicy::parse_json(&policy_json(&b, &[REGO_B])).unwrap();
+    assert!(now.same_meaning(&want));
+    assert_eq!(writes(&s.double.log()).len(), 1);
+    let k = s.admin.get_key(&url(), "orders-key").await.unwrap();
+    assert!(
+        !k.tags.contains_key(ckb_crds::tags::RETIRED),
+        "{:?}",
+        k.tags
+    );
+    assert_eq!(k.tags, owner_tags(&b, CLUSTER));
+}

@@ -14,8 +14,10 @@
 //!
 //! Anything else goes. A pod never adds a hash. What the status says is a hint, never the truth:
 //! a previous hash that Key Vault's release policy does not hold is not "bound before" (a status
-//! patch cannot add one), a retirement time in the future counts as now, and a retirement this
-//! process saw earlier than the status says wins (a status patch cannot lengthen a hash's life).
+//! patch cannot add one), a retirement time in the future counts as now, and the earliest of the
+//! status's time, the one this process saw and the one recorded on the key in Key Vault (tag
+//! `ckb-retired`, see [`encode_retired`]) wins: a status patch cannot lengthen a hash's life,
+//! neither while the process runs nor across a restart or a change of leader.
 //! A hash that was `Additional` and is no longer listed goes at once: the user removed it on
 //! purpose.
 
@@ -69,6 +71,9 @@ pub struct HashInputs<'a> {
     pub pods: &'a BTreeMap<String, Timestamp>,
     /// When this process first saw each hash of the binding retired.
     pub seen_retired: &'a BTreeMap<String, Timestamp>,
+    /// The retirements recorded on the key (its `ckb-retired` tag, see [`decode_retired`]),
+    /// by hash prefix.
+    pub recorded: &'a BTreeMap<String, Timestamp>,
     /// The time of this reconcile.
     pub now: Timestamp,
     /// How long a retired hash stays bound without qualifying pods.
@@ -134,10 +139,13 @@ pub fn allowed_hashes(i: HashInputs<'_>) -> Allowed {
             }
             BoundHashReason::Additional => continue,
         };
-        let retired = match i.seen_retired.get(&p.hash) {
-            Some(seen) => from_status.min(*seen),
-            None => from_status,
-        };
+        let retired = [
+            i.seen_retired.get(&p.hash),
+            i.recorded.get(record_prefix(&p.hash)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(from_status, |t, other| t.min(*other));
         let age = elapsed(retired, now);
         if age >= i.ceiling {
             continue;
@@ -183,6 +191,51 @@ pub fn remember_retired(
         .collect()
 }
 
+/// Hex digits of a hash that name it in the `ckb-retired` tag (64 bits: the hash must also be in
+/// the release policy to count, so a prefix is enough to tell the few retired ones apart).
+const RECORD_PREFIX: usize = 16;
+
+/// The longest value of a Key Vault tag.
+const TAG_VALUE_LIMIT: usize = 256;
+
+fn record_prefix(hash: &str) -> &str {
+    hash.get(..RECORD_PREFIX).unwrap_or(hash)
+}
+
+/// The `ckb-retired` tag value for these retirements (`None`: no retired hash, no tag): the
+/// earliest first, as many as fit a tag value (about nine; a hash left out is still bounded by
+/// the status and this process's memory).
+pub fn encode_retired(retired: &BTreeMap<String, Timestamp>) -> Option<String> {
+    let mut by_time: Vec<_> = retired.iter().collect();
+    by_time.sort_by_key(|(h, t)| (**t, (*h).clone()));
+    let mut out = String::new();
+    for (hash, t) in by_time {
+        let entry = format!("{}={}", record_prefix(hash), t.as_second());
+        let sep = usize::from(!out.is_empty());
+        if out.len() + sep + entry.len() > TAG_VALUE_LIMIT {
+            break;
+        }
+        if sep == 1 {
+            out.push(',');
+        }
+        out.push_str(&entry);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The retirements a `ckb-retired` tag value records, by hash prefix; malformed entries are
+/// ignored (the tag is the operator's; nothing else writes it).
+pub fn decode_retired(value: &str) -> BTreeMap<String, Timestamp> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (prefix, secs) = entry.trim().split_once('=')?;
+            let t = Timestamp::from_second(secs.parse().ok()?).ok()?;
+            Some((prefix.to_string(), t))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +257,7 @@ mod tests {
         additional: Vec<String>,
         pods: BTreeMap<String, Timestamp>,
         seen: BTreeMap<String, Timestamp>,
+        recorded: BTreeMap<String, Timestamp>,
         in_vault: Option<BTreeSet<String>>,
     }
 
@@ -214,6 +268,7 @@ mod tests {
             additional: vec![],
             pods: BTreeMap::new(),
             seen: BTreeMap::new(),
+            recorded: BTreeMap::new(),
             in_vault: None,
         }
     }
@@ -233,6 +288,7 @@ mod tests {
                 in_vault: Some(self.in_vault.as_ref().unwrap_or(&vault)),
                 pods: &self.pods,
                 seen_retired: &self.seen,
+                recorded: &self.recorded,
                 now: t(now),
                 grace: GRACE,
                 ceiling: CEILING,
@@ -410,5 +466,58 @@ mod tests {
         );
         let second = step(A).run(&first.bound, "2026-02-01T00:00:00Z");
         assert_eq!(second.bound, first.bound);
+    }
+
+    #[test]
+    fn the_retirement_recorded_on_the_key_survives_a_restart_and_a_status_patch() {
+        let first = step(A).run(&[], T0);
+        let second = step(B).run(&first.bound, T1);
+        // What the operator writes to the key's ckb-retired tag, read back after a restart.
+        let tag = encode_retired(&second.retired()).unwrap();
+        assert_eq!(tag, format!("{}={}", &A[..16], t(T1).as_second()));
+        let recorded = decode_retired(&tag);
+        // Status rewritten to retire A later (before now: the clamp alone cannot tell); the new
+        // process has no memory of its own.
+        let mut patched = second.bound.clone();
+        patched[0].since = "2026-01-01T01:09:00Z".into();
+        let mut s = step(B);
+        s.recorded = recorded.clone();
+        let after = s.run(&patched, "2026-01-01T01:10:30Z");
+        assert_eq!(
+            after.hashes(),
+            [B.to_string()].into(),
+            "grace ended at 01:10"
+        );
+        // Not lost either: within its grace the hash stays, counted from the recorded time.
+        let within = s.run(&patched, "2026-01-01T01:05:00Z");
+        assert_eq!(within.bound[0].since, T1);
+        assert_eq!(within.next_expiry, Some(Duration::from_secs(300)));
+        // Without the record (a key of an earlier version), the status is all there is.
+        let unrecorded = step(B).run(&patched, "2026-01-01T01:10:30Z");
+        assert_eq!(unrecorded.bound[0].reason, BoundHashReason::Grace);
+    }
+
+    #[test]
+    fn the_retired_tag_fits_a_key_vault_tag_value_keeping_the_earliest() {
+        assert_eq!(encode_retired(&BTreeMap::new()), None);
+        let many: BTreeMap<String, Timestamp> = (0..20u8)
+            .map(|i| {
+                let hash = format!("{:02x}", i).repeat(32);
+                let at = t(T0) + jiff::SignedDuration::from_secs(i64::from(20 - i));
+                (hash, at)
+            })
+            .collect();
+        let tag = encode_retired(&many).unwrap();
+        assert!(tag.len() <= 256, "{}", tag.len());
+        let back = decode_retired(&tag);
+        assert!(back.len() >= 8, "{back:?}");
+        // The earliest retirements are the ones kept (they expire first and matter most).
+        let latest_kept = back.values().max().unwrap();
+        for (h, at) in &many {
+            if !back.contains_key(&h[..16]) {
+                assert!(at > latest_kept);
+            }
+        }
+        assert!(decode_retired("junk,,x=y,abc=12").len() == 1);
     }
 }

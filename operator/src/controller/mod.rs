@@ -3,6 +3,8 @@
 //! - [`plan`]: the pure decision (policy resolution, allowed hashes, key checks, status, events).
 //! - [`hashes`]: which policy hashes a release policy allows.
 //! - [`grant`]: the cluster's bounds on what a binding may ask for (grants, or the flags).
+//! - [`grant_watch`]: the grants' watch (the grant CRD is optional) and what a grant change
+//!   re-plans.
 //! - [`status`]: conditions and their transition times.
 //! - [`index`]: pure lookups between bindings, policy ConfigMaps and injected pods.
 //! - [`reconcile`]: the I/O around the decision, the finalizer, the error policy.
@@ -49,6 +51,7 @@ use std::time::Duration;
 
 pub mod backoff;
 pub mod grant;
+pub mod grant_watch;
 pub mod hashes;
 pub mod index;
 pub mod leader;
@@ -60,6 +63,8 @@ pub mod uninjected;
 
 #[cfg(test)]
 mod double_tests;
+#[cfg(test)]
+mod grant_watch_tests;
 #[cfg(test)]
 mod plan_tests;
 #[cfg(test)]

@@ -15,7 +15,7 @@ use ckb_crds::{
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::hashes::{Allowed, HashInputs, allowed_hashes};
+use super::hashes::{Allowed, HashInputs, allowed_hashes, decode_retired, encode_retired};
 use super::status::{Wanted, conditions, new_failures};
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, NewKey, VaultKey, VaultUrl};
 use crate::policy::{PolicyHash, ReleasePolicy, hash_rego};
@@ -205,12 +205,23 @@ pub enum KeyAction {
     None,
     /// Create the key.
     Create(NewKey),
-    /// Replace the release policy of the current version.
+    /// Replace the release policy of the current version (and the tags, when the retired hashes
+    /// recorded on the key change with it).
     UpdatePolicy {
         /// Version to patch.
         version: String,
         /// The new release policy.
         policy_json: String,
+        /// The key's tags with the new `ckb-retired` record, if it changes.
+        tags: Option<BTreeMap<String, String>>,
+    },
+    /// Record on the key when its retired hashes retired (the `ckb-retired` tag, see
+    /// [`super::hashes::encode_retired`]); the release policy is already right.
+    RecordRetired {
+        /// Version to patch.
+        version: String,
+        /// The key's tags with the new `ckb-retired` record.
+        tags: BTreeMap<String, String>,
     },
     /// Take over an untagged key: add our tags and set the release policy.
     Adopt {
@@ -517,6 +528,14 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
     }
 
     // 2. Allowed hashes and the release policy they make (nothing to bind: no policy at all).
+    let recorded = match &observed.key {
+        KeyObservation::Present(k) => k
+            .tags
+            .get(tags::RETIRED)
+            .map(|v| decode_retired(v))
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
     let in_vault: Option<BTreeSet<String>> = match &observed.key {
         KeyObservation::Present(k) => Some(
             k.release_policy
@@ -542,6 +561,7 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
             in_vault: in_vault.as_ref(),
             pods: &observed.pod_policies,
             seen_retired: &observed.seen_retired,
+            recorded: &recorded,
             now: observed.now,
             grace: config.hash_grace,
             ceiling: config.retention_ceiling,
@@ -598,11 +618,15 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
         }
         (Some((allowed, Ok(release))), true) => {
             let policy_json = release.to_json();
+            let retired_tag = encode_retired(&allowed.retired());
             let (key_cond, sync_cond, act, key_st) = decide_key(
                 binding,
                 &observed.key,
-                release,
-                &policy_json,
+                Desired {
+                    release,
+                    policy_json: &policy_json,
+                    retired_tag: retired_tag.as_deref(),
+                },
                 config,
                 previous.key.as_ref(),
             );
@@ -618,6 +642,7 @@ pub fn plan(binding: &ConfidentialKeyBinding, observed: &Observed, config: &Plan
                     | KeyAction::UpdatePolicy { .. }
                     | KeyAction::Adopt { .. }
                     | KeyAction::Retag { .. }
+                    | KeyAction::RecordRetired { .. }
             ) || synced.as_ref().is_some_and(|s| s.ok);
             let mut p = status.policy.clone().unwrap_or_default();
             if current.is_some() {
@@ -668,14 +693,33 @@ fn failure_events(
 
 type KeyDecision = (Wanted, Wanted, KeyAction, Option<KeyStatus>);
 
+/// What the key should hold.
+struct Desired<'a> {
+    release: &'a ReleasePolicy,
+    policy_json: &'a str,
+    /// The `ckb-retired` tag value (`None`: no tag).
+    retired_tag: Option<&'a str>,
+}
+
 fn decide_key(
     binding: &ConfidentialKeyBinding,
     key: &KeyObservation,
-    desired: &ReleasePolicy,
-    policy_json: &str,
+    want: Desired<'_>,
     config: &PlanConfig,
     previous_key: Option<&KeyStatus>,
 ) -> KeyDecision {
+    let Desired {
+        release: desired,
+        policy_json,
+        retired_tag,
+    } = want;
+    let with_retired = |mut t: BTreeMap<String, String>| {
+        match retired_tag {
+            Some(v) => t.insert(tags::RETIRED.to_string(), v.to_string()),
+            None => t.remove(tags::RETIRED),
+        };
+        t
+    };
     let key_name = &binding.spec.key.name;
     let vault = binding.spec.key.vault_url();
     let waiting = || {
@@ -860,7 +904,7 @@ fn decide_key(
                         None,
                     );
                 }
-                let mut tags = k.tags.clone();
+                let mut tags = with_retired(k.tags.clone());
                 tags.remove(ckb_crds::tags::ADOPT);
                 tags.extend(owner_tags(binding, &config.cluster_uid));
                 return (
@@ -875,7 +919,7 @@ fn decide_key(
                 );
             }
             if migrate_tags && !immutable {
-                let mut tags = k.tags.clone();
+                let mut tags = with_retired(k.tags.clone());
                 tags.extend(owner_tags(binding, &config.cluster_uid));
                 return (
                     available("is ours and matches the spec"),
@@ -888,11 +932,19 @@ fn decide_key(
                     Some(key_status(k, &origin)),
                 );
             }
+            let tags_same = k.tags.get(tags::RETIRED).map(String::as_str) == retired_tag;
             if same {
+                let action = match tags_same {
+                    true => KeyAction::None,
+                    false => KeyAction::RecordRetired {
+                        version: k.version.clone(),
+                        tags: with_retired(k.tags.clone()),
+                    },
+                };
                 return (
                     available("is ours and matches the spec"),
                     synced(),
-                    KeyAction::None,
+                    action,
                     Some(key_status(k, &origin)),
                 );
             }
@@ -915,6 +967,7 @@ fn decide_key(
                 KeyAction::UpdatePolicy {
                     version: k.version.clone(),
                     policy_json: policy_json.to_string(),
+                    tags: (!tags_same).then(|| with_retired(k.tags.clone())),
                 },
                 Some(key_status(k, &origin)),
             )
@@ -974,6 +1027,17 @@ pub fn settle(
                     format!("recovered soft-deleted key {name} in {vault}"),
                     "",
                 ),
+                KeyAction::RecordRetired { tags, .. } => (
+                    "RetirementRecorded",
+                    format!(
+                        "recorded on key {} when its retired hashes stopped being current or                          pinned ({}={}): their grace period and retention ceiling count from then,                          across operator restarts",
+                        key.id,
+                        ckb_crds::tags::RETIRED,
+                        tags.get(ckb_crds::tags::RETIRED)
+                            .map_or("<none>", |v| v.as_str())
+                    ),
+                    "",
+                ),
                 KeyAction::None => return (status, plan.events.clone()),
             };
             let origin = if origin.is_empty() {
@@ -1014,6 +1078,11 @@ pub fn settle(
                     "adding the binding UID tag to the key",
                 ),
                 KeyAction::Recover => (types::KEY_READY, failure_reason(e), "recovering the key"),
+                KeyAction::RecordRetired { .. } => (
+                    types::RELEASE_POLICY_SYNCED,
+                    reasons::SYNC_FAILED,
+                    "recording the retired hashes on the key",
+                ),
                 KeyAction::None => return (status, plan.events.clone()),
             };
             let mut wanted = plan.wanted.clone();

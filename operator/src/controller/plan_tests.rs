@@ -123,6 +123,45 @@ fn our_tags() -> BTreeMap<String, String> {
     owner_tags(&binding(), CLUSTER)
 }
 
+/// The key after the plan's write, as Key Vault then holds it.
+fn written(k: &VaultKey, action: &KeyAction) -> VaultKey {
+    let mut k = k.clone();
+    match action {
+        KeyAction::UpdatePolicy {
+            policy_json, tags, ..
+        } => {
+            k.release_policy = Some(StoredReleasePolicy {
+                content_type: None,
+                json: policy_json.clone(),
+                immutable: false,
+            });
+            if let Some(t) = tags {
+                k.tags = t.clone();
+            }
+        }
+        KeyAction::RecordRetired { tags, .. } => k.tags = tags.clone(),
+        KeyAction::None => {}
+        other => panic!("unexpected action {other:?}"),
+    }
+    k
+}
+
+/// Our tags with this `ckb-retired` record.
+fn tags_retired(record: &str) -> BTreeMap<String, String> {
+    let mut t = our_tags();
+    t.insert(tags::RETIRED.into(), record.into());
+    t
+}
+
+/// The `ckb-retired` entry of a hash retired at `at`.
+fn record(rego: &str, at: &str) -> String {
+    format!(
+        "{}={}",
+        &hash_rego(rego.as_bytes()).to_string()[..16],
+        at.parse::<Timestamp>().unwrap().as_second()
+    )
+}
+
 fn message<'a>(s: &'a ConfidentialKeyBindingStatus, t: &str) -> &'a str {
     &s.conditions.iter().find(|c| c.type_ == t).unwrap().message
 }
@@ -447,7 +486,8 @@ fn out_of_band_edit_is_patched_back() {
         p.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: policy_json(&b, &[REGO_A])
+            policy_json: policy_json(&b, &[REGO_A]),
+            tags: None,
         }
     );
     let (status, events) = settle(&b, &p, Some(&Ok(existing)), now());
@@ -479,14 +519,16 @@ fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gon
         p2.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: both.clone()
+            policy_json: both.clone(),
+            // A's retirement is recorded on the key in the same write.
+            tags: Some(tags_retired(&record(REGO_A, "2026-03-01T12:00:00Z"))),
         }
     );
     assert_eq!(p2.requeue_after, Some(Duration::from_secs(600)));
-    let (s2, _) = settle(&b, &p2, Some(&Ok(with_a.clone())), now());
+    let with_both = written(&with_a, &p2.action);
+    let (s2, _) = settle(&b, &p2, Some(&Ok(with_both.clone())), now());
     assert_eq!(s2.injected_pods, Some(1));
     let b = with_status(b, s2);
-    let with_both = key(our_tags(), Some(&both));
     // After the grace, the pod is still there: A stays (InUse), nothing to write.
     let mut o3 = o.clone();
     o3.key = KeyObservation::Present(with_both.clone());
@@ -513,7 +555,8 @@ fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gon
         p4.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: policy_json(&b, &[REGO_B])
+            policy_json: policy_json(&b, &[REGO_B]),
+            tags: Some(our_tags()),
         }
     );
     assert_eq!(reasons_of(&p4.status), vec![BoundHashReason::Current]);
@@ -947,7 +990,8 @@ fn rollout_by_the_binding_author_pin_both_then_prune() {
         p2.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: both.clone()
+            policy_json: both.clone(),
+            tags: None,
         }
     );
     // Pods rolled; the author removes A from the pin: A gets its grace, then goes.
@@ -959,8 +1003,19 @@ fn rollout_by_the_binding_author_pin_both_then_prune() {
         &observed(resolved(REGO_B), KeyObservation::Present(with_both.clone())),
         &pinned_config(),
     );
-    assert_eq!(p3.action, KeyAction::None, "A is in its grace period");
-    let b4 = with_status(b3, p3.status);
+    // A is in its grace period: the policy stays; when A retired is recorded on the key.
+    assert_eq!(
+        p3.action,
+        KeyAction::RecordRetired {
+            version: "v1".into(),
+            tags: tags_retired(&record(REGO_A, "2026-03-01T12:00:00Z")),
+        }
+    );
+    let (s3, events) = settle(&b3, &p3, Some(&Ok(written(&with_both, &p3.action))), now());
+    assert_eq!(cond(&s3, types::READY).0, "True");
+    assert_eq!(events[0].reason, "RetirementRecorded");
+    let with_both = written(&with_both, &p3.action);
+    let b4 = with_status(b3, s3);
     let mut later = observed(resolved(REGO_B), KeyObservation::Present(with_both));
     later.now = "2026-03-01T12:10:00Z".parse().unwrap();
     let p4 = plan(&b4, &later, &pinned_config());
@@ -968,7 +1023,8 @@ fn rollout_by_the_binding_author_pin_both_then_prune() {
         p4.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: policy_json(&b4, &[REGO_B])
+            policy_json: policy_json(&b4, &[REGO_B]),
+            tags: Some(our_tags()),
         }
     );
 }
@@ -1021,7 +1077,8 @@ fn a_status_patch_cannot_add_a_hash_or_keep_one_forever() {
         p4.action,
         KeyAction::UpdatePolicy {
             version: "v1".into(),
-            policy_json: policy_json(&b3, &[REGO_A])
+            policy_json: policy_json(&b3, &[REGO_A]),
+            tags: None,
         }
     );
 }
@@ -1179,6 +1236,8 @@ mod property {
         },
         /// Time passes.
         Advance(u32),
+        /// The operator restarts (or another replica takes the lead): its memory is gone.
+        Restart,
         /// The operator reconciles.
         Reconcile,
     }
@@ -1206,6 +1265,7 @@ mod property {
                 }
             ),
             (0u32..3 * 3600).prop_map(Ev::Advance),
+            Just(Ev::Restart),
             Just(Ev::Reconcile),
             Just(Ev::Reconcile),
             Just(Ev::Reconcile),
@@ -1276,10 +1336,14 @@ mod property {
         }
     }
 
-    fn vault_key(b: &ConfidentialKeyBinding, hashes: &BTreeSet<String>) -> VaultKey {
+    fn vault_key(
+        b: &ConfidentialKeyBinding,
+        hashes: &BTreeSet<String>,
+        tags_: &BTreeMap<String, String>,
+    ) -> VaultKey {
         let set = hashes.iter().map(|x| x.parse().unwrap()).collect();
         let json = ReleasePolicy::for_binding(&b.spec, &set).unwrap().to_json();
-        key(our_tags(), Some(&json))
+        key(tags_.clone(), Some(&json))
     }
 
     fn hashes_of(json: &str) -> BTreeSet<String> {
@@ -1297,6 +1361,7 @@ mod property {
         let mut pods: Vec<FakePod> = Vec::new();
         let mut now = now();
         let mut vault: Option<BTreeSet<String>> = None;
+        let mut vault_tags: BTreeMap<String, String> = BTreeMap::new();
         let mut seen: BTreeMap<String, Timestamp> = BTreeMap::new();
         // The truth the operator must respect: when each hash held by Key Vault stopped being
         // approved (observed at a reconcile).
@@ -1346,6 +1411,7 @@ mod property {
                     b.status = Some(s);
                 }
                 Ev::Advance(secs) => now += jiff::SignedDuration::from_secs(i64::from(*secs)),
+                Ev::Restart => seen.clear(),
                 Ev::Reconcile => {
                     let policy = match cm {
                         Some(i) => resolved(REGOS[i]),
@@ -1357,7 +1423,7 @@ mod property {
                         policy,
                         key: match &vault {
                             None => KeyObservation::Absent,
-                            Some(set) => KeyObservation::Present(vault_key(&b, set)),
+                            Some(set) => KeyObservation::Present(vault_key(&b, set, &vault_tags)),
                         },
                         pod_policies: found.earliest,
                         seen_retired: seen.clone(),
@@ -1371,11 +1437,18 @@ mod property {
                     // Key Vault after the write.
                     match &p.action {
                         KeyAction::Create(new) => {
-                            vault = Some(hashes_of(new.release_policy_json.as_deref().unwrap()))
+                            vault = Some(hashes_of(new.release_policy_json.as_deref().unwrap()));
+                            vault_tags = new.tags.clone();
                         }
-                        KeyAction::UpdatePolicy { policy_json, .. } => {
-                            vault = Some(hashes_of(policy_json))
+                        KeyAction::UpdatePolicy {
+                            policy_json, tags, ..
+                        } => {
+                            vault = Some(hashes_of(policy_json));
+                            if let Some(t) = tags {
+                                vault_tags = t.clone();
+                            }
                         }
+                        KeyAction::RecordRetired { tags, .. } => vault_tags = tags.clone(),
                         KeyAction::None => {}
                         other => prop_assert!(false, "unexpected action {other:?}"),
                     }

@@ -315,10 +315,14 @@ async fn execute(
         KeyAction::UpdatePolicy {
             version,
             policy_json,
+            tags,
         } => {
             vault
-                .update_key(url, name, version, Some(policy_json), None)
+                .update_key(url, name, version, Some(policy_json), tags.as_ref())
                 .await
+        }
+        KeyAction::RecordRetired { version, tags } => {
+            vault.update_key(url, name, version, None, Some(tags)).await
         }
         KeyAction::Adopt {
             version,

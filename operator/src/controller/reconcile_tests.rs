@@ -39,6 +39,11 @@ pub(super) struct Harness {
     pub(super) ctx: Arc<Context>,
     pub(super) config_maps: Writer<ConfigMap>,
     pods: Writer<Pod>,
+    /// The ConfidentialKeyGrant cache the controller reads.
+    pub(super) grants: Writer<ckb_crds::grant::ConfidentialKeyGrant>,
+    /// The namespace cache (labels, for grant selectors).
+    pub(super) namespaces:
+        Writer<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
     now: Arc<Mutex<Timestamp>>,
 }
 
@@ -74,6 +79,8 @@ impl Harness {
         let client = api.client();
         let (cm_store, config_maps) = reflector::store::<ConfigMap>();
         let (pod_store, pods) = reflector::store::<Pod>();
+        let (grant_store, grants) = reflector::store();
+        let (namespace_store, namespaces) = reflector::store();
         let now = Arc::new(Mutex::new(t0()));
         let clock_now = now.clone();
         let mut reg = registry();
@@ -100,13 +107,19 @@ impl Harness {
             ),
             ControllerMetrics::register(&mut reg),
             Arc::new(move || *clock_now.lock().unwrap()),
-        );
+        )
+        .with_grants(super::runtime::GrantStores {
+            grants: grant_store,
+            namespaces: namespace_store,
+        });
         let mut h = Self {
             api,
             fake: None,
             ctx: Arc::new(ctx),
             config_maps,
             pods,
+            grants,
+            namespaces,
             now,
         };
         h.set_policy(REGO_A);

@@ -40,6 +40,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::grant_watch::{bindings_to_replan, tolerate_missing_crd};
 use super::index::{INJECTED_LABEL, bindings_for_config_map, bindings_for_pod, slim_pod};
 use super::reconcile::{Context, count_ready, error_policy, reconcile};
 
@@ -532,17 +533,12 @@ pub fn reflectors(
     let g_fut = drive(
         "grants",
         grants_w,
-        watcher::watcher(g_api, watcher::Config::default())
-            .default_backoff()
+        // The grant CRD is optional: its absence is "no grants" (see `grant_watch`).
+        tolerate_missing_crd(watcher::watcher(g_api, watcher::Config::default()).default_backoff())
             .modify(|g: &mut ConfidentialKeyGrant| g.metadata.managed_fields = None),
         move |ev| {
-            for g in objects(ev) {
-                let name = g.metadata.name.as_deref();
-                for b in bindings_for_grant.state() {
-                    if b.spec.grant_ref.as_ref().map(|r| r.name.as_str()) == name {
-                        let _ = g_tx.send(ObjectRef::from_obj(b.as_ref()));
-                    }
-                }
+            for r in bindings_to_replan(ev, &bindings_for_grant.state()) {
+                let _ = g_tx.send(r);
             }
         },
     );
