@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ckb_operator::webhook::mutate::{MatchedBinding, SidecarDefaults, decide};
+use ckb_operator::webhook::mutate::{MatchedBinding, PreparedPolicy, SidecarDefaults, decide};
 use ckb_operator::webhook::review;
 use criterion::{Criterion, criterion_main};
 use serde_json::Value;
@@ -30,7 +30,7 @@ fn binding(rego: &str) -> MatchedBinding {
         key_name: "orders-key".into(),
         authority: "https://sharedeus.eus.attest.azure.net".into(),
         sidecar: Default::default(),
-        policy: Some(Arc::from(rego)),
+        policy: Some(Arc::new(PreparedPolicy::new(rego))),
         policy_ref: "ConfigMap orders-policy key policy.rego".into(),
         pinned: vec![],
     }

@@ -899,7 +899,12 @@ impl ckb_operator::webhook::Sources for NotSynced {
     fn bindings(&self, namespace: &str) -> Vec<Arc<ConfidentialKeyBinding>> {
         self.0.bindings(namespace)
     }
-    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<String> {
+    fn policy(
+        &self,
+        namespace: &str,
+        config_map: &str,
+        key: &str,
+    ) -> Option<Arc<ckb_operator::webhook::mutate::PreparedPolicy>> {
         self.0.policy(namespace, config_map, key)
     }
     fn ready(&self) -> bool {

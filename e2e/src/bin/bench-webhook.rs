@@ -7,7 +7,11 @@
 //!   Nagle's algorithm on (how the webhook was served before `TCP_NODELAY`), for the before/after;
 //! - `baseline`: a trivial HTTPS server on the same stack (axum, axum-server, rustls, aws-lc-rs,
 //!   `TCP_NODELAY`) that reads the body and answers the bytes the webhook answers for that body,
-//!   computed once at start.
+//!   computed once at start;
+//! - `profile`: no server; answers the confidential pod's request `--iterations` times in this
+//!   process (parse, decide, encode: the handler minus transport) and exits, for an instruction
+//!   profile under `valgrind --tool=callgrind` (counts are repeatable on a noisy machine, where
+//!   times are not).
 //!
 //! It writes the request bodies (`patch.json`: a confidential pod matched by the binding, `allow.json`:
 //! a pod that needs no change) into `--out`, prints `port=<port>` once listening, and serves until
@@ -46,6 +50,7 @@ enum Mode {
     Webhook,
     WebhookNoNodelay,
     Baseline,
+    Profile,
 }
 
 /// The admission server alone, or its baseline, for `scripts/bench.sh`.
@@ -66,6 +71,9 @@ struct Args {
     /// Log each admission as the operator does (JSON lines on stderr).
     #[arg(long)]
     log: bool,
+    /// Admissions answered in `--mode profile`.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
 }
 
 /// Rego-like text of about `kib` KiB (genpolicy's output for 1-3 containers is 90-150 KiB).
@@ -154,6 +162,21 @@ async fn main() -> Result<()> {
     {
         bail!("the benchmark requests no longer produce a patch and an allow");
     }
+    if args.mode == Mode::Profile {
+        let start = std::time::Instant::now();
+        for _ in 0..args.iterations {
+            std::hint::black_box(answer(
+                &sources,
+                std::hint::black_box(CONFIDENTIAL.as_bytes()),
+            ));
+        }
+        eprintln!(
+            "bench-webhook: {} admissions of the confidential pod in {:?}",
+            args.iterations,
+            start.elapsed()
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("patch.json"), CONFIDENTIAL)?;
     std::fs::write(args.out.join("allow.json"), RUNC)?;
@@ -194,6 +217,7 @@ async fn main() -> Result<()> {
                 .serve(router.into_make_service())
                 .await?;
         }
+        Mode::Profile => unreachable!("returned above"),
         Mode::Baseline => {
             let answers: HashMap<Bytes, Bytes> = [
                 (

@@ -4,7 +4,8 @@ use std::io::Read;
 
 use anyhow::{Context, bail};
 
-use crate::policy::hash::{hash_annotation, hash_rego};
+use crate::policy::hash::hash_rego;
+use crate::webhook::policy::annotation_policy_hash;
 
 /// Arguments of `ckb-operator hash`.
 #[derive(Debug, clap::Args)]
@@ -14,7 +15,7 @@ pub struct HashArgs {
     pub file: String,
     /// The input is the value of the `io.katacontainers.config.agent.policy` annotation (standard
     /// base64 with padding, as genpolicy writes it), not the Rego text. Surrounding whitespace,
-    /// such as a final newline, is ignored.
+    /// such as a final newline, and line breaks (wrapped base64) are ignored, as by the webhook.
     #[arg(long, env = "CKB_HASH_ANNOTATION")]
     pub annotation: bool,
 }
@@ -47,7 +48,7 @@ pub fn hash_of(input: &[u8], annotation: bool, name: &str) -> anyhow::Result<Str
     if annotation {
         let text = std::str::from_utf8(input)
             .with_context(|| format!("{name}: an annotation value must be base64 text"))?;
-        let hash = hash_annotation(text.trim()).with_context(|| name.to_owned())?;
+        let hash = annotation_policy_hash(text.trim()).with_context(|| name.to_owned())?;
         Ok(hash.to_string())
     } else {
         if input.is_empty() {

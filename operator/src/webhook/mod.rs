@@ -1,6 +1,8 @@
 //! The mutating admission webhook: pure pod mutation, its HTTPS server, and its certificates.
 //!
-//! - [`mutate`]: the pure decision (what a confidential pod must become), also used by `render`.
+//! - [`mutate`]: the pure decision (what a confidential pod must become), also used by `render`;
+//!   its steps are in `inject`, binding selection in [`select`].
+//! - [`policy`]: the agent policy prepared once per ConfigMap version (hash, annotation, encoding).
 //! - [`review`]: the AdmissionReview wire format (parse, answer), pure.
 //! - [`sources`]: where bindings and policies come from (reflector stores; no API call per admission).
 //! - [`server`]: the axum router and the TLS server; readiness ([`WebhookState`]).
@@ -42,15 +44,22 @@ use crate::crds::SidecarLogLevel;
 
 pub mod certs;
 pub mod identity;
+mod inject;
 pub mod metrics;
 pub mod mutate;
+pub mod policy;
 pub mod psa;
 pub mod review;
+pub mod select;
 pub mod server;
 pub mod sources;
 
 #[cfg(test)]
 mod mutate_tests;
+#[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
+mod review_tests;
 
 pub use metrics::WebhookMetrics;
 pub use mutate::{Decision, MatchedBinding, SidecarDefaults, decide};

@@ -34,15 +34,15 @@
 //! - **Workload identity** label missing: a warning, never a change (the user owns the identity).
 //!   With the label, the sidecar gets the app containers' workload identity ([`super::identity`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use crate::crds::labels::{AGENT_POLICY, BINDINGS, POLICY_SHA256};
+use super::inject::{self, object_mut};
+pub use super::inject::{app_env, reference_info_volume, sidecar_container};
+pub use super::policy::PreparedPolicy;
+pub use super::select::{pod_labels, select_bindings, selector_matches};
 use crate::crds::{ConfidentialKeyBinding, SidecarLogLevel, SidecarSpec};
 
 /// Name of the injected sidecar container.
@@ -120,8 +120,9 @@ pub struct MatchedBinding {
     pub authority: String,
     /// Sidecar overrides of the binding.
     pub sidecar: SidecarSpec,
-    /// The agent policy (Rego text) from the binding's ConfigMap, if the cache has it.
-    pub policy: Option<Arc<str>>,
+    /// The agent policy from the binding's ConfigMap (prepared once per ConfigMap version), if the
+    /// cache has it.
+    pub policy: Option<Arc<PreparedPolicy>>,
     /// Where the policy comes from (`ConfigMap <name> key <key>`), for messages.
     pub policy_ref: String,
     /// The hashes the binding pins (`spec.policy.sha256`); when not empty, a policy hashing to
@@ -131,7 +132,10 @@ pub struct MatchedBinding {
 
 impl MatchedBinding {
     /// Reduces a binding (and its resolved policy) to what the mutation needs.
-    pub fn from_binding(binding: &ConfidentialKeyBinding, policy: Option<Arc<str>>) -> Self {
+    pub fn from_binding(
+        binding: &ConfidentialKeyBinding,
+        policy: Option<Arc<PreparedPolicy>>,
+    ) -> Self {
         let spec = &binding.spec;
         Self {
             name: binding.metadata.name.clone().unwrap_or_default(),
@@ -171,6 +175,9 @@ pub enum Decision {
     Patch {
         /// The patch, computed as the diff of the request's object and the mutated copy.
         patch: json_patch::Patch,
+        /// The injected policy, when the patch carries its annotation (its encoding is reused
+        /// by the answer, see [`super::policy::encode_patch`]).
+        policy: Option<Arc<PreparedPolicy>>,
         /// Warnings for the client.
         warnings: Vec<String>,
     },
@@ -207,6 +214,8 @@ pub struct Mutated {
     pub changed: bool,
     /// Warnings for the user.
     pub warnings: Vec<String>,
+    /// The agent policy written into the pod ([`Mode::Admission`] only).
+    pub policy: Option<Arc<PreparedPolicy>>,
 }
 
 /// The admission decision: [`mutate`] in [`Mode::Admission`], as a patch against the raw request.
@@ -231,6 +240,7 @@ pub fn decide(
         },
         Ok(m) => Decision::Patch {
             patch: json_patch::diff(pod, &m.pod),
+            policy: m.policy,
             warnings: m.warnings,
         },
     }
@@ -269,230 +279,14 @@ pub fn host_of(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// SHA-256 (lowercase hex) of the Rego text: the pod's `x-ms-sevsnpvm-hostdata`.
-fn policy_hash(rego: &str) -> String {
-    crate::policy::hash::hash_rego(rego.as_bytes()).to_string()
-}
-
-/// SHA-256 of the Rego text an annotation value (standard base64) decodes to.
-// NB: line breaks are dropped first, as the Kata shim's Go decoder (`base64.StdEncoding`) ignores
-// them: a wrapped value runs, and its hash is that of the decoded bytes.
-fn annotation_hash(value: &str) -> Option<String> {
-    let compact: String = value.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-    crate::policy::hash::hash_annotation(&compact)
-        .ok()
-        .map(|h| h.to_string())
-}
-
 /// The annotation value of a policy: standard base64 with padding of the Rego text.
 pub fn encode_policy_annotation(rego: &str) -> String {
     crate::policy::hash::encode_annotation(rego)
 }
 
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
-}
-
-fn pod_label(pod: &Value) -> String {
-    let meta = pod.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-    let generate = meta
-        .and_then(|m| m.get("generateName"))
-        .and_then(Value::as_str);
-    match (name, generate) {
-        (Some(n), _) if !n.is_empty() => format!("pod {n}"),
-        (_, Some(g)) if !g.is_empty() => format!("pod {g}*"),
-        _ => "pod".to_string(),
-    }
-}
-
-fn names(bindings: &[&MatchedBinding]) -> String {
-    bindings
-        .iter()
-        .map(|b| b.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn deny(bindings: &[&MatchedBinding], what: impl std::fmt::Display) -> Denial {
-    let label = if bindings.len() == 1 {
-        "binding"
-    } else {
-        "bindings"
-    };
-    Denial {
-        message: format!("ckb-operator ({label} {}): {what}", names(bindings)),
-    }
-}
-
-/// The effective sidecar settings: defaults, overridden by the bindings; two bindings that set the
-/// same field differently are refused.
-fn effective_sidecar(
-    bindings: &[&MatchedBinding],
-    defaults: &SidecarDefaults,
-) -> Result<SidecarDefaults, Denial> {
-    fn pick<T: PartialEq + Clone + std::fmt::Debug>(
-        bindings: &[&MatchedBinding],
-        field: &str,
-        get: impl Fn(&SidecarSpec) -> Option<T>,
-        default: T,
-    ) -> Result<T, Denial> {
-        let set: Vec<(&MatchedBinding, T)> = bindings
-            .iter()
-            .filter_map(|b| get(&b.sidecar).map(|v| (*b, v)))
-            .collect();
-        match set.first() {
-            None => Ok(default),
-            Some((_, first)) => {
-                if set.iter().all(|(_, v)| v == first) {
-                    Ok(first.clone())
-                } else {
-                    let detail = set
-                        .iter()
-                        .map(|(b, v)| format!("{} sets {v:?}", b.name))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Err(deny(
-                        bindings,
-                        format!(
-                            "the bindings disagree on sidecar {field} ({detail}); one sidecar serves them all"
-                        ),
-                    ))
-                }
-            }
-        }
-    }
-    Ok(SidecarDefaults {
-        image: pick(
-            bindings,
-            "image",
-            |s| s.image.clone(),
-            defaults.image.clone(),
-        )?,
-        port: pick(bindings, "port", |s| s.port, defaults.port)?,
-        log_level: pick(bindings, "logLevel", |s| s.log_level, defaults.log_level)?,
-        resources: pick(
-            bindings,
-            "resources",
-            |s| s.resources.clone().map(Some),
-            defaults.resources.clone(),
-        )?,
-    })
-}
-
-/// The sidecar container as JSON.
-pub fn sidecar_container(sidecar: &SidecarDefaults) -> Value {
-    let mut c = json!({
-        "name": SIDECAR_NAME,
-        "image": sidecar.image,
-        "command": [SIDECAR_COMMAND],
-        "env": [
-            {"name": "SkrSideCarArgs", "value": STANDARD.encode(SKR_SIDECAR_ARGS_JSON)},
-            {"name": "Port", "value": sidecar.port.to_string()},
-            {"name": "LogLevel", "value": sidecar.log_level.as_str()},
-        ],
-        "volumeMounts": [
-            {"name": REFERENCE_INFO_VOLUME, "mountPath": REFERENCE_INFO_PATH, "readOnly": true},
-        ],
-    });
-    if let Some(r) = &sidecar.resources
-        && let Ok(v) = serde_json::to_value(r)
-    {
-        c["resources"] = v;
-    }
-    c
-}
-
-/// The hostPath volume of the reference info.
-pub fn reference_info_volume() -> Value {
-    json!({"name": REFERENCE_INFO_VOLUME, "hostPath": {"path": REFERENCE_INFO_PATH}})
-}
-
-/// The env the app containers get, in order.
-pub fn app_env(bindings: &[&MatchedBinding], port: u16) -> Vec<(String, String)> {
-    let endpoint = format!("http://localhost:{port}");
-    let mut env = vec![(ENV_ENDPOINT.to_string(), endpoint.clone())];
-    let one = bindings.len() == 1;
-    for b in bindings {
-        let sfx = if one {
-            String::new()
-        } else {
-            format!("_{}", env_suffix(&b.name))
-        };
-        if !one {
-            env.push((format!("{ENV_ENDPOINT}{sfx}"), endpoint.clone()));
-        }
-        env.push((
-            format!("{ENV_MAA_ENDPOINT}{sfx}"),
-            host_of(&b.authority).to_string(),
-        ));
-        env.push((
-            format!("{ENV_AKV_ENDPOINT}{sfx}"),
-            host_of(&b.vault).to_string(),
-        ));
-        env.push((format!("{ENV_KEY_NAME}{sfx}"), b.key_name.clone()));
-    }
-    env
-}
-
-/// Whether `have` contains everything `want` says: objects by key (extra keys allowed, e.g. fields
-/// the API server defaulted), arrays of objects element-wise in any order, everything else equal.
-fn contains(have: &Value, want: &Value) -> bool {
-    match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
-        (Value::Array(h), Value::Array(w)) if w.iter().all(Value::is_object) => {
-            w.iter().all(|wv| h.iter().any(|hv| contains(hv, wv)))
-        }
-        _ => have == want,
-    }
-}
-
-fn object_mut<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = parent
-        .entry(key.to_string())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
-    }
-    match slot {
-        Value::Object(m) => m,
-        _ => unreachable!("just made an object"),
-    }
-}
-
-fn array_mut<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = parent
-        .entry(key.to_string())
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !slot.is_array() {
-        *slot = Value::Array(Vec::new());
-    }
-    match slot {
-        Value::Array(a) => a,
-        _ => unreachable!("just made an array"),
-    }
-}
-
-fn container_name(c: &Value) -> &str {
-    c.get("name").and_then(Value::as_str).unwrap_or("")
-}
-
-fn is_native_sidecar(c: &Value) -> bool {
-    c.get("restartPolicy").and_then(Value::as_str) == Some("Always")
-}
-
-fn ports_of(c: &Value) -> impl Iterator<Item = i64> + '_ {
-    c.get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.get("containerPort").and_then(Value::as_i64))
-}
-
 /// Mutates a pod (or a pod template: anything with `metadata` and `spec`) for the bindings that
-/// select it. See the module documentation for the rules.
+/// select it. See the module documentation for the rules; each step is a function of the
+/// `inject` module, run in the order the rules are listed.
 pub fn mutate(
     pod: &Value,
     bindings: &[MatchedBinding],
@@ -500,340 +294,56 @@ pub fn mutate(
     confidential_runtime_classes: &[String],
     mode: Mode,
 ) -> Result<Mutated, Denial> {
-    let unchanged = |warnings| Mutated {
-        pod: pod.clone(),
-        changed: false,
-        warnings,
-    };
-    if !pod.is_object() {
+    let Some(root) = pod.as_object() else {
         return Err(Denial {
             message: "ckb-operator: the object is not a JSON object".to_string(),
         });
-    }
+    };
     if !is_confidential(pod, confidential_runtime_classes) || bindings.is_empty() {
-        return Ok(unchanged(Vec::new()));
+        return Ok(Mutated {
+            pod: pod.clone(),
+            changed: false,
+            warnings: Vec::new(),
+            policy: None,
+        });
     }
-    if pod.get("spec").is_some_and(|s| !s.is_object()) {
+    if root.get("spec").is_some_and(|s| !s.is_object()) {
         return Err(Denial {
             message: "ckb-operator: the pod's spec is not an object".to_string(),
         });
     }
-
     // Sorted and de-duplicated by name: the output must not depend on cache order.
-    let mut sorted: Vec<&MatchedBinding> = bindings.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    sorted.dedup_by(|a, b| a.name == b.name);
-    let bs = sorted.as_slice();
-    let who = pod_label(pod);
+    let mut bs: Vec<&MatchedBinding> = bindings.iter().collect();
+    bs.sort_by(|a, b| a.name.cmp(&b.name));
+    bs.dedup_by(|a, b| a.name == b.name);
+    let bs = bs.as_slice();
+    let who = inject::pod_label(pod);
 
-    // 1. One policy for all bindings.
-    let mut policy: Option<(String, &str)> = None; // (hash, rego)
-    if mode == Mode::Admission {
-        let mut by_hash: BTreeMap<String, Vec<&MatchedBinding>> = BTreeMap::new();
-        let mut rego_of: BTreeMap<String, &str> = BTreeMap::new();
-        for b in bs {
-            let Some(rego) = b.policy.as_deref() else {
-                return Err(deny(
-                    &[*b],
-                    format!(
-                        "the agent policy ({}) is not available; create it (labelled ckb.dev/policy=true) before the pods, or check the binding's status",
-                        b.policy_ref
-                    ),
-                ));
-            };
-            let h = policy_hash(rego);
-            if !b.pinned.is_empty() && !b.pinned.contains(&h) {
-                return Err(deny(
-                    &[*b],
-                    format!(
-                        "the agent policy in {} hashes to {h}, which the binding does not pin: spec.policy.sha256 expects {}; the ConfigMap may have been changed without the binding's review (restore it, or add the new hash to spec.policy.sha256)",
-                        b.policy_ref,
-                        b.pinned.join(" or ")
-                    ),
-                ));
-            }
-            rego_of.entry(h.clone()).or_insert(rego);
-            by_hash.entry(h).or_default().push(b);
-        }
-        if by_hash.len() > 1 {
-            let detail = by_hash
-                .iter()
-                .map(|(h, group)| format!("{} → {}", names(group), short(h)))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(deny(
-                bs,
-                format!(
-                    "{who} is selected by bindings with different agent policies ({detail}); a pod runs exactly one policy, so narrow the podSelectors or use one policy ConfigMap"
-                ),
-            ));
-        }
-        if let Some((h, rego)) = rego_of.into_iter().next() {
-            policy = Some((h, rego));
-        }
-    }
-
-    // 2. Sidecar settings and env names.
-    let sidecar = effective_sidecar(bs, defaults)?;
-    if bs.len() > 1 {
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-        for b in bs {
-            if let Some(other) = seen.insert(env_suffix(&b.name), &b.name) {
-                return Err(deny(
-                    bs,
-                    format!(
-                        "bindings {other} and {} map to the same env suffix _{}; rename one",
-                        b.name,
-                        env_suffix(&b.name)
-                    ),
-                ));
-            }
-        }
-    }
+    let policy = match mode {
+        Mode::Admission => inject::one_policy(bs, &who)?,
+        Mode::Render => None,
+    };
+    let sidecar = inject::effective_sidecar(bs, defaults)?;
+    inject::check_env_suffixes(bs)?;
     let env = app_env(bs, sidecar.port);
 
     let mut out = pod.clone();
     let root = out.as_object_mut().expect("checked above");
     let spec = object_mut(root, "spec");
-
-    // 3. Port clash with app containers and native sidecars (they share the network namespace).
-    let port = i64::from(sidecar.port);
-    let empty = Vec::new();
-    let containers = spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    let inits = spec
-        .get("initContainers")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    if inits.iter().any(|c| container_name(c) == SIDECAR_NAME) {
-        return Err(deny(
-            bs,
-            format!(
-                "{who} has an init container named {SIDECAR_NAME:?}, the name of the SKR sidecar; rename it"
-            ),
-        ));
-    }
-    for c in containers
-        .iter()
-        .filter(|c| container_name(c) != SIDECAR_NAME)
-        .chain(inits.iter().filter(|c| is_native_sidecar(c)))
-    {
-        if ports_of(c).any(|p| p == port) {
-            return Err(deny(
-                bs,
-                format!(
-                    "container {:?} of {who} uses port {port}, where the SKR sidecar listens; set spec.sidecar.port on the binding(s) or the operator's --sidecar-port",
-                    container_name(c)
-                ),
-            ));
-        }
-    }
-
-    // 4. The sidecar, once.
-    let want = sidecar_container(&sidecar);
-    match containers
-        .iter()
-        .find(|c| container_name(c) == SIDECAR_NAME)
-    {
-        Some(existing) => {
-            let mut core = want.clone();
-            // NB: resources are not compared: the API server rewrites quantities to canonical
-            // form ("0.5" → "500m"), which would make a re-invocation refuse its own output.
-            if let Some(m) = core.as_object_mut() {
-                m.remove("resources");
-            }
-            if !contains(existing, &core) {
-                return Err(deny(
-                    bs,
-                    format!(
-                        "{who} already has a container named {SIDECAR_NAME:?} that differs from the SKR sidecar the operator injects (image {}, command {SIDECAR_COMMAND}, Port {}); remove it and let the operator add it, or re-run `ckb-operator render`",
-                        sidecar.image, sidecar.port
-                    ),
-                ));
-            }
-        }
-        None => array_mut(spec, "containers").push(want),
-    }
-
-    // 5. The reference-info volume, once.
-    let volume = reference_info_volume();
-    let volumes = array_mut(spec, "volumes");
-    match volumes
-        .iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some(REFERENCE_INFO_VOLUME))
-    {
-        Some(existing) if contains(existing, &volume) => {}
-        Some(_) => {
-            return Err(deny(
-                bs,
-                format!(
-                    "{who} has a volume named {REFERENCE_INFO_VOLUME:?} that is not the hostPath {REFERENCE_INFO_PATH}; rename it"
-                ),
-            ));
-        }
-        None => volumes.push(volume),
-    }
-
-    // 6. Env of every app container; a user's variable is never overwritten.
-    for c in array_mut(spec, "containers").iter_mut() {
-        if container_name(c) == SIDECAR_NAME {
-            continue;
-        }
-        let cname = container_name(c).to_string();
-        let Some(cmap) = c.as_object_mut() else {
-            continue;
-        };
-        let list = array_mut(cmap, "env");
-        for (name, value) in &env {
-            let existing = list
-                .iter()
-                .find(|e| e.get("name").and_then(Value::as_str) == Some(name.as_str()));
-            let conflict = match existing {
-                None => None,
-                Some(e) if e.get("valueFrom").is_some() => Some(EnvConflict::ValueFrom),
-                Some(e) => match e.get("value").and_then(Value::as_str) {
-                    Some(v) if v == value => continue,
-                    v => Some(EnvConflict::OtherValue(v.unwrap_or("").to_string())),
-                },
-            };
-            match conflict {
-                None => list.push(json!({"name": name, "value": value})),
-                Some(why) => {
-                    let how = match why {
-                        EnvConflict::ValueFrom => "from valueFrom".to_string(),
-                        EnvConflict::OtherValue(v) => format!("to {v:?}"),
-                    };
-                    return Err(deny(
-                        bs,
-                        format!(
-                            "container {cname:?} of {who} already sets {name} {how}, the operator would set {value:?}; the operator never overwrites a variable, so remove or rename it"
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-
-    // 7. Annotations and label.
+    inject::check_ports(spec, bs, &who, sidecar.port)?;
+    inject::add_sidecar(spec, bs, &who, &sidecar)?;
+    inject::add_reference_info_volume(spec, bs, &who)?;
+    inject::add_app_env(spec, bs, &who, &env)?;
     let metadata = object_mut(root, "metadata");
-    let annotations = object_mut(metadata, "annotations");
-    if let Some((hash, rego)) = &policy {
-        match annotations.get(AGENT_POLICY) {
-            Some(existing) => {
-                let existing_hash = existing.as_str().and_then(annotation_hash);
-                if existing_hash.as_deref() != Some(hash.as_str()) {
-                    let found = existing_hash
-                        .as_deref()
-                        .map(|h| format!("policy {}", short(h)))
-                        .unwrap_or_else(|| "a value that is not base64 Rego".to_string());
-                    return Err(deny(
-                        bs,
-                        format!(
-                            "{who} already carries an agent policy annotation ({found}) that differs from the bindings' policy {}; remove the annotation or put that policy in the binding's ConfigMap",
-                            short(hash)
-                        ),
-                    ));
-                }
-            }
-            None => {
-                annotations.insert(
-                    AGENT_POLICY.to_string(),
-                    Value::String(encode_policy_annotation(rego)),
-                );
-            }
-        }
-        annotations.insert(POLICY_SHA256.to_string(), Value::String(hash.clone()));
-    }
-    let binding_names = bs.iter().map(|b| b.name.as_str()).collect::<Vec<_>>();
-    annotations.insert(BINDINGS.to_string(), Value::String(binding_names.join(",")));
-    let total: usize = annotations
-        .iter()
-        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
-        .sum();
-    if total > ANNOTATIONS_SIZE_LIMIT {
-        return Err(deny(
-            bs,
-            format!(
-                "{who}'s annotations would take {total} bytes with the agent policy, over the API server's limit of {ANNOTATIONS_SIZE_LIMIT}; shrink the policy (fewer containers, genpolicy settings) or other annotations"
-            ),
-        ));
-    }
-    let labels = object_mut(metadata, "labels");
-    labels.insert(INJECTED_LABEL.to_string(), Value::String("true".into()));
-    let has_wi = labels.get(WORKLOAD_IDENTITY_LABEL).and_then(Value::as_str) == Some("true");
-
-    let mut warnings = Vec::new();
-    if !has_wi {
-        warnings.push(format!(
-            "ckb-operator: {who} has no label {WORKLOAD_IDENTITY_LABEL}: \"true\"; the SKR sidecar authenticates to Key Vault through Azure workload identity, and without it gets no AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_FEDERATED_TOKEN_FILE and falls back to the node's managed identity (IMDS), which cannot release the key (bindings {})",
-            binding_names.join(", ")
-        ));
-    }
-    // 8. The pod's workload identity for the sidecar, whatever the webhook order (see identity.rs).
+    inject::annotate(metadata, bs, &who, policy.as_deref())?;
+    let mut warnings = inject::label(metadata, bs, &who);
+    // The pod's workload identity for the sidecar, whatever the webhook order (see identity.rs).
     warnings.extend(super::identity::share_with_sidecar(&mut out).warning(&who));
     let changed = &out != pod;
     Ok(Mutated {
         pod: out,
         changed,
         warnings,
+        policy,
     })
-}
-
-/// Bindings (of any namespace) that select a pod of `namespace` with these labels: same namespace,
-/// not being deleted, and `spec.podSelector` matches. Sorted by name.
-pub fn select_bindings(
-    namespace: &str,
-    pod_labels: &BTreeMap<String, String>,
-    bindings: &[Arc<ConfidentialKeyBinding>],
-) -> Vec<Arc<ConfidentialKeyBinding>> {
-    let mut out: Vec<_> = bindings
-        .iter()
-        .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .filter(|b| selector_matches(&b.spec.pod_selector, pod_labels))
-        .cloned()
-        .collect();
-    out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    out
-}
-
-/// The labels of a pod as raw JSON (string values only; others cannot be labels).
-pub fn pod_labels(pod: &Value) -> BTreeMap<String, String> {
-    pod.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Kubernetes label-selector semantics: every `matchLabels` pair and every `matchExpressions`
-/// requirement must hold; an empty selector matches everything. A malformed requirement (unknown
-/// operator, `In`/`NotIn` without values, `Exists` with values) matches nothing, as the API server
-/// would have refused it.
-pub fn selector_matches(
-    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values: BTreeSet<&str> = e.values.iter().flatten().map(String::as_str).collect();
-        let have = labels.get(&e.key).map(String::as_str);
-        match e.operator.as_str() {
-            "In" => !values.is_empty() && have.is_some_and(|v| values.contains(v)),
-            "NotIn" => !values.is_empty() && have.is_none_or(|v| !values.contains(v)),
-            "Exists" => values.is_empty() && have.is_some(),
-            "DoesNotExist" => values.is_empty() && have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
 }

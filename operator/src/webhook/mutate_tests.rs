@@ -30,7 +30,7 @@ fn binding(name: &str, key: &str, policy: Option<&str>) -> MatchedBinding {
         key_name: key.to_string(),
         authority: "https://sharedeus.eus.attest.azure.net/".to_string(),
         sidecar: Default::default(),
-        policy: policy.map(Arc::from),
+        policy: policy.map(|p| Arc::new(PreparedPolicy::new(p))),
         policy_ref: format!("ConfigMap {name}-policy key policy.rego"),
         pinned: vec![],
     }
@@ -793,6 +793,28 @@ fn selection_by_namespace_and_pod_selector() {
             "in-empty",
             json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": []}]}),
         ),
+        // Malformed (the API server refuses them): they select nothing, though a lenient reading
+        // would take NotIn of nothing, or Exists with values, as matching.
+        ckb(
+            "pay",
+            "notin-empty",
+            json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": []}]}),
+        ),
+        ckb(
+            "pay",
+            "notin-no-values",
+            json!({"matchExpressions": [{"key": "zone", "operator": "NotIn"}]}),
+        ),
+        ckb(
+            "pay",
+            "exists-with-values",
+            json!({"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["orders"]}]}),
+        ),
+        ckb(
+            "pay",
+            "dne-with-values",
+            json!({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist", "values": ["a"]}]}),
+        ),
         ckb(
             "pay",
             "bogus-op",
@@ -838,7 +860,7 @@ fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
     assert!(msg.contains(&format!("expects {}", sha(POLICY_A))), "{msg}");
     assert!(msg.contains("binding orders"), "{msg}");
     // The pinned policy itself passes, among several pins.
-    b.policy = Some(Arc::from(POLICY_A));
+    b.policy = Some(Arc::new(PreparedPolicy::new(POLICY_A)));
     b.pinned = vec![sha(POLICY_B), sha(POLICY_A)];
     let d = decide(&pod(), &[b], &SidecarDefaults::default(), &classes());
     assert!(matches!(d, Decision::Patch { .. }), "{d:?}");

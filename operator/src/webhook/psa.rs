@@ -50,6 +50,7 @@ mod tests {
     fn only_a_pod_that_would_be_injected_is_refused_and_the_message_says_the_fix() {
         let patched = Decision::Patch {
             patch: json_patch::Patch(vec![]),
+            policy: None,
             warnings: vec![],
         };
         match refuse_injection(patched, "payments") {

@@ -10,6 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
 
 use super::mutate::{self, Decision, MatchedBinding, SidecarDefaults};
+use super::policy::PreparedPolicy;
 use super::review::PodRequest;
 use crate::controller::runtime::store_ready;
 use crate::crds::ConfidentialKeyBinding;
@@ -18,8 +19,8 @@ use crate::crds::ConfidentialKeyBinding;
 pub trait Sources: Send + Sync + 'static {
     /// The bindings of a namespace (any order).
     fn bindings(&self, namespace: &str) -> Vec<Arc<ConfidentialKeyBinding>>;
-    /// The Rego text under `key` of ConfigMap `namespace/config_map`, if cached.
-    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<String>;
+    /// The policy (Rego text) under `key` of ConfigMap `namespace/config_map`, prepared, if cached.
+    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<Arc<PreparedPolicy>>;
     /// Whether the caches hold a full initial listing. Until then the webhook refuses pods rather
     /// than let a selected pod through un-injected.
     fn ready(&self) -> bool {
@@ -34,7 +35,17 @@ pub struct StoreSources {
     bindings: Store<ConfidentialKeyBinding>,
     config_maps: Store<ConfigMap>,
     ready: Arc<AtomicBool>,
+    prepared: Arc<PreparedCache>,
 }
+
+/// Prepared policies by (namespace, ConfigMap, key), each with the resource version it was
+/// prepared from. Bounded: the store holds every referenced policy already; this holds the
+/// encodings of the few that pods are being created with (~0.4 MB each for a 120 KiB policy).
+type PreparedCache =
+    quick_cache::sync::Cache<(String, String, String), (String, Arc<PreparedPolicy>)>;
+
+/// Policies whose preparation is kept (see [`PreparedCache`]).
+pub const PREPARED_POLICIES_KEPT: usize = 32;
 
 impl StoreSources {
     /// Wraps two stores; [`Sources::ready`] turns true once both have had their first listing
@@ -52,6 +63,7 @@ impl StoreSources {
             bindings,
             config_maps,
             ready,
+            prepared: Arc::new(quick_cache::sync::Cache::new(PREPARED_POLICIES_KEPT)),
         }
     }
 }
@@ -62,11 +74,34 @@ impl Sources for StoreSources {
             .state_filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
     }
 
-    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<String> {
+    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<Arc<PreparedPolicy>> {
         let cm = self
             .config_maps
             .get(&ObjectRef::new(config_map).within(namespace))?;
-        cm.data.as_ref()?.get(key).cloned()
+        let rego = cm.data.as_ref()?.get(key)?;
+        // The resource version changes with every change of the ConfigMap; without one (never
+        // from the API server) nothing is kept.
+        let Some(version) = cm
+            .metadata
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty())
+        else {
+            return Some(Arc::new(PreparedPolicy::new(rego)));
+        };
+        let id = (
+            namespace.to_string(),
+            config_map.to_string(),
+            key.to_string(),
+        );
+        if let Some((v, p)) = self.prepared.get(&id)
+            && v == version
+        {
+            return Some(p);
+        }
+        let p = Arc::new(PreparedPolicy::new(rego));
+        self.prepared.insert(id, (version.to_string(), p.clone()));
+        Some(p)
     }
 
     fn ready(&self) -> bool {
@@ -80,7 +115,7 @@ pub struct MapSources {
     /// Bindings (each carries its namespace).
     pub bindings: Vec<Arc<ConfidentialKeyBinding>>,
     /// Policies by (namespace, ConfigMap name, key).
-    pub policies: BTreeMap<(String, String, String), String>,
+    pub policies: BTreeMap<(String, String, String), Arc<PreparedPolicy>>,
 }
 
 impl MapSources {
@@ -88,7 +123,7 @@ impl MapSources {
     pub fn with_policy(mut self, namespace: &str, config_map: &str, key: &str, rego: &str) -> Self {
         self.policies.insert(
             (namespace.into(), config_map.into(), key.into()),
-            rego.into(),
+            Arc::new(PreparedPolicy::new(rego)),
         );
         self
     }
@@ -109,7 +144,7 @@ impl Sources for MapSources {
             .collect()
     }
 
-    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<String> {
+    fn policy(&self, namespace: &str, config_map: &str, key: &str) -> Option<Arc<PreparedPolicy>> {
         self.policies
             .get(&(namespace.into(), config_map.into(), key.into()))
             .cloned()
@@ -127,10 +162,7 @@ pub fn matched_bindings(
         .iter()
         .map(|b| {
             let r = &b.spec.policy.config_map_ref;
-            let policy = sources
-                .policy(namespace, &r.name, &r.key)
-                .map(Arc::<str>::from);
-            MatchedBinding::from_binding(b, policy)
+            MatchedBinding::from_binding(b, sources.policy(namespace, &r.name, &r.key))
         })
         .collect()
 }
