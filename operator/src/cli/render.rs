@@ -293,20 +293,6 @@ fn read_input(path: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn cluster_bindings(
-    namespaces: &[String],
-) -> anyhow::Result<Vec<Arc<ConfidentialKeyBinding>>> {
-    let client = kube::Client::try_default().await?;
-    let mut out = Vec::new();
-    for ns in namespaces {
-        let api: kube::Api<ConfidentialKeyBinding> = kube::Api::namespaced(client.clone(), ns);
-        for b in api.list(&Default::default()).await?.items {
-            out.push(Arc::new(b));
-        }
-    }
-    Ok(out)
-}
-
 fn namespaces_of(docs: &[Value], default_namespace: &str, out: &mut Vec<String>) {
     for d in docs {
         if let Some(items) = d.get("items").and_then(Value::as_array) {
@@ -336,7 +322,8 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
         (None, true) => {
             let mut namespaces = Vec::new();
             namespaces_of(&documents, &args.namespace, &mut namespaces);
-            cluster_bindings(&namespaces).await?
+            let client = crate::cli::cluster::client().await?;
+            crate::cli::cluster::bindings(&client, &namespaces).await?
         }
         (None, false) => {
             anyhow::bail!("say where the bindings come from: --bindings FILE or --from-cluster")
