@@ -226,3 +226,70 @@ async fn a_federation_for_another_subject_is_a_refusal_naming_the_identity() {
         s.double.log()
     );
 }
+
+#[tokio::test]
+async fn a_federation_changed_while_running_is_refused_at_the_next_refresh_not_at_expiry() {
+    // 302 s tokens: each is in the SDK's refresh window (its last 5 minutes) 2 s after issue, but
+    // valid for 5 more minutes: a refusal seen within this test is the refresh's, not the expiry's.
+    let s = setup("ckb-operator", Duration::from_secs(302)).await;
+    s.kv.create_key(&s.vault, &new_key("orders-key", DOUBLE))
+        .await
+        .expect("create");
+    s.double
+        .entra()
+        .set_credentials(vec![FederatedCredential::service_account(
+            CLIENT,
+            K8S_ISSUER,
+            "ckb-system",
+            "someone-else",
+        )]);
+    let refused = || {
+        s.double
+            .entra()
+            .exchanges()
+            .iter()
+            .any(|e| e.aadsts == Some(700213))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        let seen_before = refused();
+        match s.kv.get_key(&s.vault, "orders-key").await {
+            // The call during which the refresh was refused may still use the valid token; none
+            // after it.
+            Ok(_) => assert!(
+                !seen_before,
+                "a call succeeded with the cached token after Entra refused the identity"
+            ),
+            Err(e) => break e,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal: {:?}",
+            s.double.entra().exchanges()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let KeyVaultError::Forbidden { message, .. } = &err else {
+        panic!("expected a refusal, got {err:?}");
+    };
+    for needle in [
+        CLIENT,
+        "system:serviceaccount:ckb-system:ckb-operator",
+        "AADSTS700213",
+    ] {
+        assert!(message.contains(needle), "{needle} not in {message}");
+    }
+
+    // Federated again: the next call exchanges and succeeds (no restart).
+    s.double
+        .entra()
+        .set_credentials(vec![FederatedCredential::service_account(
+            CLIENT,
+            K8S_ISSUER,
+            "ckb-system",
+            "ckb-operator",
+        )]);
+    s.kv.get_key(&s.vault, "orders-key")
+        .await
+        .expect("a fixed federation is used at once");
+}

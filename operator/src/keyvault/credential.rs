@@ -9,9 +9,18 @@
 //! federated credential does not match the token's issuer, subject or audience, or the application
 //! is unknown), the error names the identity (client id, tenant, token subject) and
 //! [`entra_refusal_status`] lets the client report it as a refusal, not as an outage.
+//!
+//! An access token Entra ID issued stays valid until it expires, and the SDK's Key Vault client
+//! keeps using its cached one when a refresh fails. So a federation that breaks while the operator
+//! runs would show only when that token expires. Instead, every refused exchange is counted in
+//! [`Refusals`], and the Key Vault client drops its SDK clients (with their cached tokens) when the
+//! count moves: the next call exchanges again and reports the refusal, naming the identity. An
+//! exchange happens only in the last 5 minutes of a token's life (the SDK's refresh window), so
+//! this shows a broken federation at most that much earlier than the token's expiry would.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientOptions, Transport};
@@ -101,11 +110,30 @@ pub struct WorkloadIdentitySettings {
     pub token_file: Option<PathBuf>,
 }
 
+/// How many token exchanges Entra ID refused (the identity or its federation, never a transient
+/// failure): shared by the credential, which counts, and the Key Vault client, which drops its
+/// cached access tokens when the count moves.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<AtomicU64>);
+
+impl Refusals {
+    /// Refused exchanges so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn record(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Builds the credential. `transport` carries the same trust roots and overrides as the Key Vault
-/// calls, so a local token endpoint (`--kv-authority-host`) can be reached in tests.
+/// calls, so a local token endpoint (`--kv-authority-host`) can be reached in tests. Refused
+/// exchanges are counted in `refusals`.
 pub fn build(
     settings: &CredentialSettings,
     transport: Option<Transport>,
+    refusals: &Refusals,
 ) -> Result<Arc<dyn TokenCredential>, CredentialError> {
     let mut client_options = ClientOptions {
         transport,
@@ -136,7 +164,11 @@ pub fn build(
                 Some(azure_identity::ClientAssertionCredentialOptions { client_options }),
             )
             .map_err(sdk(settings.kind))?;
-            Arc::new(NamedCredential { inner, identity })
+            Arc::new(NamedCredential {
+                inner,
+                identity,
+                refusals: refusals.clone(),
+            })
         }
         CredentialKind::ManagedIdentity => {
             let options = azure_identity::ManagedIdentityCredentialOptions {
@@ -264,11 +296,12 @@ impl azure_identity::ClientAssertion for FederatedTokenFile {
     }
 }
 
-/// A credential whose refusals by Entra ID name the identity.
+/// A credential whose refusals by Entra ID name the identity, and are counted.
 #[derive(Debug)]
 struct NamedCredential {
     inner: Arc<dyn TokenCredential>,
     identity: String,
+    refusals: Refusals,
 }
 
 #[async_trait::async_trait]
@@ -280,6 +313,7 @@ impl TokenCredential for NamedCredential {
     ) -> azure_core::Result<AccessToken> {
         self.inner.get_token(scopes, options).await.map_err(|e| {
             if entra_refusal_status(&e).is_some() {
+                self.refusals.record();
                 let message = format!("Entra ID refused the {}: {e}", self.identity);
                 azure_core::Error::with_error(azure_core::error::ErrorKind::Credential, e, message)
             } else {
@@ -393,82 +427,5 @@ impl TokenCredential for StaticTokenCredential {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_follows_the_pod() {
-        assert_eq!(
-            choose(
-                None,
-                Some("/var/run/secrets/azure/tokens/azure-identity-token")
-            ),
-            (CredentialKind::WorkloadIdentity, true)
-        );
-        assert_eq!(choose(None, None), (CredentialKind::ManagedIdentity, true));
-        assert_eq!(
-            choose(None, Some("")),
-            (CredentialKind::ManagedIdentity, true)
-        );
-        assert_eq!(
-            choose(Some(CredentialKind::AzureCli), Some("/t")),
-            (CredentialKind::AzureCli, false)
-        );
-    }
-
-    #[test]
-    fn an_aadsts_code_in_a_credential_error_is_a_refusal_unless_transient() {
-        use azure_core::error::ErrorKind;
-        let refused = azure_core::Error::with_message(
-            ErrorKind::Credential,
-            "ClientAssertionCredential authentication failed. invalid type: string \"AADSTS700213: No matching federated identity record\r\nTrace ID: x\"",
-        );
-        assert_eq!(entra_refusal_status(&refused), Some(401));
-        let transient = azure_core::Error::with_message(
-            ErrorKind::Credential,
-            "AADSTS90033: A transient error has occurred",
-        );
-        assert_eq!(entra_refusal_status(&transient), None);
-        let unreachable =
-            azure_core::Error::with_message(ErrorKind::Credential, "connection refused");
-        assert_eq!(entra_refusal_status(&unreachable), None);
-        assert_eq!(aadsts_code("x AADSTS700024: y"), Some("AADSTS700024"));
-        assert_eq!(aadsts_code("AADSTS: none"), None);
-    }
-
-    #[test]
-    fn static_token_needs_a_file() {
-        let settings = CredentialSettings {
-            kind: CredentialKind::StaticToken,
-            static_token_file: None,
-            authority_host: None,
-            managed_identity_client_id: None,
-            workload_identity: WorkloadIdentitySettings::default(),
-        };
-        assert!(matches!(
-            build(&settings, None),
-            Err(CredentialError::MissingTokenFile)
-        ));
-    }
-
-    #[tokio::test]
-    async fn static_token_is_read_from_the_file_each_time() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("token");
-        std::fs::write(&path, "first\n").expect("write");
-        let cred = StaticTokenCredential::new(&path);
-        let t = cred
-            .get_token(&["https://vault.azure.net/.default"], None)
-            .await
-            .expect("token");
-        assert_eq!(t.token.secret(), "first");
-        std::fs::write(&path, "second").expect("write");
-        let t = cred
-            .get_token(&["https://vault.azure.net/.default"], None)
-            .await
-            .expect("token");
-        assert_eq!(t.token.secret(), "second");
-        std::fs::write(&path, "  ").expect("write");
-        assert!(cred.get_token(&["x"], None).await.is_err());
-    }
-}
+#[path = "credential_tests.rs"]
+mod credential_tests;

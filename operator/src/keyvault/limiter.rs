@@ -294,74 +294,23 @@ impl RateLimiter {
         let start = Instant::now();
         let deadline = start + self.limits.max_wait;
         let span = self.limits.window + self.limits.margin;
-        let limit = match class {
-            CallClass::Create => self.limits.creates,
-            CallClass::Other => self.limits.other,
-        };
         let share = current_share();
         loop {
             // Registered before the state is read, so a completion in between is not missed.
             let completed = self.shared.completed.notified();
             let now = Instant::now();
-            let wait_until = {
-                let mut vaults = self.lock();
-                let state = vaults.entry(host.to_owned()).or_default();
-                let backoff = state.backoff_until.filter(|&b| b > now);
-                state.namespaces.retain(|_, w| {
-                    w.creates.prune(now, span);
-                    w.other.prune(now, span);
-                    !w.is_empty()
-                });
-                let window = state.window(class);
-                window.prune(now, span);
-                let mut slot = window.next_slot(now, limit, span);
-                if let Some(share) = &share {
-                    let ns_limit = share_of(limit, share.percent);
-                    let ns_slot = state
-                        .namespaces
-                        .get_mut(&share.namespace)
-                        .map_or(Slot::Now, |w| {
-                            w.window(class).next_slot(now, ns_limit, span)
-                        });
-                    slot = later(slot, ns_slot);
+            match self.try_take(host, class, share.as_ref(), now) {
+                Ok(id) => {
+                    return Ok(Permit {
+                        limiter: self.clone(),
+                        host: host.to_owned(),
+                        class,
+                        id,
+                        namespace: share.as_ref().map(|s| s.namespace.clone()),
+                        waited: now - start,
+                    });
                 }
-                match (backoff, slot) {
-                    (None, Slot::Now) => {
-                        let id = self
-                            .shared
-                            .next_id
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let entry = Entry {
-                            id,
-                            at: now,
-                            in_flight: true,
-                        };
-                        state.window(class).entries.push(entry);
-                        if let Some(share) = &share {
-                            state
-                                .namespaces
-                                .entry(share.namespace.clone())
-                                .or_default()
-                                .window(class)
-                                .entries
-                                .push(entry);
-                        }
-                        return Ok(Permit {
-                            limiter: self.clone(),
-                            host: host.to_owned(),
-                            class,
-                            id,
-                            namespace: share.as_ref().map(|s| s.namespace.clone()),
-                            waited: now - start,
-                        });
-                    }
-                    (Some(b), Slot::Now) => Some(b),
-                    (b, Slot::At(at)) => Some(b.map_or(at, |b| b.max(at))),
-                    (b, Slot::AfterCompletion) => b,
-                }
-            };
-            match wait_until {
-                Some(at) => {
+                Err(Some(at)) => {
                     if at > deadline {
                         return Err(throttled_locally(host, at - now));
                     }
@@ -370,7 +319,7 @@ impl RateLimiter {
                         _ = completed => {}
                     }
                 }
-                None => {
+                Err(None) => {
                     // Only a completion can open the slot; it must come before the deadline.
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => {
@@ -381,6 +330,70 @@ impl RateLimiter {
                 }
             }
         }
+    }
+
+    /// Takes a slot at `now` when no back-off is in force and both the vault's window and the
+    /// namespace's share have one (the entry's id); otherwise says until when to wait (`None`:
+    /// until a call in flight completes).
+    fn try_take(
+        &self,
+        host: &str,
+        class: CallClass,
+        share: Option<&NamespaceShare>,
+        now: Instant,
+    ) -> Result<u64, Option<Instant>> {
+        let span = self.limits.window + self.limits.margin;
+        let limit = match class {
+            CallClass::Create => self.limits.creates,
+            CallClass::Other => self.limits.other,
+        };
+        let mut vaults = self.lock();
+        let state = vaults.entry(host.to_owned()).or_default();
+        let backoff = state.backoff_until.filter(|&b| b > now);
+        state.namespaces.retain(|_, w| {
+            w.creates.prune(now, span);
+            w.other.prune(now, span);
+            !w.is_empty()
+        });
+        let window = state.window(class);
+        window.prune(now, span);
+        let mut slot = window.next_slot(now, limit, span);
+        if let Some(share) = share {
+            let ns_limit = share_of(limit, share.percent);
+            let ns_slot = state
+                .namespaces
+                .get_mut(&share.namespace)
+                .map_or(Slot::Now, |w| {
+                    w.window(class).next_slot(now, ns_limit, span)
+                });
+            slot = later(slot, ns_slot);
+        }
+        match (backoff, slot) {
+            (None, Slot::Now) => {}
+            (Some(b), Slot::Now) => return Err(Some(b)),
+            (b, Slot::At(at)) => return Err(Some(b.map_or(at, |b| b.max(at)))),
+            (b, Slot::AfterCompletion) => return Err(b),
+        }
+        let id = self
+            .shared
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let entry = Entry {
+            id,
+            at: now,
+            in_flight: true,
+        };
+        state.window(class).entries.push(entry);
+        if let Some(share) = share {
+            state
+                .namespaces
+                .entry(share.namespace.clone())
+                .or_default()
+                .window(class)
+                .entries
+                .push(entry);
+        }
+        Ok(id)
     }
 
     /// Records that `host` answered 429: no call to it starts for `retry_after`.
@@ -408,284 +421,5 @@ fn throttled_locally(host: &str, wait: Duration) -> KeyVaultError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limiter(creates: u32, other: u32, max_wait_s: u64) -> RateLimiter {
-        RateLimiter::new(RateLimits {
-            creates,
-            other,
-            window: Duration::from_secs(10),
-            margin: Duration::ZERO,
-            max_wait: Duration::from_secs(max_wait_s),
-        })
-    }
-
-    /// At most `limit` of `starts` fall in any half-open window of length `window`.
-    fn max_in_any_window(starts: &[Instant], window: Duration) -> usize {
-        starts
-            .iter()
-            .map(|&s| starts.iter().filter(|&&t| t >= s && t < s + window).count())
-            .max()
-            .unwrap_or(0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn creates_never_exceed_ten_per_ten_seconds_per_vault() {
-        let limiter = limiter(10, 500, 600);
-        let mut tasks = Vec::new();
-        for _ in 0..35 {
-            let limiter = limiter.clone();
-            tasks.push(tokio::spawn(async move {
-                limiter
-                    .acquire("a.vault.azure.net", CallClass::Create)
-                    .await
-                    .expect("slot");
-                Instant::now()
-            }));
-        }
-        let mut starts = Vec::new();
-        for t in tasks {
-            starts.push(t.await.expect("task"));
-        }
-        assert_eq!(max_in_any_window(&starts, Duration::from_secs(10)), 10);
-        // 35 creates need 4 windows: the last starts 30 s after the first.
-        let first = *starts.iter().min().expect("some");
-        let last = *starts.iter().max().expect("some");
-        assert_eq!(last - first, Duration::from_secs(30));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_margin_widens_the_window() {
-        let limiter = RateLimiter::new(RateLimits {
-            creates: 1,
-            margin: Duration::from_millis(500),
-            ..RateLimits::default()
-        });
-        limiter.acquire("a", CallClass::Create).await.expect("slot");
-        let waited = limiter
-            .acquire("a", CallClass::Create)
-            .await
-            .expect("slot")
-            .waited();
-        assert_eq!(waited, Duration::from_millis(10_500));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn vaults_and_classes_have_separate_windows() {
-        let limiter = limiter(2, 3, 600);
-        let t0 = Instant::now();
-        for _ in 0..2 {
-            limiter.acquire("a", CallClass::Create).await.expect("slot");
-            limiter.acquire("b", CallClass::Create).await.expect("slot");
-        }
-        for _ in 0..3 {
-            limiter.acquire("a", CallClass::Other).await.expect("slot");
-        }
-        // Nothing above had to wait.
-        assert_eq!(Instant::now(), t0);
-        // The third create on "a" waits for the window.
-        let waited = limiter
-            .acquire("a", CallClass::Create)
-            .await
-            .expect("slot")
-            .waited();
-        assert_eq!(waited, Duration::from_secs(10));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_beyond_max_wait_is_refused_as_throttled_without_taking_a_slot() {
-        let limiter = limiter(1, 1, 5);
-        limiter.acquire("a", CallClass::Create).await.expect("slot");
-        let err = limiter
-            .acquire("a", CallClass::Create)
-            .await
-            .expect_err("too long");
-        match err {
-            KeyVaultError::Throttled { retry_after, .. } => {
-                assert_eq!(retry_after, Duration::from_secs(10))
-            }
-            other => panic!("expected Throttled, got {other:?}"),
-        }
-        // The refused call took no slot: after the window the next call starts at once.
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let waited = limiter
-            .acquire("a", CallClass::Create)
-            .await
-            .expect("slot")
-            .waited();
-        assert_eq!(waited, Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_429_backs_off_every_caller_of_that_vault_only() {
-        let limiter = limiter(10, 500, 60);
-        limiter.back_off("a", Duration::from_secs(7));
-        let t0 = Instant::now();
-        let (a, b) = tokio::join!(
-            limiter.acquire("a", CallClass::Other),
-            limiter.acquire("b", CallClass::Other)
-        );
-        assert_eq!(a.expect("slot").waited(), Duration::from_secs(7));
-        assert_eq!(b.expect("slot").waited(), Duration::ZERO);
-        assert_eq!(Instant::now() - t0, Duration::from_secs(7));
-        // A shorter Retry-After never shortens a longer back-off.
-        limiter.back_off("a", Duration::from_secs(20));
-        limiter.back_off("a", Duration::from_secs(1));
-        let waited = limiter
-            .acquire("a", CallClass::Other)
-            .await
-            .expect("slot")
-            .waited();
-        assert_eq!(waited, Duration::from_secs(20));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_back_off_set_while_waiting_is_honoured() {
-        let limiter = limiter(1, 1, 60);
-        limiter.acquire("a", CallClass::Other).await.expect("slot");
-        let waiter = {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.acquire("a", CallClass::Other).await })
-        };
-        // The waiter has a slot at t=10; a 429 at t=1 says "retry after 30 s".
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        limiter.back_off("a", Duration::from_secs(30));
-        let waited = waiter.await.expect("task").expect("slot").waited();
-        assert_eq!(waited, Duration::from_secs(31));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_window_runs_from_completion_and_waits_for_calls_in_flight() {
-        let limiter = limiter(1, 1, 60);
-        let first = limiter.acquire("a", CallClass::Create).await.expect("slot");
-        let second = {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.acquire("a", CallClass::Create).await })
-        };
-        // The first call takes 4 s (a slow answer): the service may have counted it as late as
-        // its completion, so the next one starts a window after that, not after its start.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(!second.is_finished());
-        drop(first);
-        let waited = second.await.expect("task").expect("slot").waited();
-        assert_eq!(waited, Duration::from_secs(14));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_call_in_flight_past_max_wait_refuses_the_next() {
-        let limiter = limiter(1, 1, 5);
-        let _stuck = limiter.acquire("a", CallClass::Create).await.expect("slot");
-        let err = limiter
-            .acquire("a", CallClass::Create)
-            .await
-            .expect_err("refused");
-        assert!(matches!(err, KeyVaultError::Throttled { .. }), "{err:?}");
-    }
-
-    /// Starts of `n` calls made at once for `namespace` (share `percent`), each taking `hold`.
-    fn flood(
-        limiter: &RateLimiter,
-        namespace: &'static str,
-        percent: u32,
-        n: usize,
-    ) -> Vec<tokio::task::JoinHandle<Instant>> {
-        (0..n)
-            .map(|_| {
-                let limiter = limiter.clone();
-                tokio::spawn(with_namespace_share(namespace, percent, async move {
-                    limiter.acquire("a", CallClass::Other).await.expect("slot");
-                    Instant::now()
-                }))
-            })
-            .collect()
-    }
-
-    async fn starts(tasks: Vec<tokio::task::JoinHandle<Instant>>) -> Vec<Instant> {
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.expect("task"));
-        }
-        out
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_namespace_cannot_starve_another_on_a_shared_vault() {
-        let limiter = limiter(10, 10, 600);
-        let t0 = Instant::now();
-        // A namespace with many bindings asks for 60 calls at once, then another asks for 5.
-        let noisy = flood(&limiter, "noisy", 50, 60);
-        tokio::task::yield_now().await;
-        let quiet = flood(&limiter, "quiet", 50, 5);
-        let noisy = starts(noisy).await;
-        let quiet = starts(quiet).await;
-        let window = Duration::from_secs(10);
-        // The quiet namespace is served in the first window, not after the noisy one's 60 calls.
-        assert!(
-            quiet.iter().all(|&t| t - t0 < window),
-            "{:?}",
-            quiet.iter().map(|t| *t - t0).collect::<Vec<_>>()
-        );
-        // Neither namespace exceeds its half of any window, and the vault its limit.
-        assert_eq!(max_in_any_window(&noisy, window), 5);
-        assert!(max_in_any_window(&quiet, window) <= 5);
-        let all: Vec<Instant> = noisy.iter().chain(&quiet).copied().collect();
-        assert_eq!(max_in_any_window(&all, window), 10);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_shares_the_first_namespace_takes_every_slot() {
-        // The same load with every namespace allowed the whole budget (share 100): the quiet
-        // namespace waits behind the noisy one; the test above would fail like this.
-        let limiter = limiter(10, 10, 600);
-        let t0 = Instant::now();
-        let noisy = flood(&limiter, "noisy", 100, 60);
-        tokio::task::yield_now().await;
-        let quiet = flood(&limiter, "quiet", 100, 5);
-        let _ = starts(noisy).await;
-        let quiet = starts(quiet).await;
-        assert!(quiet.iter().all(|&t| t - t0 >= Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn a_share_is_a_percentage_of_the_limit_and_at_least_one() {
-        assert_eq!(share_of(500, 50), 250);
-        assert_eq!(share_of(10, 50), 5);
-        assert_eq!(share_of(10, 1), 1);
-        assert_eq!(share_of(10, 100), 10);
-        assert_eq!(share_of(10, 250), 10);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn calls_outside_a_namespace_use_the_vault_budget_only() {
-        let limiter = limiter(10, 4, 600);
-        let t0 = Instant::now();
-        for _ in 0..4 {
-            limiter.acquire("a", CallClass::Other).await.expect("slot");
-        }
-        assert_eq!(Instant::now(), t0);
-        // And the namespace windows are forgotten once empty.
-        with_namespace_share("x", 50, async {
-            let _p = limiter.acquire("b", CallClass::Other).await.expect("slot");
-        })
-        .await;
-        tokio::time::advance(Duration::from_secs(11)).await;
-        limiter.acquire("b", CallClass::Other).await.expect("slot");
-        let vaults = limiter.lock();
-        assert!(vaults["b"].namespaces.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_back_off_longer_than_max_wait_is_refused() {
-        let limiter = limiter(10, 10, 5);
-        limiter.back_off("a", Duration::from_secs(8));
-        let err = limiter
-            .acquire("a", CallClass::Other)
-            .await
-            .expect_err("too long");
-        assert!(
-            matches!(err, KeyVaultError::Throttled { retry_after, .. } if retry_after == Duration::from_secs(8)),
-            "{err:?}"
-        );
-    }
-}
+#[path = "limiter_tests.rs"]
+mod limiter_tests;

@@ -35,50 +35,83 @@ pub use limiter::{RateLimiter, RateLimits};
 pub use metrics::KeyVaultMetrics;
 pub use transport::ResolveOverride;
 
-/// A vault's base URL, normalised: `https://<host>` without a trailing slash.
+/// A vault's base URL, normalised: `https://<host>[:<port>]`, lowercase, without a trailing slash.
+/// The one place a vault's URL and host are read (with the `url` crate).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VaultUrl(String);
+pub struct VaultUrl {
+    url: String,
+    name: String,
+}
 
 impl VaultUrl {
-    /// Normalises a vault URL (lowercase host, no trailing slash). Only `https://` URLs are accepted.
+    /// Parses and normalises a vault URL. Only `https://<host>[:<port>]` is accepted: no path
+    /// (a trailing `/` is dropped), query, fragment or user.
     pub fn parse(url: &str) -> Result<Self, KeyVaultError> {
-        let trimmed = url.trim().trim_end_matches('/');
-        let Some(host) = trimmed.strip_prefix("https://") else {
-            return Err(KeyVaultError::InvalidRequest {
-                message: format!("vault URL {url:?} must start with https://"),
-            });
+        let invalid = |why: String| KeyVaultError::InvalidRequest {
+            message: format!("vault URL {url:?} {why}"),
         };
-        if host.is_empty() || host.contains('/') {
-            return Err(KeyVaultError::InvalidRequest {
-                message: format!("vault URL {url:?} must be https://<host> with no path"),
-            });
+        let parsed =
+            url::Url::parse(url.trim()).map_err(|e| invalid(format!("is not a URL ({e})")))?;
+        if parsed.scheme() != "https" {
+            return Err(invalid("must start with https://".into()));
         }
-        Ok(Self(format!("https://{}", host.to_ascii_lowercase())))
+        if parsed.path() != "/"
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(invalid("must be https://<host> with no path".into()));
+        }
+        let name = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("names no host".into()))?
+            .to_owned();
+        let url = match parsed.port() {
+            Some(port) => format!("https://{name}:{port}"),
+            None => format!("https://{name}"),
+        };
+        Ok(Self { url, name })
     }
 
-    /// The URL, `https://<host>`.
+    /// The URL, `https://<host>[:<port>]`.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.url
     }
 
-    /// The host name (`contoso.vault.azure.net`).
+    /// The host with its port if the URL names one (`contoso.vault.azure.net`,
+    /// `localhost:8443`): what the per-vault limits and metrics are keyed by.
     pub fn host(&self) -> &str {
-        self.0.trim_start_matches("https://")
+        self.url.trim_start_matches("https://")
+    }
+
+    /// The host name without port (`contoso.vault.azure.net`).
+    pub fn host_name(&self) -> &str {
+        &self.name
     }
 
     /// Whether this is a Managed HSM (`*.managedhsm.azure.net`).
     pub fn is_managed_hsm(&self) -> bool {
-        self.host()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .ends_with(".managedhsm.azure.net")
+        self.name.ends_with(".managedhsm.azure.net")
+    }
+
+    /// Whether the host is a real Azure vault's (public and sovereign clouds).
+    pub fn is_azure(&self) -> bool {
+        const SUFFIXES: [&str; 5] = [
+            ".azure.net",
+            ".azure.cn",
+            ".usgovcloudapi.net",
+            ".microsoftazure.de",
+            ".windows.net",
+        ];
+        SUFFIXES.iter().any(|s| self.name.ends_with(s))
     }
 }
 
 impl std::fmt::Display for VaultUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.url)
     }
 }
 
@@ -217,14 +250,6 @@ pub enum KeyVaultError {
 }
 
 impl KeyVaultError {
-    /// Whether retrying later can succeed without a change of spec or permissions.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            KeyVaultError::Throttled { .. } | KeyVaultError::Transient { .. }
-        )
-    }
-
     /// A short name of the variant, for metrics labels and logs (`not_found`, `throttled`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -343,48 +368,4 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kv: KeyVaultArgs,
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
-    }
-
-    #[test]
-    fn flags_and_defaults() {
-        let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
-        assert_eq!(cli.kv.credential, None);
-        assert_eq!((cli.kv.create_limit, cli.kv.other_limit), (10, 100));
-        assert_eq!(cli.kv.max_wait, Duration::from_secs(30));
-        let cli = Cli::try_parse_from([
-            "x",
-            "--kv-credential",
-            "static-token",
-            "--kv-resolve",
-            ".vault.azure.net=127.0.0.1:8443,localhost=127.0.0.1:9",
-            "--kv-resolve",
-            "h.managedhsm.azure.net=127.0.0.1:7",
-            "--kv-create-limit",
-            "3",
-        ])
-        .expect("parses");
-        assert_eq!(cli.kv.credential, Some(CredentialKind::StaticToken));
-        assert_eq!(cli.kv.resolve.len(), 3);
-        assert_eq!(cli.kv.create_limit, 3);
-        assert!(Cli::try_parse_from(["x", "--kv-create-limit", "0"]).is_err());
-        assert!(Cli::try_parse_from(["x", "--kv-resolve", "nonsense"]).is_err());
-    }
-}
+mod keyvault_tests;
