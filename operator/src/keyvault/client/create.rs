@@ -16,14 +16,11 @@ impl AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<(VaultKey, Option<i64>), KeyVaultError> {
-        let name_owned = name.to_owned();
-        self.call(
+        self.call_named(
             vault,
             Op::Get,
-            |c| {
-                let name = name_owned.clone();
-                async move { c.get_key(&name, None).await }
-            },
+            name,
+            |c, name| async move { c.get_key(&name, None).await },
             |key: Key| {
                 let created = key
                     .attributes

@@ -298,6 +298,24 @@ impl AzureKeyVault {
         Ok(client)
     }
 
+    /// [`Self::call`] for an operation on the key `name` (`send` gets its own copy at each attempt).
+    async fn call_named<T, R, F, Fut>(
+        &self,
+        vault: &VaultUrl,
+        op: Op,
+        name: &str,
+        send: F,
+        convert: impl Fn(T) -> Result<R, String>,
+    ) -> Result<R, KeyVaultError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(Arc<KeyClient>, String) -> Fut,
+        Fut: Future<Output = azure_core::Result<Response<T>>>,
+    {
+        self.call(vault, op, |c| send(c, name.to_owned()), convert)
+            .await
+    }
+
     /// One operation: limiter slot, SDK call, mapping, metrics; reads retried on transient failures.
     async fn call<T, R, F, Fut>(
         &self,
@@ -312,7 +330,7 @@ impl AzureKeyVault {
         Fut: Future<Output = azure_core::Result<Response<T>>>,
     {
         let client = self.client_for(vault)?;
-        let host = vault.host().to_owned();
+        let host = vault.host();
         let attempts = if op.kind() == CallKind::Read {
             1 + self.read_retries
         } else {
@@ -321,63 +339,14 @@ impl AzureKeyVault {
         let mut delay = self.read_retry_delay;
         let mut attempt = 1;
         loop {
-            let permit = match self.limiter.acquire(&host, op.class()).await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.metrics
-                        .throttled
-                        .get_or_create(&VaultLabels {
-                            vault: host.clone(),
-                        })
-                        .inc();
-                    return Err(e);
-                }
-            };
-            let op_labels = OperationLabels {
-                operation: op.label().into(),
-            };
-            self.metrics
-                .limiter_wait
-                .get_or_create(&op_labels)
-                .observe(permit.waited().as_secs_f64());
-            let started = tokio::time::Instant::now();
-            let sent = send(client.clone()).await;
-            // The call is over for the service: its window now runs from here.
-            drop(permit);
-            let result = match sent {
-                Ok(response) => match response.into_model() {
-                    Ok(model) => convert(model).map_err(|m| unexpected_answer(op, m)),
-                    Err(e) => Err(unexpected_answer(op, e.to_string())),
-                },
-                Err(e) => Err(map_sdk_error(&e, op.kind())),
-            };
-            self.metrics
-                .duration
-                .get_or_create(&op_labels)
-                .observe(started.elapsed().as_secs_f64());
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.kind(),
-            };
-            self.metrics
-                .requests
-                .get_or_create(&CallLabels {
-                    operation: op.label().into(),
-                    outcome: outcome.into(),
-                })
-                .inc();
+            let result = self.attempt(host, op, send(client.clone()), &convert).await;
             match result {
                 Err(KeyVaultError::Throttled {
                     retry_after,
                     message,
                 }) => {
-                    self.limiter.back_off(&host, retry_after);
-                    self.metrics
-                        .throttled
-                        .get_or_create(&VaultLabels {
-                            vault: host.clone(),
-                        })
-                        .inc();
+                    self.limiter.back_off(host, retry_after);
+                    self.count_throttled(host);
                     tracing::debug!(vault = %vault, operation = op.label(), ?retry_after, "Key Vault throttled");
                     return Err(KeyVaultError::Throttled {
                         retry_after,
@@ -397,6 +366,70 @@ impl AzureKeyVault {
                 other => return other,
             }
         }
+    }
+
+    /// One attempt: waits for a limiter slot, sends (the future is only polled once the slot is
+    /// taken), maps the answer and records the metrics.
+    async fn attempt<T, R>(
+        &self,
+        host: &str,
+        op: Op,
+        sent: impl Future<Output = azure_core::Result<Response<T>>>,
+        convert: impl Fn(T) -> Result<R, String>,
+    ) -> Result<R, KeyVaultError>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        let permit = self
+            .limiter
+            .acquire(host, op.class())
+            .await
+            .inspect_err(|_| {
+                self.count_throttled(host);
+            })?;
+        let op_labels = OperationLabels {
+            operation: op.label().into(),
+        };
+        self.metrics
+            .limiter_wait
+            .get_or_create(&op_labels)
+            .observe(permit.waited().as_secs_f64());
+        let started = tokio::time::Instant::now();
+        let sent = sent.await;
+        // The call is over for the service: its window now runs from here.
+        drop(permit);
+        let result = match sent {
+            Ok(response) => match response.into_model() {
+                Ok(model) => convert(model).map_err(|m| unexpected_answer(op, m)),
+                Err(e) => Err(unexpected_answer(op, e.to_string())),
+            },
+            Err(e) => Err(map_sdk_error(&e, op.kind())),
+        };
+        self.metrics
+            .duration
+            .get_or_create(&op_labels)
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&CallLabels {
+                operation: op.label().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        result
+    }
+
+    fn count_throttled(&self, host: &str) {
+        self.metrics
+            .throttled
+            .get_or_create(&VaultLabels {
+                vault: host.to_owned(),
+            })
+            .inc();
     }
 }
 

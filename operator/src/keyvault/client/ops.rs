@@ -65,14 +65,11 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<DeletedVaultKey, KeyVaultError> {
-        let name = name.to_owned();
-        self.call(
+        self.call_named(
             vault,
             Op::Delete,
-            |c| {
-                let name = name.clone();
-                async move { c.delete_key(&name, None).await }
-            },
+            name,
+            |c, name| async move { c.delete_key(&name, None).await },
             deleted_vault_key,
         )
         .await
@@ -83,14 +80,11 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<DeletedVaultKey, KeyVaultError> {
-        let name = name.to_owned();
-        self.call(
+        self.call_named(
             vault,
             Op::GetDeleted,
-            |c| {
-                let name = name.clone();
-                async move { c.get_deleted_key(&name, None).await }
-            },
+            name,
+            |c, name| async move { c.get_deleted_key(&name, None).await },
             deleted_vault_key,
         )
         .await
@@ -101,14 +95,11 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<VaultKey, KeyVaultError> {
-        let name = name.to_owned();
-        self.call(
+        self.call_named(
             vault,
             Op::Recover,
-            |c| {
-                let name = name.clone();
-                async move { c.recover_deleted_key(&name, None).await }
-            },
+            name,
+            |c, name| async move { c.recover_deleted_key(&name, None).await },
             vault_key,
         )
         .await
