@@ -16,6 +16,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log_tag=build-awi
+# shellcheck source=e2e/scripts/lib.sh
+source "$here/scripts/lib.sh"
 module_dir="$here/awi"
 version="$(sed -n 's/^[[:space:]]*github\.com\/Azure\/azure-workload-identity \(v[0-9.]*\).*$/\1/p' "$module_dir/go.mod" | head -n1)"
 [[ -n "$version" ]] || { echo "cannot read the azure-workload-identity version from $module_dir/go.mod" >&2; exit 1; }
@@ -25,7 +28,6 @@ cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/awi/$version-$inputs_ha
 bin="$cache_root/bin/azure-wi-webhook"
 stamp="$cache_root/complete"
 
-log() { printf '[build-awi %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 is_complete() { [[ -f "$stamp" && -x "$bin" ]]; }
 finish() {
   if [[ "${1:-}" == "--print-bin" ]]; then echo "$bin"; else log "webhook binary: $bin"; fi
@@ -35,32 +37,16 @@ if [[ "${1:-}" == "--where" ]]; then echo "$bin"; is_complete; exit; fi
 if is_complete; then finish "${1:-}"; exit 0; fi
 
 mkdir -p "$cache_root/bin"
-exec 9>"$cache_root/.lock"
-if ! flock -n 9; then
-  log "another build of AWI $version is running; waiting for it"
-  flock 9
-fi
+lock_cache "$cache_root" "AWI $version"
 if is_complete; then finish "${1:-}"; exit 0; fi
 
-command -v go >/dev/null || { echo "go is required to build the AWI webhook (Go >= $(sed -n 's/^go //p' "$module_dir/go.mod"))" >&2; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-cores="$(nproc 2>/dev/null || echo 2)"
-jobs="${CKB_GO_BUILD_JOBS:-$(( cores < 2 ? 1 : 2 ))}"
-export GOMAXPROCS="${GOMAXPROCS:-$jobs}"
+go_setup "$module_dir" "the AWI webhook"
 
 rm -f "$stamp"
 start=$SECONDS
 log "building the Azure Workload Identity webhook $version into $cache_root (go $(go env GOVERSION), -p $jobs)"
-(cd "$module_dir" && go mod download) || { echo "go mod download failed (check: go env GOPROXY GOSUMDB)" >&2; exit 1; }
-
-(cd "$module_dir" && go build -p "$jobs" -ldflags "-s -w" -o "$bin.partial" github.com/Azure/azure-workload-identity/cmd/webhook) &
-pid=$!
-while kill -0 "$pid" 2>/dev/null; do
-  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  kill -0 "$pid" 2>/dev/null && log "still building the AWI webhook: $(( SECONDS - start ))s"
-done
-wait "$pid" || { echo "go build of the AWI webhook failed" >&2; exit 1; }
+with_progress "the AWI webhook" go_in "$module_dir" build -p "$jobs" -ldflags "-s -w" -o "$bin.partial" \
+  github.com/Azure/azure-workload-identity/cmd/webhook
 mv -f "$bin.partial" "$bin"
 "$bin" --version >/dev/null 2>&1 || { echo "$bin does not run" >&2; exit 1; }
 printf 'azure-workload-identity %s\ninputs %s\nbuilt %s\nseconds %s\n' "$version" "$inputs_hash" \

@@ -15,6 +15,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log_tag=build-control-plane
+# shellcheck source=e2e/scripts/lib.sh
+source "$here/scripts/lib.sh"
 module_dir="$here/cluster"
 version="$(sed -n 's/^[[:space:]]*k8s\.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$module_dir/go.mod" | head -n1)"
 [[ -n "$version" ]] || { echo "cannot read the k8s.io/kubernetes version from $module_dir/go.mod" >&2; exit 1; }
@@ -25,8 +28,6 @@ cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/control-plane/$version"
 bin_dir="$cache_root/bin"
 stamp="$cache_root/complete"
 binaries=(etcd kube-apiserver kube-controller-manager kubectl)
-
-log() { printf '[build-control-plane %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 is_complete() {
   [[ -f "$stamp" ]] || return 1
@@ -40,22 +41,10 @@ finish() {
 if [[ "${1:-}" == "--where" ]]; then echo "$bin_dir"; is_complete; exit; fi
 if is_complete; then finish "${1:-}"; exit 0; fi
 
-mkdir -p "$cache_root"
-# Two runs at once (the tests and the demo) must not build twice into the same directory.
-exec 9>"$cache_root/.lock"
-if ! flock -n 9; then
-  log "another build of $version is running; waiting for it"
-  flock 9
-fi
+lock_cache "$cache_root" "$version"
 if is_complete; then finish "${1:-}"; exit 0; fi
 
-command -v go >/dev/null || { echo "go is required to build the control plane (Go >= $(sed -n 's/^go //p' "$module_dir/go.mod"))" >&2; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-# Two cores are shared with the Rust build: keep Go from using more.
-cores="$(nproc 2>/dev/null || echo 2)"
-jobs="${CKB_GO_BUILD_JOBS:-$(( cores < 2 ? 1 : 2 ))}"
-export GOMAXPROCS="${GOMAXPROCS:-$jobs}"
+go_setup "$module_dir" "the control plane"
 
 rm -f "$stamp"
 mkdir -p "$bin_dir"
@@ -76,8 +65,6 @@ pkg_for() {
   esac
 }
 
-(cd "$module_dir" && go mod download) || { echo "go mod download failed (check: go env GOPROXY GOSUMDB)" >&2; exit 1; }
-
 for b in "${binaries[@]}"; do
   if [[ -x "$bin_dir/$b" && -f "$cache_root/.built-$b" ]]; then
     log "$b already built"
@@ -85,16 +72,7 @@ for b in "${binaries[@]}"; do
   fi
   step_start=$SECONDS
   log "go build $b ..."
-  (cd "$module_dir" && go build -p "$jobs" -ldflags "$ldflags" -o "$bin_dir/$b.partial" "$(pkg_for "$b")") &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && log "still building $b: $(( SECONDS - step_start ))s for this binary, $(( SECONDS - build_start ))s in total"
-  done
-  if ! wait "$pid"; then
-    echo "go build of $b failed" >&2
-    exit 1
-  fi
+  with_progress "$b" go_in "$module_dir" build -p "$jobs" -ldflags "$ldflags" -o "$bin_dir/$b.partial" "$(pkg_for "$b")"
   mv -f "$bin_dir/$b.partial" "$bin_dir/$b"
   touch "$cache_root/.built-$b"
   log "built $b in $(( SECONDS - step_start ))s"

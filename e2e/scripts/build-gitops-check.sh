@@ -14,12 +14,14 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log_tag=build-gitops-check
+# shellcheck source=e2e/scripts/lib.sh
+source "$here/scripts/lib.sh"
 module_dir="$here/gitops"
 key="$(cat "$module_dir/go.mod" "$module_dir/go.sum" "$module_dir"/*.go | sha256sum | cut -c1-16)"
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/gitops-check/$key"
 bin="$cache_root/ckb-gitops-check"
 
-log() { printf '[build-gitops-check %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 finish() {
   if [[ "${1:-}" == "--print-bin" ]]; then echo "$bin"; else log "built: $bin"; fi
 }
@@ -27,28 +29,15 @@ finish() {
 if [[ "${1:-}" == "--where" ]]; then echo "$bin"; [[ -x "$bin" ]]; exit; fi
 if [[ -x "$bin" ]]; then finish "${1:-}"; exit 0; fi
 
-mkdir -p "$cache_root"
-exec 9>"$cache_root/.lock"
-flock 9
+lock_cache "$cache_root" "ckb-gitops-check"
 if [[ -x "$bin" ]]; then finish "${1:-}"; exit 0; fi
 
-command -v go >/dev/null || { echo "go is required to build ckb-gitops-check (Go >= $(sed -n 's/^go //p' "$module_dir/go.mod"))" >&2; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-cores="$(nproc 2>/dev/null || echo 2)"
-jobs="${CKB_GO_BUILD_JOBS:-$(( cores < 2 ? 1 : 2 ))}"
-export GOMAXPROCS="${GOMAXPROCS:-$jobs}"
+go_setup "$module_dir" "ckb-gitops-check"
 
 start=$SECONDS
 log "building ckb-gitops-check (kstatus $(sed -n 's/^[[:space:]]*sigs\.k8s\.io\/cli-utils //p' "$module_dir/go.mod"), gopher-lua $(sed -n 's/^[[:space:]]*github\.com\/yuin\/gopher-lua //p' "$module_dir/go.mod")) with go $(go env GOVERSION)"
-(cd "$module_dir" && go mod download) || { echo "go mod download failed (check: go env GOPROXY GOSUMDB)" >&2; exit 1; }
-(cd "$module_dir" && go vet . && go build -p "$jobs" -ldflags "-s -w" -o "$bin.partial" .) &
-pid=$!
-while kill -0 "$pid" 2>/dev/null; do
-  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  kill -0 "$pid" 2>/dev/null && log "still building: $(( SECONDS - start ))s"
-done
-wait "$pid" || { echo "go build of ckb-gitops-check failed" >&2; exit 1; }
+with_progress "ckb-gitops-check" go_in "$module_dir" vet .
+with_progress "ckb-gitops-check" go_in "$module_dir" build -p "$jobs" -ldflags "-s -w" -o "$bin.partial" .
 mv -f "$bin.partial" "$bin"
 log "built in $(( SECONDS - start ))s"
 finish "${1:-}"

@@ -1,0 +1,55 @@
+# Shared by the e2e/scripts/build-*.sh scripts (sourced, not run): logging, the lock on a cache
+# directory, the Go build environment, and a build step that reports progress every 30 seconds so
+# CI never sees a silent step. The sourcing script sets `log_tag` first.
+
+# Logs to stderr (stdout is reserved for the paths the scripts print).
+log() { printf '[%s %s] %s\n' "$log_tag" "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# lock_cache DIR WHAT: holds DIR/.lock for the rest of the script, so two runs at once (the tests
+# and the demo) do not build twice into the same directory; waits for another build, saying so.
+lock_cache() {
+  mkdir -p "$1"
+  exec 9>"$1/.lock"
+  if ! flock -n 9; then
+    log "another build of $2 is running; waiting for it"
+    flock 9
+  fi
+}
+
+# go_setup MODULE_DIR WHAT: checks for go, exports the build environment and sets `jobs`, then
+# downloads the module's dependencies.
+go_setup() {
+  command -v go >/dev/null ||
+    { echo "go is required to build $2 (Go >= $(sed -n 's/^go //p' "$1/go.mod"))" >&2; exit 1; }
+  export GOTOOLCHAIN=local CGO_ENABLED=0
+  export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
+  # Two cores are shared with the Rust build: keep Go from using more.
+  local cores
+  cores="$(nproc 2>/dev/null || echo 2)"
+  jobs="${CKB_GO_BUILD_JOBS:-$(( cores < 2 ? 1 : 2 ))}"
+  export GOMAXPROCS="${GOMAXPROCS:-$jobs}"
+  (cd "$1" && go mod download) ||
+    { echo "go mod download failed (check: go env GOPROXY GOSUMDB)" >&2; exit 1; }
+}
+
+# go_in DIR ARGS...: runs `go ARGS...` in DIR.
+go_in() {
+  local dir="$1"
+  shift
+  (cd "$dir" && go "$@")
+}
+
+# with_progress WHAT COMMAND...: runs COMMAND in the background and logs every 30 seconds while
+# it runs (with the total since `build_start`, when set); exits the script if it fails.
+with_progress() {
+  local what="$1" step_start=$SECONDS pid
+  shift
+  "$@" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null &&
+      log "still building $what: $(( SECONDS - step_start ))s for this step, $(( SECONDS - ${build_start:-$step_start} ))s in total"
+  done
+  wait "$pid" || { echo "go build of $what failed" >&2; exit 1; }
+}
