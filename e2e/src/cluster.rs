@@ -141,6 +141,29 @@ fn check_binaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
+/// the last error seen. An error is not final: the check is tried again until the timeout (a
+/// condition not met yet may say why as an error, and the last reason is what the failure shows).
+pub async fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("condition not met");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The repository root (this crate lives in `<root>/e2e`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -246,6 +269,19 @@ impl Proc {
         env: &[(String, String)],
         log: PathBuf,
     ) -> Result<Self> {
+        Self::start(name, program, args, env, false, log)
+    }
+
+    /// Like [`Self::spawn_with_env`]; when `isolated`, the process inherits nothing from this one
+    /// but `PATH` (no `CKB_*` or `AZURE_*` of the caller reaches the operator).
+    pub(crate) fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        isolated: bool,
+        log: PathBuf,
+    ) -> Result<Self> {
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,6 +302,10 @@ impl Proc {
             }
             None => Command::new(program),
         };
+        if isolated {
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        }
         let child = cmd
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -278,6 +318,16 @@ impl Proc {
             .spawn()
             .map_err(io_err(format!("starting {}", program.display())))?;
         Ok(Self { name, child, log })
+    }
+
+    /// The process id (of the process group's leader).
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Fails if the process has exited.

@@ -1,4 +1,4 @@
-//! The local demo: the environment of `crate::env` (control plane, doubles, chart in development
+//! The local demo: the suite's [`Environment`] (control plane, doubles, chart in development
 //! mode, operator as the chart's ServiceAccount), the samples of `samples/` applied, and what a
 //! user wants to see printed: the binding's status, the key and its release policy, the injected
 //! pod, then a release played as the sidecar for that pod (succeeds) and for an altered policy
@@ -18,7 +18,24 @@ use kube::api::{Api, ListParams};
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{ControlPlane, repo_root};
-use crate::env::{DEMO_AUTHORITY_HOST, Environment, OPERATOR_NAMESPACE, RELEASE};
+use crate::suite_env::{
+    DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, RELEASE_KV_TOKEN,
+    SERVICE_ACCOUNT, wait_for,
+};
+
+/// Host of the samples' vault.
+fn vault_host() -> &'static str {
+    host_of(DEMO_VAULT)
+}
+
+/// Host of the samples' attestation authority.
+fn authority_host() -> &'static str {
+    host_of(DEMO_AUTHORITY)
+}
+
+fn host_of(url: &'static str) -> &'static str {
+    url.strip_prefix("https://").unwrap_or(url)
+}
 
 /// Options of the demo.
 #[derive(Debug, clap::Parser)]
@@ -63,24 +80,6 @@ fn kubectl_show(cp: &ControlPlane, args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
-/// Polls `check` every 250 ms until it holds or `timeout` passes.
-async fn wait_until(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn samples_dir(args: &DemoArgs) -> PathBuf {
     args.samples
         .clone()
@@ -113,41 +112,34 @@ async fn wait_for_interrupt() -> Result<()> {
     Ok(())
 }
 
-/// Waits until the binding reports Ready=True.
-async fn wait_binding_ready(cp: &ControlPlane, ns: &str, name: &str) -> Result<()> {
-    let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-    let res = wait_until(Duration::from_secs(120), "the binding to be Ready", || {
-        let out = cp.kubectl(["get", "ckb", name, "-n", ns, "-o", jsonpath])?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
-    })
-    .await;
+/// Waits until the binding reports Ready=True; shows it when it does not.
+async fn wait_binding_ready(env: &Environment, ns: &str, name: &str) -> Result<()> {
+    let res = env.wait_binding_ready(ns, name).await;
     if res.is_err() {
-        let _ = kubectl_show(cp, &["get", "ckb", name, "-n", ns, "-o", "yaml"]);
+        let _ = kubectl_show(&env.cp, &["get", "ckb", name, "-n", ns, "-o", "yaml"]);
     }
-    res
+    res.map(drop)
 }
 
 /// The first pod of `app=orders` that the webhook injected.
 async fn injected_pod(cp: &ControlPlane, ns: &str) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("app=orders"))
-            .await?;
-        if let Some(p) = list.items.into_iter().find(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.get("ckb.dev/injected").is_some_and(|v| v == "true"))
-        }) {
-            return Ok(p);
+    let what = format!("an injected pod of app=orders in {ns}");
+    wait_for(Duration::from_secs(90), &what, || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=orders"))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.get("ckb.dev/injected").is_some_and(|v| v == "true"))
+            }))
         }
-        if Instant::now() >= deadline {
-            bail!("no injected pod of app=orders in {ns} after 90 s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -209,27 +201,25 @@ fn show_pod(pod: &Pod) -> Result<String> {
 
 fn show_key(env: &Environment, name: &str) -> Result<()> {
     let dump = env.double.keys();
-    let vault = &dump["demo.vault.azure.net"];
+    let vault = &dump[vault_host()];
     let text = serde_json::to_string(vault)?;
     if !text.contains(name) {
         bail!("key {name} not found in the Key Vault double: {text}");
     }
-    println!("Key Vault double, vault demo.vault.azure.net:");
+    println!("Key Vault double, vault {}:", vault_host());
     println!("{}", serde_json::to_string_pretty(vault)?);
     Ok(())
 }
 
 async fn play_sidecar(env: &Environment, hostdata: &str, label: &str) -> Result<bool> {
-    let client = env
-        .double
-        .client_for(&["demo.vault.azure.net", DEMO_AUTHORITY_HOST]);
+    let client = env.double_client(&[vault_host(), authority_host()]);
     let trust = Trust::from_pem(&env.double.ca_pem())?;
-    let vault = env.vault_url_via_double();
+    let vault = env.double_url(vault_host());
     let call = ReleaseCall {
         vault_url: &vault,
         key_name: "orders-key",
         version: None,
-        bearer: "release-token",
+        bearer: RELEASE_KV_TOKEN,
         token: "",
         api_version: "7.4",
         enc: None,
@@ -238,8 +228,8 @@ async fn play_sidecar(env: &Environment, hostdata: &str, label: &str) -> Result<
     match release_for_pod(
         &client,
         &call,
-        &env.authority_url_via_double(),
-        DEMO_AUTHORITY_HOST,
+        &env.double_url(authority_host()),
+        authority_host(),
         hostdata,
         &trust,
     )
@@ -268,31 +258,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "starting: control plane, Key Vault + Attestation doubles, chart (development mode), operator",
     );
     let started = Instant::now();
-    let env = Environment::start().await?;
+    let env = Environment::start(EnvOptions::default()).await?;
     let cp = &env.cp;
     println!(
-        "ready in {:.1}s: API server {} (RBAC on); operator running as system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}; webhook https://127.0.0.1:{}/mutate",
+        "ready in {:.1}s: API server {} (RBAC on); operator running as system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}; webhook {}",
         started.elapsed().as_secs_f64(),
         cp.server_url(),
-        env.webhook_port
+        env.webhook_url()
     );
+    // The environment stands in for AKS's confidential node pool: it created the RuntimeClass
+    // kata-cc-isolation, without which the API server refuses the sample's pods.
 
     let result = async {
-        banner("the local stand-in for AKS's confidential node pool: RuntimeClass kata-cc-isolation");
-        // AKS creates this RuntimeClass with the Kata CC node pool; without it the API server
-        // refuses the sample's pods before any webhook sees them.
-        let rc = cp.dir().join("runtimeclass.json");
-        std::fs::write(
-            &rc,
-            r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"kata-cc-isolation"},"handler":"kata-cc"}"#,
-        )?;
-        kubectl_show(cp, &["apply", "-f", &rc.display().to_string()])?;
-
         banner("applying the samples");
         apply_samples(cp, &samples_dir(&args)).await?;
 
         banner("the binding");
-        wait_binding_ready(cp, "payments", "orders-key").await?;
+        wait_binding_ready(&env, "payments", "orders-key").await?;
         kubectl_show(cp, &["get", "ckb", "-n", "payments", "-o", "wide"])?;
         kubectl_show(
             cp,
@@ -334,10 +316,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     banner("environment");
     println!("export KUBECONFIG={}", cp.kubeconfig().display());
     println!("kubectl: {}", cp.bin_dir().join("kubectl").display());
-    println!(
-        "operator log: {}",
-        cp.dir().join("ckb-operator.log").display()
-    );
+    println!("operator log: {}", env.operator_log().display());
     if args.once {
         println!("\n--once: cleaning up");
         return Ok(());

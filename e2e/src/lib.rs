@@ -3,7 +3,6 @@
 
 pub mod cluster;
 pub mod demo;
-pub mod env;
 pub mod registry;
 pub mod suite_env;
 pub mod workload_identity;

@@ -2,8 +2,8 @@
 //! doubles, the Helm chart installed in development mode, and the real `ckb-operator` binary
 //! running as a local process with the chart's ServiceAccount token; with the options and helpers
 //! the suite needs (grace and resync periods, stop/kill/start of the operator, waits on binding
-//! conditions and pods, keys in the double, the sidecar's release for a pod). The demo runs on
-//! [`crate::env`], which sets the same parts up the same way.
+//! conditions and pods, keys in the double, the sidecar's release for a pod). The suites, the
+//! demo (`ckb-demo`) and the README test all run on it.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -32,12 +32,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::future::Future;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt as _;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -51,7 +49,8 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
 
-use crate::cluster::{ControlPlane, log_tail, repo_root};
+pub use crate::cluster::wait_for;
+use crate::cluster::{ControlPlane, Proc, free_ports, log_tail, repo_root};
 use crate::workload_identity::{IdentityOptions, OPERATOR_CLIENT_ID, OperatorIdentity};
 
 /// Namespace the chart is installed in (and the operator's own namespace).
@@ -115,40 +114,6 @@ impl Default for EnvOptions {
     }
 }
 
-/// The local operator process.
-struct OperatorProc {
-    child: Child,
-}
-
-impl OperatorProc {
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// SIGTERM (graceful) with a deadline, then SIGKILL.
-    fn stop(&mut self, grace: Duration) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        if !grace.is_zero() {
-            self.signal("-TERM");
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.signal("-KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A running control plane + doubles + chart + operator. Drop it to tear everything down.
 pub struct Environment {
     /// The control plane (admin client, kubectl, API server restart, logs).
@@ -157,7 +122,7 @@ pub struct Environment {
     pub double: KeyVaultDouble,
     /// The settings it was started with.
     pub opts: EnvOptions,
-    operator: Option<OperatorProc>,
+    operator: Option<Proc>,
     operator_bin: PathBuf,
     operator_kubeconfig: PathBuf,
     operator_log: PathBuf,
@@ -169,12 +134,6 @@ pub struct Environment {
     helm: PathBuf,
     helm_home: PathBuf,
     http: reqwest::Client,
-}
-
-/// Reserves a free loopback port (released right away for the operator to bind).
-fn free_addr() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?)
 }
 
 /// The `ckb-operator` binary: `$CKB_OPERATOR_BIN`, else built once with `cargo build -p
@@ -230,28 +189,6 @@ pub fn helm_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("helm"))
 }
 
-/// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
-/// the last error seen.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("condition not met");
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -278,6 +215,8 @@ impl Environment {
         let helm_home = dir.join("helm");
         fs::create_dir_all(&helm_home)?;
         let http = double.client_for(&[]);
+        let [webhook_port, metrics_port] = free_ports::<2>()?;
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut env = Self {
             cp,
             double,
@@ -288,8 +227,8 @@ impl Environment {
             operator_log: dir.join("operator.log"),
             identity: None,
             kv_ca_file,
-            webhook_addr: free_addr()?,
-            metrics_addr: free_addr()?,
+            webhook_addr: loopback(webhook_port),
+            metrics_addr: loopback(metrics_port),
             helm: helm_binary(),
             helm_home,
             http,
@@ -488,55 +427,35 @@ impl Environment {
         if self.operator_running() {
             return Ok(());
         }
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.operator_log)
-            .with_context(|| format!("opening {}", self.operator_log.display()))?;
-        let mut cmd = match ["/usr/bin/setpriv", "/bin/setpriv"]
-            .iter()
-            .find(|p| Path::new(p).is_file())
-        {
-            // NB: dies with the thread that started it, so a test runner killed outright leaves no
-            // operator behind (the environment is started from the test's own thread).
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"])
-                    .arg(&self.operator_bin);
-                c
-            }
-            None => Command::new(&self.operator_bin),
-        };
-        // Only what the operator needs: no inherited CKB_* or AZURE_* from the caller.
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env("CKB_POD_NAMESPACE", NAMESPACE)
-            .env("CKB_POD_NAME", OPERATOR_IDENTITY)
-            .envs(
-                self.identity
-                    .iter()
-                    .flat_map(OperatorIdentity::operator_env),
-            )
-            .env(
-                "CKB_LOG_LEVEL",
-                std::env::var("CKB_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .args(self.operator_args())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.operator_bin.display()))?;
-        self.operator = Some(OperatorProc { child });
+        let log_level = std::env::var("CKB_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into());
+        let mut env = vec![
+            (
+                "KUBECONFIG".to_string(),
+                self.operator_kubeconfig.display().to_string(),
+            ),
+            ("CKB_POD_NAMESPACE".to_string(), NAMESPACE.to_string()),
+            ("CKB_POD_NAME".to_string(), OPERATOR_IDENTITY.to_string()),
+            ("CKB_LOG_LEVEL".to_string(), log_level),
+        ];
+        env.extend(
+            self.identity
+                .iter()
+                .flat_map(OperatorIdentity::operator_env),
+        );
+        self.operator = Some(Proc::start(
+            "ckb-operator",
+            &self.operator_bin,
+            &self.operator_args(),
+            &env,
+            true,
+            self.operator_log.clone(),
+        )?);
         self.wait_operator_ready().await
     }
 
     /// Process id of the running operator (for its memory figures in `scripts/bench.sh`).
     pub fn operator_pid(&self) -> Option<u32> {
-        self.operator.as_ref().map(|p| p.child.id())
+        self.operator.as_ref().map(Proc::id)
     }
 
     /// The operator's metrics and probe address.
@@ -545,9 +464,7 @@ impl Environment {
     }
 
     fn operator_running(&mut self) -> bool {
-        self.operator
-            .as_mut()
-            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+        self.operator.as_mut().is_some_and(Proc::is_running)
     }
 
     /// Waits until `/readyz` answers 200 and the webhook configuration carries a CA bundle.
@@ -555,13 +472,8 @@ impl Environment {
         let url = format!("http://{}/readyz", self.metrics_addr);
         let deadline = Instant::now() + OPERATOR_READY_TIMEOUT;
         loop {
-            if let Some(p) = self.operator.as_mut()
-                && let Ok(Some(status)) = p.child.try_wait()
-            {
-                bail!(
-                    "the operator exited ({status}); log tail:\n{}",
-                    log_tail(&self.operator_log, 60)
-                );
+            if let Some(p) = self.operator.as_mut() {
+                p.check_alive()?;
             }
             let last = match self.http.get(&url).send().await {
                 Ok(r) if r.status().is_success() => break,

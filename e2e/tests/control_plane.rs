@@ -8,10 +8,10 @@
 //! Needs the local control plane (`e2e/scripts/build-control-plane.sh`); fails, never skips,
 //! without it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use ckb_e2e::cluster::ControlPlane;
+use ckb_e2e::cluster::{ControlPlane, wait_for};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
@@ -19,23 +19,6 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-
-async fn poll<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn named(name: &str, ns: Option<&str>) -> ObjectMeta {
     ObjectMeta {
@@ -76,7 +59,7 @@ async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
         .create(&PostParams::default(), &deploy)
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    poll(
+    wait_for(
         Duration::from_secs(60),
         "2 pods of the Deployment",
         async || {

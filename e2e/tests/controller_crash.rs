@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use ckb_crds::{ConfidentialKeyBinding, labels};
 use ckb_doubles::{Config, Fault, KeyVaultDouble};
-use ckb_e2e::cluster::{ControlPlane, repo_root};
+use ckb_e2e::cluster::{ControlPlane, log_tail, wait_for};
+use ckb_e2e::suite_env::operator_binary;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -35,48 +36,6 @@ const KILLS: usize = 4;
 const HELD_ANSWER: Duration = Duration::from_secs(90);
 const HOST: &str = "demo.vault.azure.net";
 
-async fn poll<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The operator binary, built if needed (the test suite builds the workspace first; this keeps
-/// the test runnable on its own).
-fn operator_binary() -> Result<PathBuf> {
-    let root = repo_root();
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-j2",
-            "-p",
-            "ckb-operator",
-            "--bin",
-            "ckb-operator",
-        ])
-        .current_dir(&root)
-        .status()
-        .context("cargo build of the operator")?;
-    ensure!(status.success(), "building ckb-operator failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/ckb-operator");
-    ensure!(bin.is_file(), "{} is missing", bin.display());
-    Ok(bin)
-}
-
 async fn install_crd(client: &kube::Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &ConfidentialKeyBinding::crd())
@@ -87,7 +46,7 @@ async fn install_crd(client: &kube::Client) -> Result<()> {
         .await
         .context("creating the grant CRD")?;
     let bindings: Api<ConfidentialKeyBinding> = Api::all(client.clone());
-    poll(
+    wait_for(
         Duration::from_secs(60),
         "the CRD to be served",
         async || Ok(bindings.list(&ListParams::default()).await.ok().map(|_| ())),
@@ -174,12 +133,6 @@ fn binding(i: usize) -> ConfidentialKeyBinding {
 fn ready(b: &ConfidentialKeyBinding) -> bool {
     b.condition(ckb_crds::conditions::types::READY)
         .is_some_and(|c| c.status == "True")
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +231,7 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
             if let Some(status) = op.child.try_wait()? {
                 bail!(
                     "the operator exited by itself ({status}):\n{}",
-                    tail(&log_path)
+                    log_tail(&log_path, 40)
                 );
             }
             let held = created(&double)
@@ -300,7 +253,7 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
             ensure!(
                 Instant::now() < deadline,
                 "round {round}: the operator created no key:\n{}",
-                tail(&log_path)
+                log_tail(&log_path, 40)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -331,12 +284,15 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
     // The last start runs to the end.
     let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), KILLS)?;
     let last_log = files.path(&format!("operator-{KILLS}.log"));
-    let result = poll(
+    let result = wait_for(
         Duration::from_secs(180),
         "every binding Ready",
         async || {
             if let Some(status) = op.child.try_wait()? {
-                bail!("the operator exited ({status}):\n{}", tail(&last_log));
+                bail!(
+                    "the operator exited ({status}):\n{}",
+                    log_tail(&last_log, 40)
+                );
             }
             let list = bindings.list(&ListParams::default()).await?;
             Ok((list.items.len() == BINDINGS && list.items.iter().all(ready)).then_some(list))
@@ -347,7 +303,7 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
         Ok(l) => l,
         Err(e) => {
             cp.print_logs(20);
-            bail!("{e}\noperator log:\n{}", tail(&last_log));
+            bail!("{e}\noperator log:\n{}", log_tail(&last_log, 40));
         }
     };
 
@@ -397,7 +353,7 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
     // Graceful stop on SIGTERM. The bindings may all be Ready before the last restarted operator
     // has even installed its handler (they were made Ready by an earlier one): wait for its first
     // log line, which it writes only after the handler is installed.
-    poll(
+    wait_for(
         Duration::from_secs(30),
         "the last operator to start (its first log line)",
         async || {

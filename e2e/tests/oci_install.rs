@@ -109,7 +109,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let version = release_version();
     let layout = image_layout()?;
-    let helm = ckb_e2e::env::helm_binary();
+    let helm = ckb_e2e::suite_env::helm_binary();
 
     // 1. Publish to the local registry, as the release workflow does to ghcr.io.
     let registry = LocalRegistry::start().await?;

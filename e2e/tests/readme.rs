@@ -17,10 +17,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use ckb_e2e::cluster::{ControlPlane, repo_root};
-use ckb_e2e::env::{Environment, helm_binary, operator_binary};
 use ckb_e2e::registry::{
     CHART_REPOSITORY, IMAGE_REPOSITORY, LocalRegistry, PUBLIC_REGISTRY, release_version,
 };
+use ckb_e2e::suite_env::{DEMO_VAULT, EnvOptions, Environment, helm_binary, operator_binary};
 use sha2::{Digest, Sha256};
 
 /// A fenced ```sh block and the `##` section it is in.
@@ -236,7 +236,7 @@ async fn readme_install_on_aks_helm_install_succeeds() -> Result<()> {
 async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let snippets = group(&readme_snippets(), WALK_THROUGH);
-    let env = Environment::start().await?;
+    let env = Environment::start(EnvOptions::default()).await?;
     let work = tempfile::tempdir()?;
     std::os::unix::fs::symlink(repo_root().join("samples"), work.path().join("samples"))?;
     // Stand-in for genpolicy (see the module docs): the sample's policy text.
@@ -244,21 +244,14 @@ async fn readme_walk_through_runs_against_the_local_environment() -> Result<()> 
     std::fs::write(work.path().join("policy.rego"), &policy)?;
     let expected_hash = hex::encode(Sha256::digest(policy.as_bytes()));
 
-    // Stand-in for AKS's confidential node pool, which creates this RuntimeClass: without it the
-    // API server refuses the workload's pods before any webhook sees them.
-    let rc = work.path().join("runtimeclass.json");
-    std::fs::write(
-        &rc,
-        r#"{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{"name":"kata-cc-isolation"},"handler":"kata-cc"}"#,
-    )?;
-    let out = env.cp.kubectl(["apply", "-f", &rc.display().to_string()])?;
-    assert!(out.status.success(), "creating the RuntimeClass failed");
+    // The environment stands in for AKS's confidential node pool (the RuntimeClass
+    // kata-cc-isolation, without which the API server refuses the workload's pods).
 
     // The README's `VAULT_URL`: the vault the environment's operator may use.
     let vars = BTreeMap::from([
         ("KUBECONFIG", env.cp.kubeconfig().display().to_string()),
         ("PATH", tool_path(&env.cp)?),
-        ("VAULT_URL", ckb_e2e::env::DEMO_VAULT.to_string()),
+        ("VAULT_URL", DEMO_VAULT.to_string()),
     ]);
     let mut outputs = Vec::new();
     for code in &snippets {
