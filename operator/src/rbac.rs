@@ -4,10 +4,8 @@
 //! a new verb, a subresource), add it to [`API_ACCESS`] in the same change.** The chart test
 //! (`operator/tests/chart.rs`) renders `charts/ckb-operator/templates/rbac.yaml` with helm and
 //! compares the granted rules with this table both ways: a call missing from the chart fails the
-//! test, and so does a grant the table does not justify. Another test there scans the operator's
-//! code for `Api<T>` and the event `Recorder`, and fails when a resource used in the code is
-//! missing here or a resource here is used nowhere. The end-to-end suite then runs the operator
-//! with exactly the chart's RBAC, so a missing verb fails there.
+//! test, and so does a grant the table does not justify. The end-to-end suite then runs the
+//! operator with exactly the chart's RBAC, so a call missing here fails there.
 //!
 //! Verbs are the authorizer's verbs, not HTTP methods: a watch is `list` + `watch`, server-side
 //! apply is `patch`, a GET by name is `get`. `create` cannot be limited by `resourceNames` (the
@@ -168,10 +166,11 @@ pub const API_ACCESS: &[ApiAccess] = &[
         group: "coordination.k8s.io",
         resource: "leases",
         subresource: None,
-        verbs: &["get", "update"],
+        verbs: &["get", "patch"],
         scope: Scope::OwnNamespaceNamed(&[ObjectName::FromEnv(ENV_LEASE_NAME)]),
         needed: Needed::Always,
-        why: "leader election: only the Lease holder runs the controller (read, then replace)",
+        why: "leader election: only the Lease holder runs the controller (kube-lease-manager \
+              reads the Lease and writes it by server-side apply and strategic merge patch)",
     },
     ApiAccess {
         group: "coordination.k8s.io",

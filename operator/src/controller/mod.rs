@@ -29,10 +29,11 @@
 //!   Terminating forever. Until then each failure is retried with backoff, and reported once
 //!   (`KeyDeleteFailed`).
 //! - **Leader election.** A `coordination.k8s.io/v1` Lease (`--leader-election-lease`, default
-//!   `ckb-operator`) in the operator's namespace (`CKB_POD_NAMESPACE`): 15 s lease, renewed every
-//!   2 s; a leader that cannot renew for 10 s stops its controller before anyone may take over; on
-//!   SIGTERM the holder finishes in-flight reconciles (up to 10 s) and gives the Lease up. Only the
-//!   holder reconciles; every replica keeps the caches and serves the webhook.
+//!   `ckb-operator`) in the operator's namespace (`CKB_POD_NAMESPACE`), kept by
+//!   `kube-lease-manager`: 15 s lease, renewed 5 s before it expires; a leader whose renewal fails
+//!   stops its controller then, 5 s before anyone may take over; on SIGTERM the holder finishes
+//!   in-flight reconciles (up to 10 s) and gives the Lease up. Only the holder reconciles; every
+//!   replica keeps the caches and serves the webhook.
 //! - **Pacing.** A converged binding is looked at again every `--resync-period` (10m, ±10%): one
 //!   GET, no write unless the key drifted (an out-of-band release-policy edit is restored then).
 //!   Watch events in between (pods, ConfigMaps, status) reuse what the last GET verified when
@@ -57,6 +58,7 @@ pub mod index;
 pub mod leader;
 pub mod plan;
 pub mod reconcile;
+pub mod reflectors;
 pub mod runtime;
 pub mod status;
 pub mod uninjected;
@@ -98,22 +100,22 @@ pub struct ControllerArgs {
 
     /// How long a policy hash that stopped being current stays in the release policy (then it
     /// stays only while live injected pods still carry it). E.g. `10m`, `1h`, `90s`.
-    #[arg(long, env = "CKB_HASH_GRACE_PERIOD", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CKB_HASH_GRACE_PERIOD", default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub hash_grace_period: Duration,
 
     /// Period after which a converged binding is checked again against Key Vault (jittered by
     /// ±10%), which restores release policies edited out of band.
-    #[arg(long, env = "CKB_RESYNC_PERIOD", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CKB_RESYNC_PERIOD", default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub resync_period: Duration,
 
     /// How long after its deletion a binding with `deletionPolicy: Delete` waits for an
     /// unreachable vault; after that its finalizer is released with a Warning event and the key is
     /// left in place.
-    #[arg(long, env = "CKB_CLEANUP_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CKB_CLEANUP_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub cleanup_timeout: Duration,
 
     /// Longest wait between retries of a failing binding (retries start at 1s and double).
-    #[arg(long, env = "CKB_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "CKB_MAX_RETRY_DELAY", default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub max_retry_delay: Duration,
 
     /// Bindings reconciled at the same time.
@@ -153,7 +155,7 @@ pub struct ControllerArgs {
 
     /// The longest a policy hash stays in a release policy after it stopped being current or
     /// pinned, even while pods created before that still run it (e.g. `24h`, `168h`).
-    #[arg(long, env = "CKB_HASH_RETENTION_CEILING", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "CKB_HASH_RETENTION_CEILING", default_value = "24h", value_parser = crate::duration::parse_duration)]
     pub hash_retention_ceiling: Duration,
 
     /// Value of the `ckb-cluster` key tag. Defaults to the UID of the `kube-system` namespace,
@@ -173,15 +175,6 @@ impl ControllerArgs {
     }
 }
 
-/// Parses a duration: `90s`, `10m`, `1h30m`, `2 hours`, or ISO 8601 `PT10M`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration (e.g. 90s, 10m, 1h): {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,16 +184,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: ControllerArgs,
-    }
-
-    #[test]
-    fn durations_parse_in_friendly_and_iso_forms() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("PT10M").unwrap(), Duration::from_secs(600));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-5m").is_err());
     }
 
     #[test]
