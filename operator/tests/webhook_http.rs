@@ -408,7 +408,8 @@ async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
     let promoted = certs::apply(&introduced, &steps, &hosts, now, &t).unwrap();
     assert_ne!(promoted.ca_crt, a.ca_crt);
     let blocks = |pem: &str| {
-        let mut v: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_bytes())
+        use rustls_pki_types::pem::PemObject as _;
+        let mut v: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
             .map(|c| c.unwrap().as_ref().to_vec())
             .collect();
         v.sort();
@@ -512,6 +513,7 @@ async fn mounted_certificates_are_reloaded_when_the_files_change() {
         dir.path().to_path_buf(),
         r.tls.clone(),
         Duration::from_millis(50),
+        tokio_util::sync::CancellationToken::new(),
     ));
     let review = read("pod-create-confidential.json");
     assert!(

@@ -200,16 +200,12 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    /// The operator's namespace: the flag, else the ServiceAccount's namespace file, else
-    /// `ckb-system`.
+    /// The operator's namespace: the flag (`ckb-operator run` sets it from the client's default
+    /// namespace, the pod's own in the cluster, when it is not given), else `ckb-system`.
     pub fn namespace(&self) -> String {
-        self.namespace.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .map(|s| s.trim().to_string())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "ckb-system".to_string())
-        })
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| "ckb-system".to_string())
     }
 
     /// The serving certificate's names.
@@ -236,6 +232,9 @@ pub async fn serve(
     state: WebhookState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookError> {
+    // The certificate tasks end with this function.
+    let cert_tasks = tokio_util::sync::CancellationToken::new();
+    let _end_cert_tasks = cert_tasks.clone().drop_guard();
     let tls = match &args.cert_dir {
         Some(dir) => {
             let (crt, key) = certs::read_cert_dir(dir)?;
@@ -246,6 +245,7 @@ pub async fn serve(
                 dir.clone(),
                 tls.clone(),
                 Duration::from_secs(10),
+                cert_tasks.clone(),
             ));
             tls
         }
@@ -270,6 +270,7 @@ pub async fn serve(
                 tls.clone(),
                 state.clone(),
                 m.tls_crt,
+                cert_tasks.clone(),
             ));
             tls
         }
