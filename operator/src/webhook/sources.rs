@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::mutate::{self, Decision, MatchedBinding, SidecarDefaults};
 use super::policy::PreparedPolicy;
 use super::review::PodRequest;
-use crate::controller::runtime::store_ready;
+use crate::caches::store_ready;
 use crate::crds::ConfidentialKeyBinding;
 
 /// Read access to the bindings and policy ConfigMaps the webhook needs.
