@@ -37,16 +37,6 @@ fn vault_urls_are_normalised_and_checked() {
 }
 
 #[test]
-fn durations() {
-    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-    assert!(parse_duration("soon").is_err());
-    assert!(parse_duration("5h").is_err());
-}
-
-#[test]
 fn flags_and_defaults() {
     let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
     assert_eq!(cli.kv.credential, None);

@@ -339,32 +339,14 @@ pub struct KeyVaultArgs {
     pub other_limit: u32,
     /// Longest a call waits for a rate-limit slot; beyond it the call reports Throttled and the
     /// binding is requeued (`30s`, `500ms`, `2m`).
-    #[arg(long = "kv-max-wait", env = "CKB_KV_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "kv-max-wait", env = "CKB_KV_MAX_WAIT", default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub max_wait: Duration,
     /// Timeout of one Key Vault request, connect to answer (`30s`, `500ms`, `2m`).
-    #[arg(long = "kv-timeout", env = "CKB_KV_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "kv-timeout", env = "CKB_KV_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
     /// Key Vault REST API version (default: the SDK's, 2025-07-01).
     #[arg(long = "kv-api-version", env = "CKB_KV_API_VERSION")]
     pub api_version: Option<String>,
-}
-
-/// Parses `500ms`, `30s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?} is not a duration like 500ms, 30s or 2m")),
-    }
 }
 
 #[cfg(test)]
