@@ -171,7 +171,11 @@ pub async fn operate(
     let webhook = {
         let stop = stop.clone();
         let client = client.clone();
-        let args = args.webhook.clone();
+        let mut args = args.webhook.clone();
+        // The pod's own namespace in the cluster (kube reads the ServiceAccount's), the
+        // kubeconfig context's outside.
+        args.namespace
+            .get_or_insert_with(|| client.default_namespace().to_string());
         tokio::spawn(async move {
             let r = crate::webhook::serve(
                 args,
