@@ -1065,14 +1065,43 @@ fn prometheus_rule_alerts_on_bindings_denials_and_throttling() {
         );
     }
     // The metric names the rules use are the ones the operator registers.
-    let sources: String = operator_sources().into_iter().map(|(_, t)| t).collect();
+    let registered = registered_metrics();
     for metric in [
-        "\"ckb_binding_ready\"",
-        "\"ckb_admissions\"",
-        "\"ckb_keyvault_requests\"",
+        "ckb_binding_ready",
+        "ckb_admissions",
+        "ckb_keyvault_requests",
     ] {
-        assert!(sources.contains(metric), "the operator registers {metric}");
+        assert!(
+            registered.contains(&format!("# TYPE {metric} ")),
+            "the operator does not register {metric}:\n{registered}"
+        );
     }
+}
+
+/// The exposition text of the metrics `ckb-operator run` registers, each with one sample (a
+/// family without any is not shown).
+fn registered_metrics() -> String {
+    use ckb_operator::telemetry::{BindingLabels, BindingState, ControllerMetrics};
+    let mut registry = ckb_operator::telemetry::registry();
+    let controller = ControllerMetrics::register(&mut registry);
+    controller.set_binding_states([BindingState {
+        labels: BindingLabels {
+            namespace: "ns".into(),
+            name: "b".into(),
+            reason: "Ready".into(),
+        },
+        ready: true,
+        uninjected_pods: 0,
+    }]);
+    let webhook = ckb_operator::webhook::WebhookMetrics::default();
+    webhook.register(&mut registry);
+    webhook.observe(ckb_operator::webhook::review::Outcome::Denied, 0.0);
+    let keyvault = ckb_operator::keyvault::KeyVaultMetrics::default();
+    keyvault.register(&mut registry);
+    keyvault.requests_count("get", "ok");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding");
+    text
 }
 
 #[test]
@@ -1933,115 +1962,6 @@ fn the_chart_pins_policies_by_default() {
     let docs = render(&Case::new("defaults", &[]));
     assert_eq!(env_value(&docs, "CKB_POLICY_SOURCE_DEFAULT"), "Pinned");
     assert_eq!(env_value(&docs, "CKB_HASH_RETENTION_CEILING"), "24h");
-}
-
-// ---------------------------------------------------------------------------------------------
-// rbac.rs against the code: every resource the operator's code opens an `Api` on is in the table,
-// and every resource in the table is used somewhere (resource level; the verbs are exercised by the
-// end-to-end suite, which runs the operator with exactly the chart's RBAC).
-// ---------------------------------------------------------------------------------------------
-
-/// Rust source files of the operator, without test code.
-fn operator_sources() -> Vec<(PathBuf, String)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read_dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&repo_root().join("operator/src"), &mut files);
-    files
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            // `ckb-operator doctor` runs as the user (their kubeconfig), never as the operator.
-            !name.ends_with("_tests.rs") && name != "testing.rs" && name != "doctor.rs"
-        })
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).expect("source");
-            // Unit tests sit at the end of a file, after `#[cfg(test)]`; comments are not calls.
-            let code = text
-                .split("#[cfg(test)]")
-                .next()
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            (p, code)
-        })
-        .collect()
-}
-
-/// The (group, resource) an `Api<T>` of the operator's code talks to.
-fn resource_of(type_name: &str) -> Option<(&'static str, &'static str)> {
-    Some(match type_name {
-        "ConfidentialKeyBinding" => ("ckb.dev", "confidentialkeybindings"),
-        "ConfidentialKeyGrant" => ("ckb.dev", "confidentialkeygrants"),
-        "ConfigMap" => ("", "configmaps"),
-        "Pod" => ("", "pods"),
-        "Namespace" => ("", "namespaces"),
-        "Lease" => ("coordination.k8s.io", "leases"),
-        "Secret" => ("", "secrets"),
-        "MutatingWebhookConfiguration" => (
-            "admissionregistration.k8s.io",
-            "mutatingwebhookconfigurations",
-        ),
-        _ => return None,
-    })
-}
-
-#[test]
-fn rbac_table_names_every_resource_the_code_uses_and_no_other() {
-    let mut used: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-    for (path, code) in operator_sources() {
-        let file = path
-            .strip_prefix(repo_root())
-            .unwrap()
-            .display()
-            .to_string();
-        for (i, _) in code
-            .match_indices("Api<")
-            .chain(code.match_indices("Api::<"))
-        {
-            let rest = &code[i..];
-            let inner = &rest[rest.find('<').unwrap() + 1..rest.find('>').expect("closing >")];
-            // A metadata-only watch (`Api<PartialObjectMeta<K>>`) talks to K's resource.
-            let inner = inner.trim_start_matches("PartialObjectMeta<");
-            let type_name = inner.rsplit("::").next().unwrap().trim();
-            let resource = resource_of(type_name).unwrap_or_else(|| {
-                panic!(
-                    "{file} opens an Api<{type_name}>: add its resource to operator/src/rbac.rs \
-                     (and to resource_of() in this test)"
-                )
-            });
-            used.entry(resource).or_default().push(file.clone());
-        }
-        // kube's event Recorder writes events.k8s.io/v1 Events.
-        if code.contains("Recorder") {
-            used.entry(("events.k8s.io", "events"))
-                .or_default()
-                .push(file.clone());
-        }
-    }
-    let table: BTreeSet<(&str, &str)> = API_ACCESS.iter().map(|r| (r.group, r.resource)).collect();
-    for (resource, files) in &used {
-        assert!(
-            table.contains(resource),
-            "{resource:?} is used by {files:?} but not in rbac.rs"
-        );
-    }
-    for resource in &table {
-        assert!(
-            used.contains_key(resource),
-            "rbac.rs grants {resource:?}, which no operator code uses: remove it"
-        );
-    }
 }
 
 /// The default of the `run` flag whose environment variable is `env`.

@@ -438,21 +438,50 @@ async fn run(s: Scenario) {
     }
 }
 
+// One test per scenario, so that a failure names its scenario and the others still run.
 #[tokio::test]
-async fn scenarios() {
-    for s in [
-        Scenario::Create,
-        Scenario::AddFinalizer,
-        Scenario::VaultNotAllowed,
-        Scenario::ForeignTags,
-        Scenario::UntaggedNoAdopt,
-        Scenario::Adopt,
-        Scenario::PolicyMissing,
-        Scenario::PolicyNotLabelled,
-        Scenario::RecoverOurs,
-    ] {
-        run(s).await;
-    }
+async fn scenario_create() {
+    run(Scenario::Create).await;
+}
+
+#[tokio::test]
+async fn scenario_add_finalizer() {
+    run(Scenario::AddFinalizer).await;
+}
+
+#[tokio::test]
+async fn scenario_vault_not_allowed() {
+    run(Scenario::VaultNotAllowed).await;
+}
+
+#[tokio::test]
+async fn scenario_foreign_tags() {
+    run(Scenario::ForeignTags).await;
+}
+
+#[tokio::test]
+async fn scenario_untagged_no_adopt() {
+    run(Scenario::UntaggedNoAdopt).await;
+}
+
+#[tokio::test]
+async fn scenario_adopt() {
+    run(Scenario::Adopt).await;
+}
+
+#[tokio::test]
+async fn scenario_policy_missing() {
+    run(Scenario::PolicyMissing).await;
+}
+
+#[tokio::test]
+async fn scenario_policy_not_labelled() {
+    run(Scenario::PolicyNotLabelled).await;
+}
+
+#[tokio::test]
+async fn scenario_recover_ours() {
+    run(Scenario::RecoverOurs).await;
 }
 
 #[tokio::test]
