@@ -8,8 +8,12 @@
 //!   no identity in `skr`;
 //! - the operator authenticates to Key Vault with the workload identity the chart configures: a
 //!   ServiceAccount token from the API server's TokenRequest API, refreshed before it expires,
-//!   exchanged at the Entra ID double; the Key Vault double sees tokens of the Entra double only;
-//!   a federation for another subject is a `KeyVaultForbidden` condition naming the identity.
+//!   exchanged at the Entra ID double, and access tokens renewed before they expire; the Key Vault
+//!   double sees tokens of the Entra double only, never an expired one;
+//! - a federation for another subject is a `KeyVaultForbidden` condition naming the identity: from
+//!   the start (no exchange ever succeeds; fixing the federation makes the binding Ready without a
+//!   restart), and when it changes under a running operator, as soon as the access token it holds
+//!   is refreshed (that token stays valid, as a real one would, but is in its refresh window).
 //!
 //! Run one at a time: `cargo test -p ckb-e2e --test workload_identity_e2e -- --test-threads=1`.
 
@@ -316,22 +320,95 @@ async fn the_real_awi_webhook_gives_the_sidecar_the_pods_identity_in_either_orde
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: after the federation changes, the operator keeps using its still-valid Key Vault access token, so the new binding is not refused within the wait; the exchange refusal itself is tested in operator/tests/keyvault_entra.rs"]
-async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_clear_refusal()
--> Result<()> {
-    let opts = EnvOptions {
-        // The kubelet refreshes a projected token at 80 % of its lifetime; here every 3 s.
+/// Options of the operator-identity tests: the kubelet's refresh of the projected token (at 80 %
+/// of its lifetime) every 3 s, and access tokens of 303 s, which the SDK renews in their last 5
+/// minutes: a new exchange every few seconds, each while the previous token is still valid.
+fn short_lived_identity() -> EnvOptions {
+    EnvOptions {
         identity: IdentityOptions {
             token_ttl: Duration::from_secs(600),
             refresh_every: Some(Duration::from_secs(3)),
         },
-        // Renewed 5 minutes before expiry by the SDK: a new exchange every few seconds.
         entra_token_lifetime: Duration::from_secs(303),
         resync_period: Duration::from_secs(3),
         ..EnvOptions::default()
-    };
-    let env = Environment::start(opts).await?;
+    }
+}
+
+/// A federated credential of the operator's client id for another ServiceAccount.
+fn wrong_federation(issuer: &str) -> Vec<ckb_doubles::FederatedCredential> {
+    vec![ckb_doubles::FederatedCredential::service_account(
+        OPERATOR_CLIENT_ID,
+        issuer,
+        NAMESPACE,
+        "not-the-operator",
+    )]
+}
+
+/// Waits until the binding's KeyReady is `KeyVaultForbidden` and checks that its message names the
+/// identity (client id, ServiceAccount subject) and Entra's refusal.
+async fn assert_forbidden_naming_the_identity(env: &Environment, binding: &str) -> Result<()> {
+    let b = env
+        .wait_binding_condition(
+            APPS,
+            binding,
+            types::KEY_READY,
+            "False",
+            Some(reasons::KEY_VAULT_FORBIDDEN),
+            Duration::from_secs(90),
+        )
+        .await?;
+    let (_, _, message) = Environment::condition(&b, types::KEY_READY).context("KeyReady")?;
+    let subject = format!("system:serviceaccount:{NAMESPACE}:ckb-operator");
+    for needle in [OPERATOR_CLIENT_ID, subject.as_str(), "AADSTS700213"] {
+        ensure!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_federated_for_another_subject_from_the_start_says_so_and_recovers_when_fixed()
+-> Result<()> {
+    let env = Environment::start(short_lived_identity()).await?;
+    let entra = env.double.entra();
+    let identity = env.identity.as_ref().context("identity")?;
+    // Before the first binding, so no exchange of the operator ever succeeds.
+    entra.set_credentials(wrong_federation(&identity.issuer));
+    env.create_namespace(APPS, true)?;
+    env.apply_yaml(&apps_yaml("orders-key", "orders", "orders"))?;
+    assert_forbidden_naming_the_identity(&env, "orders-key").await?;
+    let exchanges = entra.exchanges();
+    assert!(!exchanges.is_empty(), "no exchange was tried");
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e.status != 200 && e.aadsts == Some(700213)),
+        "{exchanges:?}"
+    );
+    // The vault was never called with a token.
+    let authenticated: Vec<_> = env
+        .double
+        .log()
+        .into_iter()
+        .filter(|e| e.host.ends_with(".vault.azure.net") && e.authenticated)
+        .collect();
+    assert!(authenticated.is_empty(), "{authenticated:?}");
+
+    // The federation fixed: the binding becomes Ready without a restart.
+    entra.set_credentials(vec![ckb_doubles::FederatedCredential::service_account(
+        OPERATOR_CLIENT_ID,
+        &identity.issuer,
+        NAMESPACE,
+        "ckb-operator",
+    )]);
+    env.wait_binding_ready(APPS, "orders-key").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_refreshes_its_workload_identity_before_expiry_and_a_federation_change_shows_at_the_next_refresh()
+-> Result<()> {
+    let env = Environment::start(short_lived_identity()).await?;
     env.create_namespace(APPS, true)?;
     env.apply_yaml(&apps_yaml("orders-key", "orders", "orders"))?;
     env.wait_binding_ready(APPS, "orders-key").await?;
@@ -339,7 +416,8 @@ async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_cle
     let identity = env.identity.as_ref().context("identity")?;
     let operator_subject = format!("system:serviceaccount:{NAMESPACE}:ckb-operator");
 
-    // Several exchanges, with at least two different (refreshed) ServiceAccount tokens.
+    // Several exchanges, with at least two different (refreshed) ServiceAccount tokens, well
+    // within one access token's lifetime (303 s): tokens are renewed before they expire.
     wait_for(
         Duration::from_secs(60),
         "exchanges with a refreshed federated token",
@@ -370,7 +448,8 @@ async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_cle
     }
     env.wait_binding_ready(APPS, "orders-key").await?;
 
-    // The vault saw tokens of the Entra double only, issued to the operator's identity.
+    // The vault saw tokens of the Entra double only, issued to the operator's identity, and never
+    // an expired one (the double answers 401 to those).
     let calls: Vec<_> = env
         .double
         .log()
@@ -392,42 +471,13 @@ async fn the_operator_uses_its_workload_identity_and_a_wrong_federation_is_a_cle
         );
     }
 
-    // The federated credential now names another ServiceAccount: Entra refuses the exchange, and
-    // a new binding says so, naming the identity.
-    entra.set_credentials(vec![ckb_doubles::FederatedCredential::service_account(
-        OPERATOR_CLIENT_ID,
-        &identity.issuer,
-        NAMESPACE,
-        "not-the-operator",
-    )]);
-    // Wait for a refused exchange (the next resync of orders-key): then no access token of the
-    // right federation is cached any more.
-    wait_for(Duration::from_secs(60), "a refused exchange", || async {
-        Ok(entra
-            .exchanges()
-            .iter()
-            .any(|e| e.aadsts == Some(700213))
-            .then_some(()))
-    })
-    .await?;
+    // The federated credential now names another ServiceAccount. The access token the operator
+    // holds stays valid for minutes (as a real one would), but it is in its refresh window: the
+    // next refresh is refused, and from then on the bindings say so, naming the identity: the one
+    // already Ready at its next resync, and a new one.
+    entra.set_credentials(wrong_federation(&identity.issuer));
+    assert_forbidden_naming_the_identity(&env, "orders-key").await?;
     env.apply_yaml(&apps_yaml("audit-key", "audit", "audit"))?;
-    let b = env
-        .wait_binding_condition(
-            APPS,
-            "audit-key",
-            types::KEY_READY,
-            "False",
-            Some(reasons::KEY_VAULT_FORBIDDEN),
-            Duration::from_secs(90),
-        )
-        .await?;
-    let (_, _, message) = Environment::condition(&b, types::KEY_READY).context("KeyReady")?;
-    for needle in [
-        OPERATOR_CLIENT_ID,
-        operator_subject.as_str(),
-        "AADSTS700213",
-    ] {
-        assert!(message.contains(needle), "{needle:?} not in {message:?}");
-    }
+    assert_forbidden_naming_the_identity(&env, "audit-key").await?;
     Ok(())
 }
