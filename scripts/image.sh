@@ -42,7 +42,9 @@ tools_bin="$cache/tools/bin"
 out="${CKB_IMAGE_OUT:-$cache/image}"
 release_target="${CKB_RELEASE_TARGET_DIR:-$cache/release-target}"
 
-log() { printf '[image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+log_tag=image
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 die() { printf '[image] FAILED: %s\n' "$*" >&2; exit 1; }
 
 # Rust target triple -> OCI platform architecture.
@@ -67,19 +69,6 @@ cargo_env() {
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="--remap-path-prefix=$reg=/cargo/registry"
 }
 
-# Runs a long command in the background and prints progress every 30 s (CI never sees silence).
-with_progress() {
-  local what="$1"; shift
-  local t0=$SECONDS
-  "$@" &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && log "still $what: $(( SECONDS - t0 ))s"
-  done
-  wait "$pid"
-}
-
 binaries() {
   for t in "${targets[@]}"; do
     rustup target list --installed 2>/dev/null | grep -qx "$t" || die "rust target $t missing (scripts/install-tools.sh cross)"
@@ -90,7 +79,7 @@ binaries() {
   local t0=$SECONDS args=()
   for t in "${targets[@]}"; do args+=(--target "$t"); done
   log "cargo build --release --locked -p ckb-operator ${args[*]} (target dir $CARGO_TARGET_DIR)"
-  with_progress "building the release binaries" \
+  run_with_progress "building the release binaries" \
     nice -n 10 cargo build --release --locked -j "$CARGO_BUILD_JOBS" -p ckb-operator "${args[@]}"
   log "release binaries built in $(( SECONDS - t0 ))s"
 }

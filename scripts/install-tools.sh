@@ -35,7 +35,9 @@ CARGO_CYCLONEDX_VERSION="0.5.9"
 CROSS_RUST_TARGETS="x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
 CROSS_DEBIAN_PACKAGES="musl-tools gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user-static"
 
-log() { printf '[install-tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+log_tag=install-tools
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 say() { printf '%s=%s\n' "$1" "$2"; }
 
 mkdir -p "$bin"
@@ -46,32 +48,14 @@ install_helm() {
   command -v go >/dev/null || { echo "go is required to install helm" >&2; return 1; }
   log "installing helm $HELM_VERSION with go install (2-5 min the first time)"
   local start=$SECONDS
-  GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$bin" GOFLAGS="-buildvcs=false -trimpath" GOMAXPROCS="${GOMAXPROCS:-2}" \
+  run_with_progress "building helm" env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$bin" \
+    GOFLAGS="-buildvcs=false -trimpath" GOMAXPROCS="${GOMAXPROCS:-2}" \
     go install -p 2 -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && log "still building helm: $(( SECONDS - start ))s"
-  done
-  wait "$pid"
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   "$bin/helm" version --short >/dev/null
   rm -f "$tools"/.helm-*; touch "$stamp"
   log "helm $("$bin/helm" version --short) installed in $(( SECONDS - start ))s"
   say helm "$bin/helm"
-}
-
-# Runs "$@" in the background, printing progress every 30 s.
-with_progress() {
-  local what="$1"; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && log "still $what: $(( SECONDS - start ))s"
-  done
-  wait "$pid"
 }
 
 # go install <name> <package> <version>: a pinned Go module binary into tools/bin.
@@ -85,7 +69,7 @@ go_tool() {
   command -v go >/dev/null || { echo "go is required to install $name" >&2; return 1; }
   log "installing $name $version with go install (1-5 min the first time)"
   local start=$SECONDS
-  with_progress "building $name" env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$bin" \
+  run_with_progress "building $name" env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$bin" \
     GOFLAGS="-buildvcs=false -trimpath" GOMAXPROCS="${GOMAXPROCS:-2}" \
     go install -p 2 -ldflags "-s -w" "$pkg@$version"
   rm -f "$tools/.$name"-*; touch "$stamp"
@@ -110,7 +94,7 @@ install_cyclonedx() {
   log "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION with cargo install --locked (3-8 min the first time)"
   local start=$SECONDS root="$tools/cargo-cyclonedx"
   # A target dir of its own in the cache: an interrupted install resumes instead of starting over.
-  with_progress "building cargo-cyclonedx" nice -n 10 cargo install --locked --quiet -j 2 \
+  run_with_progress "building cargo-cyclonedx" nice -n 10 cargo install --locked --quiet -j 2 \
     --root "$root" --target-dir "$root/build" --version "$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx
   ln -sfn "$root/bin/cargo-cyclonedx" "$bin/cargo-cyclonedx"
   rm -f "$tools"/.cargo-cyclonedx-*; touch "$stamp"
@@ -142,8 +126,8 @@ install_cross() {
     [[ $(id -u) == 0 ]] || sudo=(sudo)
     log "apt-get install $CROSS_DEBIAN_PACKAGES"
     dpkg --print-foreign-architectures | grep -qx arm64 || "${sudo[@]}" dpkg --add-architecture arm64
-    with_progress "apt-get update" "${sudo[@]}" apt-get update -qq >&2
-    with_progress "installing the cross toolchain" env DEBIAN_FRONTEND=noninteractive \
+    run_with_progress "apt-get update" "${sudo[@]}" apt-get update -qq >&2
+    run_with_progress "installing the cross toolchain" env DEBIAN_FRONTEND=noninteractive \
       "${sudo[@]}" apt-get install -y -qq --no-install-recommends $CROSS_DEBIAN_PACKAGES >&2
   fi
   say cross "$(command -v aarch64-linux-musl-gcc)"

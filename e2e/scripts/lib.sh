@@ -2,8 +2,9 @@
 # directory, the Go build environment, and a build step that reports progress every 30 seconds so
 # CI never sees a silent step. The sourcing script sets `log_tag` first.
 
-# Logs to stderr (stdout is reserved for the paths the scripts print).
-log() { printf '[%s %s] %s\n' "$log_tag" "$(date -u +%H:%M:%S)" "$*" >&2; }
+# log and run_with_progress.
+# shellcheck source=scripts/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/lib.sh"
 
 # lock_cache DIR WHAT: holds DIR/.lock for the rest of the script, so two runs at once (the tests
 # and the demo) do not build twice into the same directory; waits for another build, saying so.
@@ -39,17 +40,9 @@ go_in() {
   (cd "$dir" && go "$@")
 }
 
-# with_progress WHAT COMMAND...: runs COMMAND in the background and logs every 30 seconds while
-# it runs (with the total since `build_start`, when set); exits the script if it fails.
+# with_progress WHAT COMMAND...: a go build step with progress; exits the script if it fails.
 with_progress() {
-  local what="$1" step_start=$SECONDS pid
+  local what="$1"
   shift
-  "$@" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null &&
-      log "still building $what: $(( SECONDS - step_start ))s for this step, $(( SECONDS - ${build_start:-$step_start} ))s in total"
-  done
-  wait "$pid" || { echo "go build of $what failed" >&2; exit 1; }
+  run_with_progress "building $what" "$@" || { echo "go build of $what failed" >&2; exit 1; }
 }
