@@ -135,6 +135,111 @@ pub mod reasons {
     pub const WAITING_FOR_KEY: &str = "WaitingForKey";
     /// Updating the release policy failed; retried.
     pub const SYNC_FAILED: &str = "SyncFailed";
+
+    /// Every condition reason.
+    pub const ALL: [&str; 40] = [
+        READY,
+        NOT_READY,
+        DELETING,
+        RECONCILED,
+        PROGRESSING,
+        STALLED,
+        POLICY_RESOLVED,
+        CONFIG_MAP_NOT_FOUND,
+        CONFIG_MAP_NOT_LABELLED,
+        POLICY_KEY_NOT_FOUND,
+        POLICY_EMPTY,
+        POLICY_NOT_UTF8,
+        POLICY_TOO_LARGE,
+        POLICY_HASH_NOT_PINNED,
+        POLICY_NOT_PINNED,
+        KEY_AVAILABLE,
+        VAULT_NOT_ALLOWED,
+        KEY_NOT_OWNED,
+        ADOPT_CONSENT_MISSING,
+        KEY_MISMATCH,
+        KEY_DELETED,
+        WAITING_FOR_POLICY,
+        KEY_VAULT_FORBIDDEN,
+        KEY_VAULT_THROTTLED,
+        KEY_VAULT_UNAVAILABLE,
+        KEY_VAULT_REJECTED,
+        GRANT_NOT_FOUND,
+        GRANT_REQUIRED,
+        NAMESPACE_NOT_GRANTED,
+        AUTHORITY_NOT_ALLOWED,
+        COMPLIANCE_STATUS_NOT_ALLOWED,
+        DEBUGGABLE_NOT_ALLOWED,
+        KEY_NAME_NOT_ALLOWED,
+        KEY_TYPE_NOT_ALLOWED,
+        ADOPT_NOT_ALLOWED,
+        DELETION_NOT_ALLOWED,
+        SYNCED,
+        POLICY_IMMUTABLE,
+        WAITING_FOR_KEY,
+        SYNC_FAILED,
+    ];
+}
+
+/// Event reasons, beside the condition reasons: an event about a failure carries the condition's
+/// reason (a Warning when the condition turns false); these name what the operator did.
+pub mod events {
+    use super::reasons;
+
+    /// The key was created with its release policy.
+    pub const KEY_CREATED: &str = "KeyCreated";
+    /// The key's release policy was rewritten to the bound hashes.
+    pub const RELEASE_POLICY_UPDATED: &str = "ReleasePolicyUpdated";
+    /// An existing key was taken over (adopt, with the owner's consent).
+    pub const KEY_ADOPTED: &str = "KeyAdopted";
+    /// A key of an earlier operator version got its `ckb-binding-uid` tag.
+    pub const KEY_TAGS_MIGRATED: &str = "KeyTagsMigrated";
+    /// The binding's soft-deleted key was recovered.
+    pub const KEY_RECOVERED: &str = "KeyRecovered";
+    /// When the key's retired hashes retired was recorded on it (tag `ckb-retired`).
+    pub const RETIREMENT_RECORDED: &str = "RetirementRecorded";
+    /// Deletion with `Retain`: the key is left in place.
+    pub const KEY_RETAINED: &str = "KeyRetained";
+    /// Deletion of a binding outside the cluster's bounds: its vault was not contacted.
+    pub const KEY_NOT_CONTACTED: &str = "KeyNotContacted";
+    /// Deletion of a binding that never had a key.
+    pub const NO_KEY_TO_DELETE: &str = "NoKeyToDelete";
+    /// Deletion with `Delete`: the key was soft-deleted (the condition reason of a soft-deleted
+    /// key, one spelling).
+    pub const KEY_DELETED: &str = reasons::KEY_DELETED;
+    /// Deletion with `Delete` of a key no longer tagged for the binding: left in place.
+    pub const KEY_NOT_DELETED: &str = "KeyNotDeleted";
+    /// Deletion with `Delete` of a key that no longer exists.
+    pub const KEY_ALREADY_GONE: &str = "KeyAlreadyGone";
+    /// Deleting the key failed; retried until the cleanup timeout.
+    pub const KEY_DELETE_FAILED: &str = "KeyDeleteFailed";
+    /// The cleanup timeout passed: the finalizer is released, the key left in place.
+    pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
+    /// Live confidential pods the binding selects run without the sidecar.
+    pub const PODS_NOT_INJECTED: &str = "PodsNotInjected";
+
+    /// Every event reason that is not a condition reason.
+    pub const ALL: [&str; 14] = [
+        KEY_CREATED,
+        RELEASE_POLICY_UPDATED,
+        KEY_ADOPTED,
+        KEY_TAGS_MIGRATED,
+        KEY_RECOVERED,
+        RETIREMENT_RECORDED,
+        KEY_RETAINED,
+        KEY_NOT_CONTACTED,
+        NO_KEY_TO_DELETE,
+        KEY_NOT_DELETED,
+        KEY_ALREADY_GONE,
+        KEY_DELETE_FAILED,
+        CLEANUP_ABANDONED,
+        PODS_NOT_INJECTED,
+    ];
+
+    /// Whether `reason` may be published on a binding: an event reason or a condition reason.
+    pub fn is_published(reason: &str) -> bool {
+        !reason.is_empty() && (ALL.contains(&reason) || reasons::ALL.contains(&reason))
+    }
 }
 
 /// What a false condition's reason means for the binding as a whole (the kstatus view).
@@ -244,5 +349,27 @@ mod tests {
         for r in STALLED_REASONS {
             assert!(!DERIVED_REASONS.contains(r), "{r} is in both lists");
         }
+    }
+
+    #[test]
+    fn one_vocabulary_each_reason_spelled_once() {
+        let all: Vec<&str> = reasons::ALL.iter().chain(&events::ALL).copied().collect();
+        let mut unique = all.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "a reason is listed twice: {all:?}");
+        for r in &all {
+            assert!(
+                r.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                    && r.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{r}"
+            );
+        }
+        for r in STALLED_REASONS.iter().chain(DERIVED_REASONS) {
+            assert!(reasons::ALL.contains(r), "{r} is not in reasons::ALL");
+        }
+        assert!(events::is_published(events::KEY_DELETED));
+        assert!(!events::is_published("SomethingElse"));
+        assert!(!events::is_published(""));
     }
 }

@@ -11,10 +11,8 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
-use kube::core::{Reason, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::KeyType;
 use crate::schema;
@@ -95,7 +93,7 @@ pub struct ConfidentialKeyGrantSpec {
     /// that one namespace cannot starve the others on a shared vault. Unset uses the operator's
     /// `--kv-namespace-share`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "percent_schema")]
+    #[schemars(schema_with = "schema::percent_schema")]
     pub rate_limit_percent: Option<u32>,
 }
 
@@ -103,7 +101,7 @@ pub struct ConfidentialKeyGrantSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(
-    extend("x-kubernetes-validations" = namespaces_rules()),
+    extend("x-kubernetes-validations" = schema::namespaces_rules()),
     transform = schema::no_null_members
 )]
 pub struct GrantNamespaces {
@@ -111,7 +109,7 @@ pub struct GrantNamespaces {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),
-        extend("items" = namespace_name_schema(), "x-kubernetes-list-type" = "set")
+        extend("items" = schema::namespace_name_schema(), "x-kubernetes-list-type" = "set")
     )]
     pub names: Vec<String>,
 
@@ -129,7 +127,7 @@ pub struct AttestationBounds {
     /// slash and case-insensitively.
     #[schemars(
         length(min = 1, max = 32),
-        extend("items" = authority_item_schema(), "x-kubernetes-list-type" = "set")
+        extend("items" = schema::authority_item_schema(), "x-kubernetes-list-type" = "set")
     )]
     pub authorities: Vec<String>,
 
@@ -138,7 +136,7 @@ pub struct AttestationBounds {
     #[serde(default = "default_compliance_statuses")]
     #[schemars(
         length(min = 1, max = 16),
-        extend("items" = compliance_item_schema(), "x-kubernetes-list-type" = "set")
+        extend("items" = schema::compliance_item_schema(), "x-kubernetes-list-type" = "set")
     )]
     pub compliance_statuses: Vec<String>,
 
@@ -152,61 +150,10 @@ fn default_compliance_statuses() -> Vec<String> {
     vec![AKS_COMPLIANCE_STATUS.to_string()]
 }
 
-fn percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 100})
-}
-
-fn namespace_name_schema() -> Value {
-    serde_json::json!({
-        "type": "string",
-        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        "maxLength": 63,
-        "description": "A namespace name."
-    })
-}
-
-fn authority_item_schema() -> Value {
-    serde_json::json!({
-        "type": "string",
-        "pattern": r"^https://[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?(\.[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?)*(:[0-9]{1,5})?/?$",
-        "maxLength": 253,
-        "description": "An attestation authority, https://<host>[:port]."
-    })
-}
-
-fn compliance_item_schema() -> Value {
-    serde_json::json!({
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 128,
-        "description": "A value of the x-ms-compliance-status claim."
-    })
-}
-
-fn namespaces_rules() -> Value {
-    serde_json::to_value(vec![
-        Rule::new("has(self.names) || has(self.selector)")
-            .reason(Reason::FieldValueRequired)
-            .message("namespaces needs names, a selector, or both (an empty selector {} selects every namespace)"),
-    ])
-    .expect("CEL rules serialize")
-}
-
 /// The CustomResourceDefinition of [`ConfidentialKeyGrant`], as `ckb-operator crd --kind grant`
-/// prints it and the chart installs it (without the derive's `nullable` on `status`, like
-/// [`crate::crd`]).
+/// prints it and the chart installs it (see [`schema::crd_without_nullable`]).
 pub fn crd() -> CustomResourceDefinition {
-    let mut crd = <ConfidentialKeyGrant as kube::CustomResourceExt>::crd();
-    for version in &mut crd.spec.versions {
-        if let Some(root) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            crate::strip_nullable(root);
-        }
-    }
-    crd
+    schema::crd_without_nullable::<ConfidentialKeyGrant>()
 }
 
 impl ConfidentialKeyGrantSpec {
@@ -221,6 +168,7 @@ impl ConfidentialKeyGrantSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn the_crd_is_cluster_scoped_and_every_field_is_documented() {

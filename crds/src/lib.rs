@@ -6,9 +6,7 @@
 //! I/O; the operator crate depends on it, never the other way round.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
-};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -16,7 +14,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod conditions;
 pub mod grant;
+mod key;
 pub mod schema;
+mod status;
+
+pub use key::{Curve, DeletionPolicy, KeyOperation, KeyType};
+pub use status::{
+    BoundHash, BoundHashReason, ConfidentialKeyBindingStatus, KeyStatus, PolicyStatus,
+};
 
 /// API group of every kind in this crate.
 pub const GROUP: &str = "ckb.dev";
@@ -187,107 +192,6 @@ pub struct KeySpec {
     /// `ckb-adopt` tag); `Delete` soft-deletes it (recoverable for the vault's retention period).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-}
-
-/// HSM-backed key types that can be exportable (and so released).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
-pub enum KeyType {
-    /// RSA key in an HSM.
-    #[default]
-    #[serde(rename = "RSA-HSM")]
-    RsaHsm,
-    /// Elliptic-curve key in an HSM.
-    #[serde(rename = "EC-HSM")]
-    EcHsm,
-    /// Symmetric (AES) key in a Managed HSM.
-    #[serde(rename = "oct-HSM")]
-    OctHsm,
-}
-
-impl KeyType {
-    /// The wire name, as Key Vault spells it (`RSA-HSM`, `EC-HSM`, `oct-HSM`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::RsaHsm => "RSA-HSM",
-            KeyType::EcHsm => "EC-HSM",
-            KeyType::OctHsm => "oct-HSM",
-        }
-    }
-}
-
-impl std::fmt::Display for KeyType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Elliptic curves for EC-HSM keys.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-pub enum Curve {
-    /// NIST P-256.
-    #[serde(rename = "P-256")]
-    P256,
-    /// NIST P-384.
-    #[serde(rename = "P-384")]
-    P384,
-    /// NIST P-521.
-    #[serde(rename = "P-521")]
-    P521,
-}
-
-impl Curve {
-    /// The wire name (`P-256`, `P-384`, `P-521`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Curve::P256 => "P-256",
-            Curve::P384 => "P-384",
-            Curve::P521 => "P-521",
-        }
-    }
-}
-
-/// Key operations, as Key Vault names them.
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
-#[serde(rename_all = "camelCase")]
-pub enum KeyOperation {
-    /// Encrypt with the public part.
-    Encrypt,
-    /// Decrypt.
-    Decrypt,
-    /// Sign.
-    Sign,
-    /// Verify a signature.
-    Verify,
-    /// Wrap another key.
-    WrapKey,
-    /// Unwrap another key.
-    UnwrapKey,
-}
-
-impl KeyOperation {
-    /// The wire name (`encrypt`, `wrapKey`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyOperation::Encrypt => "encrypt",
-            KeyOperation::Decrypt => "decrypt",
-            KeyOperation::Sign => "sign",
-            KeyOperation::Verify => "verify",
-            KeyOperation::WrapKey => "wrapKey",
-            KeyOperation::UnwrapKey => "unwrapKey",
-        }
-    }
-}
-
-/// What happens to the key when its binding is deleted.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum DeletionPolicy {
-    /// Leave the key in the vault, tags included.
-    #[default]
-    Retain,
-    /// Soft-delete the key (it stays recoverable for the vault's retention period).
-    Delete,
 }
 
 /// The attestation authority and the claims its token must carry.
@@ -498,144 +402,10 @@ impl SidecarLogLevel {
     }
 }
 
-/// What the operator last observed and did.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(transform = schema::no_null_members)]
-pub struct ConfidentialKeyBindingStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-
-    /// `Ready`, `Reconciling`, `Stalled`, `KeyReady`, `PolicyResolved`, `ReleasePolicySynced`
-    /// (see the reasons in the docs). `Reconciling` (the operator is still working) and `Stalled`
-    /// (it needs a human) follow the kstatus convention that Flux and Argo CD health checks read.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-
-    /// The key as found or created in the vault.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<KeyStatus>,
-
-    /// The policy hashes the key's release policy allows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PolicyStatus>,
-
-    /// Number of live pods the webhook injected for this binding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub injected_pods: Option<i32>,
-
-    /// Number of live confidential pods that match `podSelector` but run without the sidecar
-    /// (admitted before the binding existed, or while the webhook was down). Restart their
-    /// workload (`kubectl rollout restart`) to inject them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uninjected_pods: Option<i32>,
-}
-
-/// The key as the vault reports it.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(transform = schema::no_null_members)]
-pub struct KeyStatus {
-    /// Full key identifier, `https://<vault>/keys/<name>/<version>`.
-    pub id: String,
-    /// Current version of the key.
-    pub version: String,
-    /// Key type as the vault reports it.
-    #[serde(rename = "type")]
-    pub key_type: String,
-    /// Whether the operator created the key (`Created`), adopted it (`Adopted`) or found its own
-    /// key already there (`Existing`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-}
-
-/// The hashes bound into the key's release policy.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(transform = schema::no_null_members)]
-pub struct PolicyStatus {
-    /// SHA-256 (lowercase hex) of the policy in the referenced ConfigMap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_hash: Option<String>,
-    /// The first 12 hex digits of `currentHash`, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub short_hash: Option<String>,
-    /// The attestation authority the release policy trusts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-    /// Every hash the release policy allows, with why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hash"]))]
-    pub bound_hashes: Vec<BoundHash>,
-}
-
-/// A hash the release policy allows.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BoundHash {
-    /// SHA-256 (lowercase hex) of an agent policy.
-    pub hash: String,
-    /// Why it is bound.
-    pub reason: BoundHashReason,
-    /// Since when the hash is bound for this reason (RFC 3339). For `Grace` and `InUse`, when it
-    /// stopped being current or pinned: the grace period and the retention ceiling run from then.
-    /// The operator reads it back only as a hint: a time in the future counts as now, and it can
-    /// never make a hash stay longer than the operator itself saw it retired.
-    pub since: String,
-}
-
-/// Why a hash is bound.
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
-pub enum BoundHashReason {
-    /// The policy in the referenced ConfigMap now.
-    Current,
-    /// An earlier policy of this binding that live pods still run.
-    InUse,
-    /// An earlier policy of this binding, kept for the grace period after it stopped being current.
-    Grace,
-    /// Listed in `spec.policy.additionalHashes`.
-    Additional,
-    /// Listed in `spec.policy.sha256` (and not the ConfigMap's hash now).
-    Pinned,
-}
-
 /// The CustomResourceDefinition of [`ConfidentialKeyBinding`], as `ckb-operator crd` prints it and
-/// the chart installs it.
-///
-/// It is `ConfidentialKeyBinding::crd()` with the one `nullable` the derive adds outside the API
-/// structs (the optional `status` itself) removed, for the same reason as
-/// [`schema::no_null_members`]: a `null` should be pruned, not stored.
+/// the chart installs it (see [`schema::crd_without_nullable`]).
 pub fn crd() -> CustomResourceDefinition {
-    let mut crd = <ConfidentialKeyBinding as kube::CustomResourceExt>::crd();
-    for version in &mut crd.spec.versions {
-        if let Some(root) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            strip_nullable(root);
-        }
-    }
-    crd
-}
-
-pub(crate) fn strip_nullable(schema: &mut JSONSchemaProps) {
-    schema.nullable = None;
-    for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
-        strip_nullable(p);
-    }
-    match schema.items.as_mut() {
-        Some(JSONSchemaPropsOrArray::Schema(s)) => strip_nullable(s),
-        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(strip_nullable),
-        None => {}
-    }
-    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
-        strip_nullable(s);
-    }
+    schema::crd_without_nullable::<ConfidentialKeyBinding>()
 }
 
 impl ConfidentialKeyBinding {

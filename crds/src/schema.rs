@@ -5,6 +5,9 @@
 //! so each message names the field and says why. Rules are built with kube's typed [`Rule`], whose
 //! [`Reason`] has only the four reasons the API server accepts.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::core::{Reason, Rule};
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
@@ -133,6 +136,83 @@ pub fn key_size_schema(_: &mut SchemaGenerator) -> Schema {
 /// Schema of `spec.sidecar.port`: a TCP port as an `int32`.
 pub fn port_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535})
+}
+
+/// Schema of a percentage (a grant's `rateLimitPercent`): an `int32` from 1 to 100.
+pub fn percent_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 100})
+}
+
+/// Item schema of a grant's `namespaces.names`.
+pub fn namespace_name_schema() -> Value {
+    json!({
+        "type": "string",
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        "maxLength": 63,
+        "description": "A namespace name."
+    })
+}
+
+/// Item schema of a grant's `attestation.authorities`.
+pub fn authority_item_schema() -> Value {
+    json!({
+        "type": "string",
+        "pattern": r"^https://[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?(\.[0-9a-zA-Z]([0-9a-zA-Z-]*[0-9a-zA-Z])?)*(:[0-9]{1,5})?/?$",
+        "maxLength": 253,
+        "description": "An attestation authority, https://<host>[:port]."
+    })
+}
+
+/// Item schema of a grant's `attestation.complianceStatuses`.
+pub fn compliance_item_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 128,
+        "description": "A value of the x-ms-compliance-status claim."
+    })
+}
+
+/// Rules on a grant's `namespaces`.
+pub fn namespaces_rules() -> Value {
+    rules_value(vec![rule(
+        "has(self.names) || has(self.selector)",
+        None,
+        Reason::FieldValueRequired,
+        "namespaces needs names, a selector, or both (an empty selector {} selects every namespace)",
+    )])
+}
+
+/// The CustomResourceDefinition of `K` as the chart installs it: the derive's output without the
+/// one `nullable` it adds outside the API structs (the optional `status` itself), for the same
+/// reason as [`no_null_members`]: a `null` should be pruned, not stored.
+pub fn crd_without_nullable<K: kube::CustomResourceExt>() -> CustomResourceDefinition {
+    let mut crd = K::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            strip_nullable(root);
+        }
+    }
+    crd
+}
+
+fn strip_nullable(schema: &mut JSONSchemaProps) {
+    schema.nullable = None;
+    for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        strip_nullable(p);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => strip_nullable(s),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(strip_nullable),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        strip_nullable(s);
+    }
 }
 
 /// Makes the optional members of one struct's schema non-nullable.

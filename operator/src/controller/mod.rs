@@ -1,13 +1,17 @@
 //! The controller: keeps each binding's Key Vault key and release policy in step with its policy.
 //!
-//! - [`plan`]: the pure decision (policy resolution, allowed hashes, key checks, status, events).
+//! - [`plan`]: the pure decision (policy resolution, allowed hashes, key checks, status, events),
+//!   in parts: `plan_policy` (the ConfigMap and which hash may be bound), `plan_owner` (whose a
+//!   key is), `plan_key` (the key and its one write), `plan_settle` (the outcome of the write),
+//!   `plan_cleanup` (deletion).
 //! - [`hashes`]: which policy hashes a release policy allows.
 //! - [`grant`]: the cluster's bounds on what a binding may ask for (grants, or the flags).
 //! - [`grant_watch`]: the grants' watch (the grant CRD is optional) and what a grant change
 //!   re-plans.
 //! - [`status`]: conditions and their transition times.
 //! - [`index`]: pure lookups between bindings, policy ConfigMaps and injected pods.
-//! - [`reconcile`]: the I/O around the decision, the finalizer, the error policy.
+//! - [`reconcile`]: the I/O around the decision, the finalizer, the error policy
+//!   (`reconcile_context`: what a reconcile needs, writes and remembers).
 //! - [`runtime`]: the shared caches (also read by the webhook) and the controller loop.
 //! - [`leader`]: Lease-based leader election.
 //! - [`backoff`]: per-binding exponential backoff with jitter.
@@ -57,7 +61,13 @@ pub mod hashes;
 pub mod index;
 pub mod leader;
 pub mod plan;
+mod plan_cleanup;
+mod plan_key;
+mod plan_owner;
+mod plan_policy;
+mod plan_settle;
 pub mod reconcile;
+mod reconcile_context;
 pub mod reflectors;
 pub mod runtime;
 pub mod status;

@@ -1,31 +1,28 @@
 //! One reconcile of one binding: read, decide ([`super::plan`]), make at most one Key Vault write,
 //! write the status, publish events. Wrapped in `finalizer()` so deletion runs its cleanup.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ckb_crds::{
-    ConfidentialKeyBinding, ConfidentialKeyBindingStatus, DeletionPolicy, FIELD_MANAGER,
-};
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Patch, PatchParams};
+use ckb_crds::{ConfidentialKeyBinding, ConfidentialKeyBindingStatus};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
-use tracing::{Instrument, debug, info, info_span, warn};
+use kube::{Api, ResourceExt};
+use tracing::{Instrument, debug, info_span, warn};
 
-use super::backoff::{ErrorBackoff, jittered};
-use super::hashes::remember_retired;
+use super::backoff::jittered;
 use super::index::pod_policies;
 use super::plan::{
-    KeyAction, KeyObservation, Observed, PlanConfig, PlannedEvent, PolicyConfigMap, owns, plan,
-    resolve_policy, settle,
+    KeyAction, KeyObservation, Observed, Plan, PlannedEvent, PolicyConfigMap, plan, resolve_policy,
+    settle,
 };
+use super::plan_cleanup::{
+    CleanupEnd, CleanupStart, after_delete, after_get, cleanup_outcome, plan_cleanup,
+};
+pub use super::reconcile_context::{Clock, Context};
+use super::reconcile_context::{Verified, publish, write_status};
 use crate::keyvault::{KeyVault, KeyVaultError, VaultKey, VaultUrl};
 use crate::telemetry::ControllerMetrics;
 
@@ -93,138 +90,6 @@ impl Default for Timing {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
         }
-    }
-}
-
-/// What the last successful look at a key found, so watch-triggered reconciles within a resync
-/// period make no Key Vault call when nothing they decide on changed.
-#[derive(Debug, Clone)]
-struct Verified {
-    generation: Option<i64>,
-    key: VaultKey,
-    at: Instant,
-}
-
-/// A clock (fixed in tests).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// Everything a reconcile needs.
-pub struct Context {
-    /// Kubernetes client.
-    pub client: Client,
-    /// Key Vault.
-    pub vault: Arc<dyn KeyVault>,
-    /// Decision settings.
-    pub config: PlanConfig,
-    /// Timings.
-    pub timing: Timing,
-    /// Policy ConfigMaps (labelled `ckb.dev/policy=true`).
-    pub config_maps: Store<ConfigMap>,
-    /// Injected pods (slimmed, see `index::slim_pod`).
-    pub pods: Store<Pod>,
-    /// Event recorder.
-    pub recorder: Recorder,
-    /// Metrics.
-    pub metrics: ControllerMetrics,
-    /// Per-binding failure counts.
-    pub backoff: ErrorBackoff,
-    /// Time source.
-    pub clock: Clock,
-    /// Pods that missed injection, as the last scan found them (see [`super::uninjected`]).
-    pub uninjected: super::uninjected::Uninjected,
-    /// ConfidentialKeyGrants and namespace labels (empty until [`Context::with_grants`]).
-    pub grants: super::runtime::GrantStores,
-    verified: Mutex<HashMap<ObjectRef<ConfidentialKeyBinding>, Verified>>,
-    /// Per binding UID: when this process first saw each of its hashes retired. The status says
-    /// the same, but anyone with status rights can rewrite it; this memory makes sure a status
-    /// patch never lengthens a hash's life while the process runs.
-    retired: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
-}
-
-impl Context {
-    /// Builds a context.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        vault: Arc<dyn KeyVault>,
-        config: PlanConfig,
-        timing: Timing,
-        config_maps: Store<ConfigMap>,
-        pods: Store<Pod>,
-        recorder: Recorder,
-        metrics: ControllerMetrics,
-        clock: Clock,
-    ) -> Self {
-        let backoff = ErrorBackoff::new(timing.backoff_base, timing.backoff_max);
-        Self {
-            client,
-            vault,
-            config,
-            timing,
-            config_maps,
-            pods,
-            recorder,
-            metrics,
-            backoff,
-            clock,
-            uninjected: Default::default(),
-            grants: super::runtime::GrantStores::default(),
-            verified: Mutex::default(),
-            retired: Mutex::default(),
-        }
-    }
-
-    fn seen_retired(&self, uid: &str) -> BTreeMap<String, Timestamp> {
-        let map = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid).cloned().unwrap_or_default()
-    }
-
-    /// Remembers the retired hashes of the status about to be written (see
-    /// [`remember_retired`]); forgets the binding once none is retired.
-    fn remember_retired(&self, uid: &str, status: &ConfidentialKeyBindingStatus, now: Timestamp) {
-        let mut map = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        let old = map.remove(uid).unwrap_or_default();
-        let bound = status
-            .policy
-            .as_ref()
-            .map(|p| p.bound_hashes.as_slice())
-            .unwrap_or_default();
-        let merged = remember_retired(&old, bound, now);
-        if !merged.is_empty() {
-            map.insert(uid.to_string(), merged);
-        }
-    }
-
-    /// Reads grants and namespace labels from these caches.
-    pub fn with_grants(mut self, grants: super::runtime::GrantStores) -> Self {
-        self.grants = grants;
-        self
-    }
-
-    /// Whether the cluster's bounds admit the binding (a grant, or the operator's flags).
-    pub fn admission(
-        &self,
-        binding: &ConfidentialKeyBinding,
-    ) -> Result<super::grant::Admitted, super::grant::Refusal> {
-        super::grant::admit(
-            binding,
-            &self.grants.lookup(binding),
-            &self.config.allowed_vaults,
-            &self.config.bounds,
-        )
-    }
-
-    fn verified(&self, obj: &ObjectRef<ConfidentialKeyBinding>) -> Option<Verified> {
-        let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(obj).cloned()
-    }
-
-    fn set_verified(&self, obj: &ObjectRef<ConfidentialKeyBinding>, v: Option<Verified>) {
-        let mut map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        match v {
-            Some(v) => map.insert(obj.clone(), v),
-            None => map.remove(obj),
-        };
     }
 }
 
@@ -363,8 +228,8 @@ async fn policy_config_map(
         .map_err(Error::Kube)
 }
 
-async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action, Error> {
-    let obj = ObjectRef::from_obj(binding);
+/// What [`apply`] read from the caches.
+async fn observe(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Observed, Error> {
     let cm = policy_config_map(ctx, binding).await?;
     let policy = resolve_policy(
         binding,
@@ -379,99 +244,122 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
         binding,
         &ctx.config.confidential_runtime_classes,
     );
-    let uid = binding.uid_str().to_string();
-    let mut observed = Observed {
+    Ok(Observed {
         policy,
         key: KeyObservation::NotChecked,
         pod_policies: qualifying.earliest,
-        seen_retired: ctx.seen_retired(&uid),
+        seen_retired: ctx.seen_retired(binding.uid_str()),
         injected_pods: qualifying.count,
         now: (ctx.clock)(),
         grant: ctx.grants.lookup(binding),
+    })
+}
+
+/// The outcome of the Key Vault part of a reconcile.
+struct Synced {
+    /// The plan last made (its `requeue_after` decides the next look).
+    plan: Plan,
+    status: ConfidentialKeyBindingStatus,
+    events: Vec<PlannedEvent>,
+    failure: Option<KeyVaultError>,
+}
+
+/// Reads the key (or trusts what was verified within the resync period if that leads to no
+/// write), makes the plan's one write, and folds the outcome into the status.
+async fn sync_key(
+    binding: &ConfidentialKeyBinding,
+    ctx: &Context,
+    url: &VaultUrl,
+    mut observed: Observed,
+) -> Synced {
+    let obj = ObjectRef::from_obj(binding);
+    let key_name = &binding.spec.key.name;
+    let verified = |k: &VaultKey| Verified {
+        generation: binding.metadata.generation,
+        key: k.clone(),
+        at: Instant::now(),
     };
-
+    // Within a resync period, trust what was last verified if it leads to no write; a change
+    // that needs a write is always decided on a fresh read.
+    let fresh_enough = |v: &Verified| {
+        v.generation == binding.metadata.generation
+            && v.at.elapsed() < ctx.timing.resync.mul_f64(0.8)
+    };
+    let cached = ctx.verified(&obj).filter(fresh_enough);
+    let from_cache = cached.is_some();
+    observed.key = match cached {
+        Some(v) => KeyObservation::Present(v.key),
+        None => observe_key(ctx.vault.as_ref(), url, key_name).await,
+    };
     let mut current = plan(binding, &observed, &ctx.config);
-    let mut events: Vec<PlannedEvent> = Vec::new();
-    let mut status: ConfidentialKeyBindingStatus;
-    let mut failure: Option<KeyVaultError> = None;
-    let url = VaultUrl::parse(&binding.spec.key.vault);
-    let key_name = binding.spec.key.name.clone();
-
-    if current.contact_vault
-        && let Ok(url) = &url
-    {
-        // Within a resync period, trust what was last verified if it leads to no write; a
-        // change that needs a write is always decided on a fresh read.
-        let fresh_enough = |v: &Verified| {
-            v.generation == binding.metadata.generation
-                && v.at.elapsed() < ctx.timing.resync.mul_f64(0.8)
-        };
-        let mut from_cache = false;
-        observed.key = match ctx.verified(&obj).filter(fresh_enough) {
-            Some(v) => {
-                from_cache = true;
-                KeyObservation::Present(v.key)
-            }
-            None => observe_key(ctx.vault.as_ref(), url, &key_name).await,
-        };
+    if from_cache && current.action != KeyAction::None {
+        observed.key = observe_key(ctx.vault.as_ref(), url, key_name).await;
         current = plan(binding, &observed, &ctx.config);
-        if from_cache && current.action != KeyAction::None {
-            observed.key = observe_key(ctx.vault.as_ref(), url, &key_name).await;
-            current = plan(binding, &observed, &ctx.config);
-        }
-        if let KeyObservation::Failed(e) = &observed.key {
-            failure = Some(e.clone());
-        }
-        // A recovery is followed by one more pass, which checks the recovered key's policy.
-        let mut passes = 0;
-        loop {
-            passes += 1;
-            let outcome = execute(ctx.vault.as_ref(), url, &key_name, &current.action).await;
-            let (s, ev) = settle(binding, &current, outcome.as_ref(), observed.now);
-            status = s;
-            events.extend(ev);
-            match (&current.action, &outcome) {
-                (KeyAction::Recover, Some(Ok(_))) if passes < 2 => {
-                    observed.key = observe_key(ctx.vault.as_ref(), url, &key_name).await;
-                    current = plan(binding, &observed, &ctx.config);
-                    continue;
-                }
-                (_, Some(Err(e))) => failure = Some(e.clone()),
-                (_, Some(Ok(k))) => ctx.set_verified(
-                    &obj,
-                    Some(Verified {
-                        generation: binding.metadata.generation,
-                        key: k.clone(),
-                        at: Instant::now(),
-                    }),
-                ),
-                (_, None) => {
-                    if let KeyObservation::Present(k) = &observed.key
-                        && current.status.conditions.iter().all(|c| c.status == "True")
-                        && !from_cache
-                    {
-                        ctx.set_verified(
-                            &obj,
-                            Some(Verified {
-                                generation: binding.metadata.generation,
-                                key: k.clone(),
-                                at: Instant::now(),
-                            }),
-                        );
-                    }
+    }
+    let mut failure = match &observed.key {
+        KeyObservation::Failed(e) => Some(e.clone()),
+        _ => None,
+    };
+    let mut events = Vec::new();
+    // A recovery is followed by one more pass, which checks the recovered key's policy.
+    for pass in 1..=2 {
+        let outcome = execute(ctx.vault.as_ref(), url, key_name, &current.action).await;
+        let (status, ev) = settle(binding, &current, outcome.as_ref(), observed.now);
+        events.extend(ev);
+        match (&current.action, &outcome) {
+            (KeyAction::Recover, Some(Ok(_))) if pass < 2 => {
+                observed.key = observe_key(ctx.vault.as_ref(), url, key_name).await;
+                current = plan(binding, &observed, &ctx.config);
+                continue;
+            }
+            (_, Some(Err(e))) => failure = Some(e.clone()),
+            (_, Some(Ok(k))) => ctx.set_verified(&obj, Some(verified(k))),
+            (_, None) => {
+                if let KeyObservation::Present(k) = &observed.key
+                    && current.status.conditions.iter().all(|c| c.status == "True")
+                    && !from_cache
+                {
+                    ctx.set_verified(&obj, Some(verified(k)));
                 }
             }
-            break;
         }
-    } else {
-        let (s, ev) = settle(binding, &current, None, observed.now);
-        status = s;
-        events.extend(ev);
+        return Synced {
+            plan: current,
+            status,
+            events,
+            failure,
+        };
     }
+    unreachable!("the second pass always returns")
+}
+
+async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action, Error> {
+    let obj = ObjectRef::from_obj(binding);
+    let observed = observe(binding, ctx).await?;
+    let now = observed.now;
+    let first = plan(binding, &observed, &ctx.config);
+    let synced = match VaultUrl::parse(&binding.spec.key.vault) {
+        Ok(url) if first.contact_vault => sync_key(binding, ctx, &url, observed).await,
+        _ => {
+            let (status, events) = settle(binding, &first, None, now);
+            Synced {
+                plan: first,
+                status,
+                events,
+                failure: None,
+            }
+        }
+    };
+    let Synced {
+        plan: current,
+        mut status,
+        mut events,
+        failure,
+    } = synced;
     if failure.is_some() {
         ctx.set_verified(&obj, None);
     }
-    ctx.remember_retired(&uid, &status, observed.now);
+    ctx.remember_retired(binding.uid_str(), &status, now);
 
     events.extend(super::uninjected::apply(
         &mut status,
@@ -498,176 +386,21 @@ async fn apply(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action
     Ok(Action::requeue(next))
 }
 
-async fn write_status(
-    ctx: &Context,
-    binding: &ConfidentialKeyBinding,
-    status: &ConfidentialKeyBindingStatus,
-) -> Result<(), Error> {
-    let ns = binding.namespace().ok_or(Error::Unnamed)?;
-    let api: Api<ConfidentialKeyBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": ConfidentialKeyBinding::api_version(&()),
-        "kind": ConfidentialKeyBinding::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &binding.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-async fn publish(ctx: &Context, binding: &ConfidentialKeyBinding, events: &[PlannedEvent]) {
-    let reference = binding.object_ref(&());
-    for e in events {
-        let ev = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.clone(),
-            note: Some(truncate(&e.note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if e.warning {
-            warn!(reason = %e.reason, note = %e.note, "event");
-        } else {
-            info!(reason = %e.reason, note = %e.note, "event");
-        }
-        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
-            // An event that cannot be published must not fail the reconcile: the status holds
-            // the same information.
-            warn!(error = %err, reason = %e.reason, "cannot publish event");
-        }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
-/// What to do with the key of a binding being deleted.
+/// What to do with the key of a binding being deleted: the decisions are `plan_cleanup.rs`'s;
+/// this makes the Key Vault calls between them.
 async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(binding);
     ctx.set_verified(&obj, None);
-    ctx.retired
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(binding.uid_str());
+    ctx.forget_retired(binding.uid_str());
     let spec = &binding.spec.key;
-    let event = |warning: bool, reason: &str, note: String| PlannedEvent {
-        warning,
-        reason: reason.into(),
-        note,
-    };
-    let done = |ev: PlannedEvent| {
-        let obj = obj.clone();
-        async move {
-            publish(ctx, binding, &[ev]).await;
-            ctx.backoff.reset(&obj);
-            Ok(Action::await_change())
-        }
-    };
-    if spec.deletion_policy == DeletionPolicy::Retain {
-        return done(event(
-            false,
-            "KeyRetained",
-            format!(
-                "deletionPolicy Retain: key {} in {} is left in place with its tags",
-                spec.name,
-                spec.vault_url()
-            ),
-        ))
-        .await;
-    }
-    let url = match (VaultUrl::parse(&spec.vault), ctx.admission(binding)) {
-        (Ok(u), Ok(_)) => u,
-        (_, refused) => {
-            let why = refused.err().map_or_else(
-                || format!("vault {} is not allowed", spec.vault_url()),
-                |r| format!("{} ({})", r.message, r.reason),
-            );
-            return done(event(
-                false,
-                "KeyNotContacted",
-                format!("{why}; nothing was deleted"),
-            ))
-            .await;
-        }
-    };
-    let never_created = binding
-        .status
-        .as_ref()
-        .and_then(|s| s.key.as_ref())
-        .is_none();
-    if never_created {
-        return done(event(
-            false,
-            "NoKeyToDelete",
-            "the binding never had a key; Key Vault was not called".into(),
-        ))
-        .await;
-    }
-    let result = async {
-        match ctx.vault.get_key(&url, &spec.name).await {
-            Err(KeyVaultError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-            Ok(k) if owns(binding, &k, &ctx.config.cluster_uid) => {
-                match ctx.vault.delete_key(&url, &spec.name).await {
-                    Ok(_) | Err(KeyVaultError::NotFound { .. }) => Ok(Some(true)),
-                    Err(e) => Err(e),
-                }
-            }
-            Ok(_) => Ok(Some(false)),
-        }
-    }
-    .await;
-    match result {
-        Ok(Some(true)) => {
-            done(event(
-                false,
-                "KeyDeleted",
-                format!(
-                    "soft-deleted key {} in {} (recoverable for the vault's retention period)",
-                    spec.name,
-                    spec.vault_url()
-                ),
-            ))
-            .await
-        }
-        Ok(Some(false)) => {
-            done(event(
-                true,
-                "KeyNotDeleted",
-                format!(
-                    "key {} in {} no longer carries this binding's tags; it was not deleted",
-                    spec.name,
-                    spec.vault_url()
-                ),
-            ))
-            .await
-        }
-        Ok(None) => {
-            done(event(
-                false,
-                "KeyAlreadyGone",
-                format!("key {} in {} does not exist", spec.name, spec.vault_url()),
-            ))
-            .await
-        }
-        Err(e) => {
+    let end = match plan_cleanup(binding, ctx.admission(binding)) {
+        CleanupStart::Done(ev) => CleanupEnd::Done(ev),
+        CleanupStart::ReadKey(url) => {
+            let read = ctx.vault.get_key(&url, &spec.name).await;
+            let fate = match after_get(binding, read, &ctx.config.cluster_uid) {
+                Some(fate) => fate,
+                None => after_delete(ctx.vault.delete_key(&url, &spec.name).await),
+            };
             let deleted_at = binding
                 .metadata
                 .deletion_timestamp
@@ -676,38 +409,24 @@ async fn cleanup(binding: &ConfidentialKeyBinding, ctx: &Context) -> Result<Acti
                 .unwrap_or_else(|| (ctx.clock)());
             let waited = (ctx.clock)().duration_since(deleted_at);
             let waited = Duration::try_from(waited).unwrap_or(Duration::ZERO);
-            if waited >= ctx.timing.cleanup_timeout {
-                return done(event(
-                    true,
-                    "CleanupAbandoned",
-                    format!(
-                        "could not delete key {} in {} for {}s ({e}); the finalizer is released \
-                         and the key is LEFT IN PLACE: delete it by hand if needed",
-                        spec.name,
-                        spec.vault_url(),
-                        waited.as_secs()
-                    ),
-                ))
-                .await;
-            }
-            // One event for the first failure, not one per retry.
-            if ctx.backoff.failures(&obj) == 0 {
-                publish(
-                    ctx,
-                    binding,
-                    &[event(
-                        true,
-                        "KeyDeleteFailed",
-                        format!(
-                            "deleting key {} in {} failed: {e}; retrying for up to {}s",
-                            spec.name,
-                            spec.vault_url(),
-                            ctx.timing.cleanup_timeout.as_secs()
-                        ),
-                    )],
-                )
-                .await;
-            }
+            let first_failure = ctx.backoff.failures(&obj) == 0;
+            cleanup_outcome(
+                binding,
+                fate,
+                waited,
+                ctx.timing.cleanup_timeout,
+                first_failure,
+            )
+        }
+    };
+    match end {
+        CleanupEnd::Done(ev) => {
+            publish(ctx, binding, &[ev]).await;
+            ctx.backoff.reset(&obj);
+            Ok(Action::await_change())
+        }
+        CleanupEnd::Retry(ev, e) => {
+            publish(ctx, binding, ev.as_slice()).await;
             Err(Error::KeyVault(e))
         }
     }

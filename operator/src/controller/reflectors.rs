@@ -182,13 +182,7 @@ impl PolicyCache {
         match api.get_opt(&r.name).await {
             Ok(Some(cm)) => {
                 self.pending.remove(r);
-                let labelled = cm
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::POLICY))
-                    .is_some_and(|v| v == "true");
-                if !labelled {
+                if !super::plan::is_policy_config_map(&cm) {
                     self.drop_held(writer, r);
                     return;
                 }

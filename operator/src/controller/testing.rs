@@ -405,9 +405,14 @@ impl MockApi {
                 )
             })
             .map(|c| {
+                let reason = c.body["reason"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    ckb_crds::conditions::events::is_published(&reason),
+                    "event reason {reason:?} is not in the vocabulary (ckb_crds::conditions)"
+                );
                 (
                     c.body["type"].as_str().unwrap_or_default().to_string(),
-                    c.body["reason"].as_str().unwrap_or_default().to_string(),
+                    reason,
                 )
             })
             .collect()

@@ -27,7 +27,7 @@ use super::plan::PlannedEvent;
 use crate::webhook::mutate::{DEFAULT_CONFIDENTIAL_RUNTIME_CLASS, INJECTED_LABEL};
 
 /// The event reason of pods that missed injection.
-pub const EVENT_REASON: &str = "PodsNotInjected";
+pub const EVENT_REASON: &str = ckb_crds::conditions::events::PODS_NOT_INJECTED;
 
 /// How many pod names an event lists (the count is always complete).
 const NAMES_SHOWN: usize = 10;

@@ -7,6 +7,7 @@
 
 pub mod hash;
 pub mod release;
+mod release_parse;
 
 pub use hash::{HashError, PolicyHash, hash_annotation, hash_rego};
 pub use release::{ReleasePolicy, ReleasePolicyError};

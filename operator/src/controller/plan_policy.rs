@@ -1,0 +1,189 @@
+//! The policy's part of the decision: the referenced ConfigMap read and hashed
+//! ([`resolve_policy`]), and which hash the binding may bind now ([`policy_condition`]). Pure.
+
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::{ConfidentialKeyBinding, PolicySource, labels};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::status::Wanted;
+use crate::policy::{PolicyHash, hash_rego};
+
+/// Total size Kubernetes allows for all annotations of one object (key + value bytes).
+pub const ANNOTATION_BUDGET: usize = 256 * 1024;
+
+/// The policy of the referenced ConfigMap, read and hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    /// SHA-256 of the Rego bytes.
+    pub hash: PolicyHash,
+}
+
+/// Why the policy could not be resolved: a reason from the condition vocabulary and a message
+/// naming the ConfigMap and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// A `PolicyResolved` reason.
+    pub reason: &'static str,
+    /// What is wrong, naming the ConfigMap and key.
+    pub message: String,
+}
+
+/// What the reconcile found for the policy ConfigMap.
+#[derive(Debug, Clone, Copy)]
+pub enum PolicyConfigMap<'a> {
+    /// No ConfigMap of that name in the binding's namespace.
+    Missing,
+    /// It exists, and is or is not labelled `ckb.dev/policy: "true"`.
+    Found(&'a ConfigMap),
+}
+
+/// Whether the ConfigMap is labelled `ckb.dev/policy: "true"` (only those are watched and read).
+pub fn is_policy_config_map(cm: &ConfigMap) -> bool {
+    cm.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::POLICY))
+        .is_some_and(|v| v == "true")
+}
+
+/// Reads and hashes the policy the binding references, or says why it cannot.
+pub fn resolve_policy(
+    binding: &ConfidentialKeyBinding,
+    cm: PolicyConfigMap<'_>,
+) -> Result<ResolvedPolicy, PolicyProblem> {
+    let r = &binding.spec.policy.config_map_ref;
+    let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
+    let at = format!("ConfigMap {ns}/{} key {:?}", r.name, r.key);
+    let problem = |reason, what: String| PolicyProblem {
+        reason,
+        message: format!("{at}: {what}"),
+    };
+    let cm = match cm {
+        PolicyConfigMap::Missing => {
+            return Err(problem(reasons::CONFIG_MAP_NOT_FOUND, "not found".into()));
+        }
+        PolicyConfigMap::Found(cm) => cm,
+    };
+    if !is_policy_config_map(cm) {
+        return Err(problem(
+            reasons::CONFIG_MAP_NOT_LABELLED,
+            format!(
+                "the ConfigMap is not labelled {}: \"true\" (only labelled ConfigMaps are watched)",
+                labels::POLICY
+            ),
+        ));
+    }
+    let text = cm.data.as_ref().and_then(|d| d.get(&r.key));
+    let Some(text) = text else {
+        let in_binary = cm
+            .binary_data
+            .as_ref()
+            .is_some_and(|b| b.contains_key(&r.key));
+        return Err(if in_binary {
+            problem(
+                reasons::POLICY_NOT_UTF8,
+                "the policy is in binaryData; put the Rego text in data".into(),
+            )
+        } else {
+            problem(reasons::POLICY_KEY_NOT_FOUND, "no such key in data".into())
+        });
+    };
+    if text.trim().is_empty() {
+        return Err(problem(reasons::POLICY_EMPTY, "the policy is empty".into()));
+    }
+    // The annotation carries base64 (4 bytes per 3) of the text, under its key, next to the
+    // other annotations the webhook adds; all of a pod's annotations share 256 KiB.
+    let encoded = text.len().div_ceil(3) * 4;
+    let ours = labels::AGENT_POLICY.len()
+        + encoded
+        + labels::POLICY_SHA256.len()
+        + 64
+        + labels::BINDINGS.len()
+        + binding.metadata.name.as_deref().unwrap_or_default().len();
+    if ours > ANNOTATION_BUDGET {
+        return Err(problem(
+            reasons::POLICY_TOO_LARGE,
+            format!(
+                "the policy is {} bytes, {} once base64-encoded: with the other annotations the \
+                 webhook adds that is {ours} bytes, over the {ANNOTATION_BUDGET}-byte limit of a \
+                 pod's annotations",
+                text.len(),
+                encoded
+            ),
+        ));
+    }
+    Ok(ResolvedPolicy {
+        hash: hash_rego(text.as_bytes()),
+    })
+}
+
+/// The `PolicyResolved` condition, and the ConfigMap's hash if the binding may bind it now: it
+/// follows its ConfigMap (`spec.policy.source: ConfigMap`, or the operator's default, and no
+/// pins), or the hash is pinned. Otherwise the pins alone are bound (or nothing at all).
+pub fn policy_condition<'a>(
+    binding: &ConfidentialKeyBinding,
+    policy: &'a Result<ResolvedPolicy, PolicyProblem>,
+    source_default: PolicySource,
+) -> (Wanted, Option<&'a str>) {
+    let spec = &binding.spec;
+    let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
+    let cm_at = format!(
+        "ConfigMap {ns}/{} key {:?}",
+        spec.policy.config_map_ref.name, spec.policy.config_map_ref.key
+    );
+    let pins = &spec.policy.sha256;
+    let source = spec.policy.source.unwrap_or(source_default);
+    let p = match policy {
+        Err(problem) => {
+            let mut message = problem.message.clone();
+            if !pins.is_empty() {
+                message.push_str(&format!(
+                    "; the pinned hashes stay bound ({})",
+                    pins.join(", ")
+                ));
+            }
+            return (
+                Wanted::no(types::POLICY_RESOLVED, problem.reason, message),
+                None,
+            );
+        }
+        Ok(p) => p,
+    };
+    if !pins.is_empty() && !pins.iter().any(|h| h == p.hash.as_str()) {
+        let message = format!(
+            "{cm_at} hashes to {}, which is not in spec.policy.sha256 ({}): the key's release \
+             policy is not changed for it and the webhook refuses pods with it; if this policy is \
+             intended, add its hash to spec.policy.sha256",
+            p.hash,
+            pins.join(", ")
+        );
+        let refused = Wanted::no(
+            types::POLICY_RESOLVED,
+            reasons::POLICY_HASH_NOT_PINNED,
+            message,
+        );
+        return (refused, None);
+    }
+    if pins.is_empty() && source == PolicySource::Pinned {
+        let message = format!(
+            "{cm_at} hashes to {h}, but the binding pins no hash and its policy source is Pinned, \
+             so the key is not changed: add `spec.policy.sha256: [\"{h}\"]` to the binding (or \
+             set spec.policy.source: ConfigMap to let whoever writes the ConfigMap decide what the \
+             key is released to)",
+            h = p.hash
+        );
+        let refused = Wanted::no(types::POLICY_RESOLVED, reasons::POLICY_NOT_PINNED, message);
+        return (refused, None);
+    }
+    let how = if pins.is_empty() {
+        "followed (spec.policy.source ConfigMap)"
+    } else {
+        "pinned"
+    };
+    let resolved = Wanted::yes(
+        types::POLICY_RESOLVED,
+        reasons::POLICY_RESOLVED,
+        format!("{cm_at} hashes to {}, {how}", p.hash),
+    );
+    (resolved, Some(p.hash.as_str()))
+}
