@@ -25,8 +25,10 @@
 #   BENCH_BINDINGS=1000  bindings in the controller and memory benchmarks
 #   BENCH_PODS=10000     pods in the memory benchmark
 #   BENCH_OUT=target/bench  where logs, raw figures and the table go
-#   BENCH_PROFILE=1      also profile the webhook under load with `perf` (Debian linux-perf) and
-#                        write the top of the profile to $BENCH_OUT/webhook-profile.txt
+#   BENCH_PROFILE=1      also count the instructions of one admission of case (a) with valgrind's
+#                        callgrind (Debian valgrind; repeatable where times are not: this machine
+#                        has no hardware counters for `perf`), as a table row, and write the
+#                        functions that execute them to $BENCH_OUT/webhook-profile.txt
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,7 +38,7 @@ trap 'rc=$?; [[ $rc -eq 0 ]] || printf "\n==> [%s +%4ss] FAILED (exit %s)\n" "$(
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-# Symbols kept (the release profile strips them) so that `perf` names functions; no effect on speed.
+# Symbols kept (the release profile strips them) so that a profiler names functions; no effect on speed.
 # Every release build below uses the same setting, so they share one set of artifacts.
 export CARGO_PROFILE_RELEASE_STRIP=false
 SECS="${BENCH_SECONDS:-5}"
@@ -148,14 +150,18 @@ if ! skipped webhook; then
     done
   done
   if [[ "${BENCH_PROFILE:-}" == 1 ]]; then
-    step "profile: perf record of the webhook, (patch) h1, 8 connections"
-    perf record -F 999 -g -o "$OUT/webhook.perf" -p "${PID[webhook]}" -- sleep "$SECS" >/dev/null 2>&1 &
-    perf_pid=$!
-    load webhook patch h1 8 >/dev/null
-    wait "$perf_pid" || true
-    perf report -i "$OUT/webhook.perf" --stdio --no-children --percent-limit 1 --sort dso,symbol \
-      >"$OUT/webhook-profile.txt" 2>/dev/null || true
-    echo "profile: $OUT/webhook-profile.txt" >&2
+    step "profile: instructions of the handler (parse, decide, encode) for case (a), callgrind"
+    command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2
+    # Two runs, 20 and 120 admissions: the difference / 100 is one admission without the start-up.
+    for n in 20 120; do
+      valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n" \
+        "$BIN/bench-webhook" --mode profile --out "$W" --iterations "$n" 2>"$OUT/callgrind.$n.log"
+    done
+    ir() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'; }
+    per=$(awk -v a="$(ir "$OUT/callgrind.120")" -v b="$(ir "$OUT/callgrind.20")" 'BEGIN {printf "%.0f", (a-b)/100}')
+    row webhook "(patch) instructions per admission, handler without transport (callgrind)" "$per" "" ""
+    callgrind_annotate --inclusive=no "$OUT/callgrind.120" 2>/dev/null | head -40 >"$OUT/webhook-profile.txt"
+    echo "profile: $OUT/webhook-profile.txt ($per instructions per admission)" >&2
   fi
   kill "${PID[@]}" 2>/dev/null || true
   wait 2>/dev/null || true

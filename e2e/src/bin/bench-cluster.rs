@@ -465,7 +465,7 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     row(
         rows,
         "memory",
-        "growth per policy ConfigMap: KiB (vs its JSON size)",
+        "growth per policy ConfigMap no binding references yet (watched by metadata only): KiB (vs its JSON size)",
         &per(r1.saturating_sub(r0), args.bindings),
         &format!(
             "{:.1}",
@@ -476,11 +476,11 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     row(
         rows,
         "memory",
-        "growth per binding: KiB (vs its JSON size)",
+        "growth per binding, its policy ConfigMap now fetched and cached: KiB (vs the JSON size of both)",
         &per(r2.saturating_sub(r1), args.bindings),
         &format!(
             "{:.1}",
-            json_bytes(&all_b) as f64 / 1024.0 / all_b.len().max(1) as f64
+            (json_bytes(&all_b) + json_bytes(&all_cm)) as f64 / 1024.0 / all_b.len().max(1) as f64
         ),
         "",
     )?;
