@@ -85,7 +85,9 @@ fn config_map(ns: &str, name: &str, rego: &str) -> Result<ConfigMap> {
     }))?)
 }
 
-fn binding(ns: &str, name: &str, vault: &str) -> Result<ConfidentialKeyBinding> {
+/// A binding that pins the hash of `rego`, its ConfigMap's policy (bindings pin by default).
+fn binding(ns: &str, name: &str, vault: &str, rego: &str) -> Result<ConfidentialKeyBinding> {
+    let sha256 = ckb_operator::policy::hash::hash_rego(rego.as_bytes()).to_string();
     Ok(serde_json::from_value(json!({
         "apiVersion": "ckb.dev/v1alpha1",
         "kind": "ConfidentialKeyBinding",
@@ -94,7 +96,8 @@ fn binding(ns: &str, name: &str, vault: &str) -> Result<ConfidentialKeyBinding> 
             "podSelector": {"matchLabels": {"app": name}},
             "key": {"vault": vault, "name": name, "type": "EC-HSM", "curve": "P-256"},
             "attestation": {"authority": DEMO_AUTHORITY},
-            "policy": {"configMapRef": {"name": format!("{name}-policy"), "key": "policy.rego"}}
+            "policy": {"configMapRef": {"name": format!("{name}-policy"), "key": "policy.rego"},
+                       "sha256": [sha256]}
         }
     }))?)
 }
@@ -105,7 +108,7 @@ fn pod(ns: &str, name: &str, app: &str, runtime_class: Option<&str>) -> Result<P
     let mut spec = json!({
         "containers": [
             {"name": "app", "image": "registry.example/orders:1.4.2",
-             "ports": [{"containerPort": 8080}],
+             "ports": [{"containerPort": 8443}],
              "env": [{"name": "LOG_LEVEL", "value": "info"}],
              "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
             {"name": "metrics", "image": "registry.example/exporter:0.9",
@@ -193,7 +196,7 @@ async fn latency(env: &Environment, args: &Args) -> Result<()> {
     bindings
         .create(
             &PostParams::default(),
-            &binding("bench-on", "orders", DEMO_VAULT)?,
+            &binding("bench-on", "orders", DEMO_VAULT, &rego)?,
         )
         .await?;
     env.wait_binding_ready("bench-on", "orders").await?;
@@ -343,6 +346,7 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
                 &ns_of(i),
                 &format!("b{i}"),
                 "https://bench-scale.vault.azure.net",
+                &format!("# {i}\n{base}"),
             )
         })
         .collect::<Result<_>>()?;
