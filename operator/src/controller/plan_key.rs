@@ -303,6 +303,17 @@ fn claim(
     Ok(true)
 }
 
+/// Whether the key's release policy means the same as the target's, and whether it is immutable.
+fn release_policy_state(k: &VaultKey, target: &KeyTarget<'_>) -> (bool, bool) {
+    let same = k
+        .release_policy
+        .as_ref()
+        .and_then(|p| ReleasePolicy::parse_json(&p.json).ok())
+        .is_some_and(|p| p.same_meaning(target.release));
+    let immutable = k.release_policy.as_ref().is_some_and(|p| p.immutable);
+    (same, immutable)
+}
+
 /// [`decide_key`] for a key that is there.
 fn decide_present(
     binding: &ConfidentialKeyBinding,
@@ -328,12 +339,7 @@ fn decide_present(
             format!("{at}: {}", diffs.join("; ")),
         ));
     }
-    let same = k
-        .release_policy
-        .as_ref()
-        .and_then(|p| ReleasePolicy::parse_json(&p.json).ok())
-        .is_some_and(|p| p.same_meaning(target.release));
-    let immutable = k.release_policy.as_ref().is_some_and(|p| p.immutable);
+    let (same, immutable) = release_policy_state(k, target);
     let version = k.version.clone();
     if adopting {
         return adopt(binding, k, target, config, same || !immutable);
