@@ -139,6 +139,20 @@ pub fn render_documents(
     })
 }
 
+/// The namespace of a workload document (or `default_namespace`) and `Kind namespace/name`, for
+/// notes and errors.
+fn workload_of(doc: &Value, kind: &str, default_namespace: &str) -> (String, String) {
+    let namespace = str_at(doc, "/metadata/namespace")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default_namespace)
+        .to_string();
+    let name = str_at(doc, "/metadata/name")
+        .or_else(|| str_at(doc, "/metadata/generateName"))
+        .unwrap_or("?");
+    let workload = format!("{kind} {namespace}/{name}");
+    (namespace, workload)
+}
+
 fn render_one(
     mut doc: Value,
     bindings: &[Arc<ConfidentialKeyBinding>],
@@ -166,14 +180,7 @@ fn render_one(
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(doc);
     };
-    let namespace = str_at(&doc, "/metadata/namespace")
-        .filter(|s| !s.is_empty())
-        .unwrap_or(default_namespace)
-        .to_string();
-    let name = str_at(&doc, "/metadata/name")
-        .or_else(|| str_at(&doc, "/metadata/generateName"))
-        .unwrap_or("?");
-    let workload = format!("{kind} {namespace}/{name}");
+    let (namespace, workload) = workload_of(&doc, &kind, default_namespace);
     let Some(template) = doc.pointer(pointer) else {
         notes.push(format!("{workload}: no pod template; left unchanged"));
         return Ok(doc);
