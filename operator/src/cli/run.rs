@@ -1,6 +1,7 @@
 //! `ckb-operator run`: the operator process. Every replica serves the webhook and the probes and
 //! keeps the shared caches; the replica holding the Lease also runs the controller.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::caches::Caches;
+use crate::controller::grant::ClusterBounds;
 use crate::controller::leader::LeaseSettings;
 use crate::controller::plan::PlanConfig;
 use crate::controller::reconcile::{Context, Timing};
 use crate::controller::runtime::{Elected, cluster_uid, reflectors, run_elected};
-use crate::keyvault::{AzureKeyVault, KeyVault};
+use crate::keyvault::{AzureKeyVault, KeyVault, VaultUrl};
 use crate::telemetry::{self, ControllerMetrics, Readiness};
 use crate::webhook::{StoreSources, WebhookMetrics, WebhookState};
 
@@ -79,6 +82,13 @@ fn identity(args: &crate::controller::ControllerArgs) -> String {
         .unwrap_or_else(|| format!("ckb-operator-{:08x}", rand::random::<u32>()))
 }
 
+/// What `operate` checks and reads before it starts anything.
+struct Settings {
+    allowed_vaults: BTreeSet<VaultUrl>,
+    bounds: ClusterBounds,
+    cluster: String,
+}
+
 /// Everything once the clients exist: caches, webhook, probes, and the controller on the leader.
 /// Returns after `shutdown` resolves and the parts have stopped.
 pub async fn operate(
@@ -88,37 +98,7 @@ pub async fn operate(
     mut registry: prometheus_client::registry::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let c = &args.controller;
-    let allowed_vaults = c.allowed_vaults()?;
-    if allowed_vaults.is_empty() {
-        warn!(
-            "no --allowed-vault given: no vault will be contacted, every binding reports VaultNotAllowed"
-        );
-    }
-    let bounds = args
-        .bounds
-        .bounds()
-        .map_err(|e| anyhow::anyhow!(e))
-        .context("cluster bounds")?;
-    info!(
-        authorities = ?bounds.authorities,
-        compliance = ?bounds.compliance_statuses,
-        allow_debuggable = bounds.allow_debuggable,
-        require_grant = bounds.require_grant,
-        namespace_share_percent = bounds.namespace_share_percent,
-        "bounds of bindings without a grant"
-    );
-    let cluster = cluster_uid(&client, c.cluster_id.as_deref())
-        .await
-        .context("reading the kube-system namespace UID (the ckb-cluster tag)")?;
-    info!(cluster = %cluster, vaults = ?allowed_vaults, "starting");
-    if c.policy_source_default == ckb_crds::PolicySource::ConfigMap {
-        warn!(
-            "--policy-source-default ConfigMap: bindings without spec.policy.sha256 follow their \
-             ConfigMap, so whoever may write it (the built-in edit role) decides what their keys \
-             are released to"
-        );
-    }
+    let settings = settings(&args, &client).await?;
 
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
@@ -140,115 +120,27 @@ pub async fn operate(
     readiness.require("caches");
     readiness.require("webhook");
     let webhook_state = WebhookState::new();
-    {
-        let (readiness, caches, state, stop) = (
-            readiness.clone(),
-            caches.clone(),
-            webhook_state.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = caches.wait_until_ready() => readiness.set("caches", true),
-                _ = stop.cancelled() => return,
-            }
-            info!("caches synced");
-            loop {
-                readiness.set("webhook", state.is_ready());
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
+    spawn_readiness(&readiness, &caches, &webhook_state, &stop);
 
-    // Webhook: on every replica.
+    // Webhook, probes and metrics: on every replica.
     let sources = Arc::new(StoreSources::new(
         caches.bindings.clone(),
         caches.config_maps.clone(),
     ));
-    let webhook = {
-        let stop = stop.clone();
-        let client = client.clone();
-        let mut args = args.webhook.clone();
-        // The pod's own namespace in the cluster (kube reads the ServiceAccount's), the
-        // kubeconfig context's outside.
-        args.namespace
-            .get_or_insert_with(|| client.default_namespace().to_string());
-        tokio::spawn(async move {
-            let r = crate::webhook::serve(
-                args,
-                Some(client),
-                sources,
-                webhook_metrics,
-                webhook_state,
-                stop.clone().cancelled_owned(),
-            )
-            .await;
-            if let Err(e) = &r {
-                error!(error = %e, "webhook failed; stopping");
-                stop.cancel();
-            }
-            r
-        })
-    };
-
-    // Probes and metrics.
-    let probes = {
-        let stop = stop.clone();
-        let router = telemetry::router(Arc::new(registry), readiness);
-        let addr = args.telemetry.metrics_addr;
-        tokio::spawn(async move {
-            let r = telemetry::serve(addr, router, stop.clone(), None).await;
-            if let Err(e) = &r {
-                error!(error = %e, "metrics server failed; stopping");
-                stop.cancel();
-            }
-            r
-        })
-    };
+    let webhook = spawn_webhook(
+        &args,
+        &client,
+        sources,
+        webhook_metrics,
+        webhook_state,
+        &stop,
+    );
+    let probes = spawn_probes(&args, registry, readiness, &stop);
 
     // Controller: on the leader.
+    let c = &args.controller;
     let id = identity(c);
-    let ctx = Context::new(
-        client.clone(),
-        vault,
-        PlanConfig {
-            allowed_vaults,
-            hash_grace: c.hash_grace_period,
-            cluster_uid: cluster,
-            policy_source_default: c.policy_source_default,
-            retention_ceiling: c.hash_retention_ceiling,
-            confidential_runtime_classes: args
-                .webhook
-                .mutation
-                .confidential_runtime_classes
-                .clone(),
-            bounds,
-        },
-        Timing {
-            resync: c.resync_period,
-            cleanup_timeout: c.cleanup_timeout,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: c.max_retry_delay,
-        },
-        caches.config_maps.clone(),
-        caches.pods.clone(),
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: ckb_crds::FIELD_MANAGER.into(),
-                instance: Some(id.clone()),
-            },
-        ),
-        metrics,
-        Arc::new(jiff::Timestamp::now),
-    )
-    .with_grants(caches.grants.clone());
-    ctx.uninjected
-        .set_runtime_classes(args.webhook.mutation.confidential_runtime_classes.clone());
-    let ctx = Arc::new(ctx);
+    let ctx = controller_context(&args, &client, vault, settings, metrics, &caches, &id);
     let election = c.leader_elect.then(|| {
         LeaseSettings::operator(
             c.leader_election_namespace.clone(),
@@ -273,6 +165,14 @@ pub async fn operate(
     // Shutdown: the controller has drained and released the Lease; stop the rest.
     stop.cancel();
     reflector_task.abort();
+    stopped(webhook, probes).await
+}
+
+/// Waits (bounded) for the webhook and the probes to stop, and returns the first failure.
+async fn stopped(
+    webhook: tokio::task::JoinHandle<Result<(), crate::webhook::WebhookError>>,
+    probes: tokio::task::JoinHandle<Result<(), telemetry::Error>>,
+) -> anyhow::Result<()> {
     let webhook_result = tokio::time::timeout(Duration::from_secs(10), webhook).await;
     let probes_result = tokio::time::timeout(Duration::from_secs(5), probes).await;
     info!("stopped");
@@ -283,4 +183,175 @@ pub async fn operate(
         return Err(e).context("metrics server");
     }
     Ok(())
+}
+
+/// The allow-list, the bounds of bindings without a grant and the cluster's UID, with a warning
+/// for each setting that weakens the defaults.
+async fn settings(args: &RunArgs, client: &kube::Client) -> anyhow::Result<Settings> {
+    let c = &args.controller;
+    let allowed_vaults = c.allowed_vaults()?;
+    if allowed_vaults.is_empty() {
+        warn!(
+            "no --allowed-vault given: no vault will be contacted, every binding reports VaultNotAllowed"
+        );
+    }
+    let bounds = args
+        .bounds
+        .bounds()
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("cluster bounds")?;
+    info!(
+        authorities = ?bounds.authorities,
+        compliance = ?bounds.compliance_statuses,
+        allow_debuggable = bounds.allow_debuggable,
+        require_grant = bounds.require_grant,
+        namespace_share_percent = bounds.namespace_share_percent,
+        "bounds of bindings without a grant"
+    );
+    let cluster = cluster_uid(client, c.cluster_id.as_deref())
+        .await
+        .context("reading the kube-system namespace UID (the ckb-cluster tag)")?;
+    info!(cluster = %cluster, vaults = ?allowed_vaults, "starting");
+    if c.policy_source_default == ckb_crds::PolicySource::ConfigMap {
+        warn!(
+            "--policy-source-default ConfigMap: bindings without spec.policy.sha256 follow their \
+             ConfigMap, so whoever may write it (the built-in edit role) decides what their keys \
+             are released to"
+        );
+    }
+    Ok(Settings {
+        allowed_vaults,
+        bounds,
+        cluster,
+    })
+}
+
+/// Marks "caches" ready once they have listed, then follows the webhook's certificate state.
+fn spawn_readiness(
+    readiness: &Readiness,
+    caches: &Caches,
+    state: &WebhookState,
+    stop: &CancellationToken,
+) {
+    let (readiness, caches, state, stop) = (
+        readiness.clone(),
+        caches.clone(),
+        state.clone(),
+        stop.clone(),
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = caches.wait_until_ready() => readiness.set("caches", true),
+            _ = stop.cancelled() => return,
+        }
+        info!("caches synced");
+        loop {
+            readiness.set("webhook", state.is_ready());
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// The webhook server; its failure stops the process.
+fn spawn_webhook(
+    args: &RunArgs,
+    client: &kube::Client,
+    sources: Arc<StoreSources>,
+    metrics: WebhookMetrics,
+    state: WebhookState,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), crate::webhook::WebhookError>> {
+    let stop = stop.clone();
+    let client = client.clone();
+    let mut args = args.webhook.clone();
+    // The pod's own namespace in the cluster (kube reads the ServiceAccount's), the
+    // kubeconfig context's outside.
+    args.namespace
+        .get_or_insert_with(|| client.default_namespace().to_string());
+    tokio::spawn(async move {
+        let r = crate::webhook::serve(
+            args,
+            Some(client),
+            sources,
+            metrics,
+            state,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        if let Err(e) = &r {
+            error!(error = %e, "webhook failed; stopping");
+            stop.cancel();
+        }
+        r
+    })
+}
+
+/// The probes and metrics server; its failure stops the process.
+fn spawn_probes(
+    args: &RunArgs,
+    registry: prometheus_client::registry::Registry,
+    readiness: Readiness,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), telemetry::Error>> {
+    let stop = stop.clone();
+    let router = telemetry::router(Arc::new(registry), readiness);
+    let addr = args.telemetry.metrics_addr;
+    tokio::spawn(async move {
+        let r = telemetry::serve(addr, router, stop.clone(), None).await;
+        if let Err(e) = &r {
+            error!(error = %e, "metrics server failed; stopping");
+            stop.cancel();
+        }
+        r
+    })
+}
+
+/// The reconciler's context: its settings, timings, caches, event recorder and metrics.
+fn controller_context(
+    args: &RunArgs,
+    client: &kube::Client,
+    vault: Arc<dyn KeyVault>,
+    settings: Settings,
+    metrics: ControllerMetrics,
+    caches: &Caches,
+    id: &str,
+) -> Arc<Context> {
+    let c = &args.controller;
+    let runtime_classes = &args.webhook.mutation.confidential_runtime_classes;
+    let ctx = Context::new(
+        client.clone(),
+        vault,
+        PlanConfig {
+            allowed_vaults: settings.allowed_vaults,
+            hash_grace: c.hash_grace_period,
+            cluster_uid: settings.cluster,
+            policy_source_default: c.policy_source_default,
+            retention_ceiling: c.hash_retention_ceiling,
+            confidential_runtime_classes: runtime_classes.clone(),
+            bounds: settings.bounds,
+        },
+        Timing {
+            resync: c.resync_period,
+            cleanup_timeout: c.cleanup_timeout,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: c.max_retry_delay,
+        },
+        caches.config_maps.clone(),
+        caches.pods.clone(),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: ckb_crds::FIELD_MANAGER.into(),
+                instance: Some(id.to_string()),
+            },
+        ),
+        metrics,
+        Arc::new(jiff::Timestamp::now),
+    )
+    .with_grants(caches.grants.clone());
+    ctx.uninjected.set_runtime_classes(runtime_classes.clone());
+    Arc::new(ctx)
 }
