@@ -472,7 +472,35 @@ async fn the_policy_cache_holds_only_what_bindings_reference_capped_at_the_annot
     install_crds(&client).await?;
     let ns = "mem";
     cp.kubectl(["create", "namespace", ns])?;
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    // The ConfigMaps are written by a user bound to the built-in `edit` role in the namespace,
+    // as an attacker with only that role would.
+    let subject = format!("--serviceaccount={ns}:editor");
+    for args in [
+        vec!["create", "serviceaccount", "editor", "-n", ns],
+        vec![
+            "create",
+            "rolebinding",
+            "editor-edit",
+            "--clusterrole=edit",
+            subject.as_str(),
+            "-n",
+            ns,
+        ],
+    ] {
+        let out = cp.kubectl(&args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let token = cp
+        .token_for_service_account(ns, "editor", Duration::from_secs(3600))
+        .await?;
+    let editor = cp
+        .client_for_token(&format!("system:serviceaccount:{ns}:editor"), &token)
+        .await?;
+    let cms: Api<ConfigMap> = Api::namespaced(editor, ns);
     let big = "x".repeat(900 * 1024);
     let small = rego("small");
     // What any user with `edit` can write: a labelled 0.9 MB ConfigMap nobody references.
