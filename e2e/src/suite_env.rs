@@ -411,7 +411,7 @@ impl Environment {
             "--webhook-cert-hosts=127.0.0.1".to_string(),
             format!("--webhook-namespace={NAMESPACE}"),
             format!("--webhook-config-name={RELEASE}"),
-            "--webhook-cert-check-seconds=2".to_string(),
+            "--webhook-cert-check-interval=2s".to_string(),
             format!("--metrics-addr={}", self.metrics_addr),
             "--log-format=text".to_string(),
         ];

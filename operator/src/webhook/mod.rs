@@ -55,6 +55,8 @@ pub mod server;
 pub mod sources;
 
 #[cfg(test)]
+mod args_tests;
+#[cfg(test)]
 mod mutate_tests;
 #[cfg(test)]
 mod policy_tests;
@@ -177,23 +179,29 @@ pub struct WebhookArgs {
         value_delimiter = ','
     )]
     pub cert_hosts: Vec<String>,
-    /// How often to re-check the certificates and the caBundle, in seconds.
+    /// How often to re-check the certificates and the caBundle (e.g. `30s`, `2m`; a bare number
+    /// is seconds, so the former `--webhook-cert-check-seconds` still works as an alias).
     #[arg(
-        long = "webhook-cert-check-seconds",
-        env = "CKB_WEBHOOK_CERT_CHECK_SECONDS",
-        default_value_t = 30
+        long = "webhook-cert-check-interval",
+        alias = "webhook-cert-check-seconds",
+        env = "CKB_WEBHOOK_CERT_CHECK_INTERVAL",
+        default_value = "30s",
+        value_parser = crate::duration::parse_duration
     )]
-    pub cert_check_seconds: u64,
+    pub cert_check_interval: Duration,
     /// Largest accepted AdmissionReview body, in bytes.
     #[arg(long = "webhook-max-body-bytes", env = "CKB_WEBHOOK_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Longest time to receive a request body, in seconds.
+    /// Longest time to receive a request body (e.g. `10s`; a bare number is seconds, so the
+    /// former `--webhook-body-timeout-seconds` still works as an alias).
     #[arg(
-        long = "webhook-body-timeout-seconds",
-        env = "CKB_WEBHOOK_BODY_TIMEOUT_SECONDS",
-        default_value_t = 10
+        long = "webhook-body-timeout",
+        alias = "webhook-body-timeout-seconds",
+        env = "CKB_WEBHOOK_BODY_TIMEOUT",
+        default_value = "10s",
+        value_parser = crate::duration::parse_duration
     )]
-    pub body_timeout_seconds: u64,
+    pub body_timeout: Duration,
     /// What the mutation injects.
     #[command(flatten)]
     pub mutation: MutationArgs,
@@ -257,7 +265,7 @@ pub async fn serve(
                 webhook_config: args.config_name.clone(),
                 hosts: args.hosts(),
                 timings: certs::CertTimings::default(),
-                check_interval: Duration::from_secs(args.cert_check_seconds.max(1)),
+                check_interval: args.cert_check_interval.max(Duration::from_secs(1)),
             };
             let m = certs::initial_self_managed(&client, &cfg).await;
             let tls =
@@ -283,7 +291,7 @@ pub async fn serve(
         metrics,
         state: state.clone(),
         max_body_bytes: args.max_body_bytes,
-        body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
+        body_timeout: args.body_timeout.max(Duration::from_secs(1)),
     });
     let listener = std::net::TcpListener::bind(args.addr).map_err(|source| WebhookError::Bind {
         addr: args.addr,
