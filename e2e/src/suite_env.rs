@@ -789,6 +789,15 @@ impl Environment {
     }
 }
 
+/// A policy ConfigMap (labelled so the operator watches it) named `name` holding `rego`, as YAML.
+pub fn policy_config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
+    let body: String = rego.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
+         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n{body}"
+    )
+}
+
 /// The `x-ms-sevsnpvm-hostdata` the confidential VM of a pod with this agent-policy annotation
 /// reports: the lowercase hex SHA-256 of the annotation's decoded bytes, computed here with `sha2`
 /// and `base64` rather than the operator's own functions, so that a wrong definition shared by

@@ -25,7 +25,7 @@ use ckb_crds::conditions::{reasons, types};
 use ckb_e2e::cluster::repo_root;
 use ckb_e2e::suite_env::{
     DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, RELEASE, operator_binary,
-    wait_for,
+    policy_config_map_yaml, wait_for,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -44,15 +44,6 @@ const APP_CLIENT_ID: &str = "0d3a5e7c-0000-4000-8000-0000000000b2";
 fn policy_rego(variant: &str) -> String {
     format!(
         "package agent_policy\n\n# gitops e2e {variant}\ndefault CreateContainerRequest := true\n"
-    )
-}
-
-/// A policy ConfigMap (labelled so the operator watches it) named `name` holding `rego`.
-fn config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
-    let body: String = rego.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
-         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n{body}"
     )
 }
 
@@ -415,7 +406,11 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
 
     let ns = "gitops-health";
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "ready-policy", &policy_rego("ready")))?;
+    env.apply_yaml(&policy_config_map_yaml(
+        ns,
+        "ready-policy",
+        &policy_rego("ready"),
+    ))?;
 
     // Ready: Current / Healthy.
     env.apply_yaml(&binding_yaml(
@@ -452,7 +447,7 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         "{:?}",
         v.argo_docs
     );
-    env.apply_yaml(&config_map_yaml(
+    env.apply_yaml(&policy_config_map_yaml(
         ns,
         "waiting-policy",
         &policy_rego("waiting"),
@@ -578,7 +573,7 @@ async fn a_deployment_applied_before_its_binding_is_reported_until_restarted() -
     let ns = "gitops-order";
     env.create_namespace(ns, true)?;
     env.apply_yaml(&service_account_yaml(ns))?;
-    env.apply_yaml(&config_map_yaml(
+    env.apply_yaml(&policy_config_map_yaml(
         ns,
         "orders-policy",
         &policy_rego("orders"),
@@ -709,8 +704,8 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     let ns = "gitops-doctor";
     env.create_namespace(ns, true)?;
     env.apply_yaml(&service_account_yaml(ns))?;
-    env.apply_yaml(&config_map_yaml(ns, "v1", &policy_rego("v1")))?;
-    env.apply_yaml(&config_map_yaml(ns, "v2", &policy_rego("v2")))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "v1", &policy_rego("v1")))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "v2", &policy_rego("v2")))?;
 
     // Healthy: selected by a Ready binding, injected, its hash bound, workload identity complete.
     env.apply_yaml(&binding_yaml(
@@ -838,7 +833,7 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
          ckb.dev/injection: enabled\n    pod-security.kubernetes.io/enforce: baseline\n"
     ))?;
     env.apply_yaml(&service_account_yaml(psa))?;
-    env.apply_yaml(&config_map_yaml(psa, "v1", &policy_rego("v1")))?;
+    env.apply_yaml(&policy_config_map_yaml(psa, "v1", &policy_rego("v1")))?;
     env.apply_yaml(&binding_yaml(
         psa,
         "orders",

@@ -14,7 +14,9 @@ use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{ConfidentialKeyBinding, FINALIZER, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_doubles::sidecar::SidecarError;
-use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_e2e::suite_env::{
+    DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
@@ -85,15 +87,6 @@ fn policy_rego(variant: &str) -> String {
     format!(
         "package agent_policy\n\n# e2e policy {variant}\ndefault CreateContainerRequest := true\n\
          default ExecProcessRequest := false\n"
-    )
-}
-
-/// A policy ConfigMap (labelled so the operator watches it) holding `rego`.
-fn config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
-    let body: String = rego.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
-         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n{body}"
     )
 }
 
@@ -276,7 +269,7 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
         ("e2e-not-opted-in", "other-ns-key"),
         ("kube-system", "kube-system-key"),
     ] {
-        env.apply_yaml(&config_map_yaml(n, "orders-policy", &rego))?;
+        env.apply_yaml(&policy_config_map_yaml(n, "orders-policy", &rego))?;
         env.apply_yaml(&binding_yaml(
             n,
             "orders",
@@ -443,7 +436,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
     let (h1, h2) = (sha256_hex(&v1), sha256_hex(&v2));
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "orders",
@@ -461,7 +454,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
         .await?;
 
     // New policy: the binding moves to it, and keeps the old hash while a pod still carries it.
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v2))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v2))?;
     wait_for(WAIT, "current hash v2 with v1 still bound", || async {
         let b = binding(&env, ns, "orders").await?;
         let current = b
@@ -607,7 +600,11 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     let rego = policy_rego("v1");
     env.create_namespace(ns, true)?;
     for name in ["foreign", "elsewhere", "retain", "delete"] {
-        env.apply_yaml(&config_map_yaml(ns, &format!("{name}-policy"), &rego))?;
+        env.apply_yaml(&policy_config_map_yaml(
+            ns,
+            &format!("{name}-policy"),
+            &rego,
+        ))?;
     }
 
     // A key tagged for another binding and cluster: left alone, with zero writes.
@@ -721,7 +718,7 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     let ns = "e2e-webhook";
     let rego = policy_rego("v1");
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &rego))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &rego))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "orders",
@@ -735,7 +732,7 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     // Two bindings selecting the same pods with different policies: `kubectl apply` of such a
     // pod fails with the webhook's answer, naming both bindings, and no pod is created.
     for side in ["left", "right"] {
-        env.apply_yaml(&config_map_yaml(
+        env.apply_yaml(&policy_config_map_yaml(
             ns,
             &format!("{side}-policy"),
             &policy_rego(side),
@@ -816,7 +813,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
     let ns = "e2e-restart";
     let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "first-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "first-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "first",
@@ -830,7 +827,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
     env.cp.restart_apiserver().await?;
 
     // A binding created after the restart becomes Ready (the binding watch resumed) ...
-    env.apply_yaml(&config_map_yaml(ns, "second-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "second-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "second",
@@ -841,7 +838,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
     ))?;
     env.wait_binding_ready(ns, "second").await?;
     // ... a ConfigMap changed after the restart is seen (the ConfigMap watch resumed) ...
-    env.apply_yaml(&config_map_yaml(ns, "first-policy", &v2))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "first-policy", &v2))?;
     let h2 = sha256_hex(&v2);
     wait_for(WAIT, "first binding on v2, in the key too", || async {
         let b = binding(&env, ns, "first").await?;
@@ -878,7 +875,7 @@ async fn helm_upgrade_keeps_admission_and_uninstall_keeps_crd_and_bindings() -> 
     let ns = "e2e-helm";
     let rego = policy_rego("v1");
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &rego))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &rego))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "orders",

@@ -18,7 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{ConfidentialKeyBinding, labels, tags};
 use ckb_doubles::LogEntry;
-use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_e2e::suite_env::{
+    DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+};
 use ckb_operator::policy::hash::{encode_annotation, hash_rego};
 use ckb_operator::policy::release::ReleasePolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
@@ -44,14 +46,6 @@ fn evil_rego() -> String {
 
 fn h(rego: &str) -> String {
     hash_rego(rego.as_bytes()).to_string()
-}
-
-fn config_map_yaml(ns: &str, name: &str, rego: &str) -> String {
-    let body: String = rego.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
-         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n{body}"
-    )
 }
 
 /// A binding of `key` for pods `app=orders`, pinning `pins`, with `adopt` and `deletion`.
@@ -268,7 +262,7 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
     let (v1, v2, evil) = (policy_rego("v1"), policy_rego("v2"), evil_rego());
     let (h1, h2, he) = (h(&v1), h(&v2), h(&evil));
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "orders",
@@ -387,7 +381,7 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
         json!({"spec": {"policy": {"sha256": [h1, h2]}}}),
     )
     .await?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v2))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v2))?;
     env.wait_binding_ready(ns, "orders").await?;
     wait_key_hashes(&env, "orders-key", set(&[&h1, &h2])).await?;
     let new = pods
@@ -552,7 +546,7 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let thief = user_bound_to(&env, ns, "thief", "admin").await?;
     create_key_as_owner(&env, "team-a-key", json!({"team": "a"}), &their).await?;
     env.double.clear_log();
-    env.apply_yaml(&config_map_yaml(ns, "thief-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "thief-policy", &v1))?;
     apply_binding_as(
         &thief,
         &binding_yaml(
@@ -595,7 +589,7 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     // --- Attack 4: a namespace with a Retained key is deleted and re-created with the same name.
     let ns = "sec-team";
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v1))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
     env.apply_yaml(&binding_yaml(
         ns,
         "orders",
@@ -625,7 +619,7 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     env.double.clear_log();
     env.create_namespace(ns, true)?;
     let newcomer = user_bound_to(&env, ns, "newcomer", "admin").await?;
-    env.apply_yaml(&config_map_yaml(ns, "orders-policy", &v2))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v2))?;
     // The namespace admin writes bindings but not their status (the chart's role has no status).
     let forged = json!({"status": {"key": {"id": "https://x/keys/team-key/v0", "version": "v0",
                                            "keyType": "RSA-HSM"}}});
