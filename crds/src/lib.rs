@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod conditions;
 pub mod grant;
+mod hash;
 mod key;
 pub mod schema;
 mod status;
 
+pub use hash::{HASH_HEX_LEN, InvalidPolicyHash, PolicyHash};
 pub use key::{Curve, DeletionPolicy, KeyOperation, KeyType};
 pub use status::{
     BoundHash, BoundHashReason, ConfidentialKeyBindingStatus, KeyStatus, PolicyStatus,
@@ -269,9 +271,9 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 16),
-        extend("items" = schema::hash_item_schema(), "x-kubernetes-list-type" = "set")
+        extend("x-kubernetes-list-type" = "set")
     )]
-    pub additional_hashes: Vec<String>,
+    pub additional_hashes: Vec<PolicyHash>,
 
     /// The agent policy hashes (SHA-256 of the Rego text, 64 lowercase hex digits) this binding
     /// approves, reviewed with the binding (e.g. in Git). When set, every listed hash is bound in
@@ -282,9 +284,9 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 16),
-        extend("items" = schema::hash_item_schema(), "x-kubernetes-list-type" = "set")
+        extend("x-kubernetes-list-type" = "set")
     )]
-    pub sha256: Vec<String>,
+    pub sha256: Vec<PolicyHash>,
 
     /// What a binding without `sha256` follows. `Pinned`: nothing; the key is left as it is and
     /// the binding reports `PolicyResolved=False reason=PolicyNotPinned` naming the hash to pin.

@@ -118,15 +118,6 @@ pub fn extra_claims_rules() -> Value {
     )])
 }
 
-/// Item schema of `spec.policy.additionalHashes`.
-pub fn hash_item_schema() -> Value {
-    json!({
-        "type": "string",
-        "pattern": "^[0-9a-f]{64}$",
-        "description": "SHA-256 of an agent policy: 64 lowercase hex digits."
-    })
-}
-
 /// Schema of `spec.key.size`: a plain `int32` (the derive would say `uint32` with a float minimum);
 /// the allowed values depend on the key type and are checked by [`key_rules`].
 pub fn key_size_schema(_: &mut SchemaGenerator) -> Schema {

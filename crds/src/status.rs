@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::PolicyHash;
 use crate::schema;
 
 /// What the operator last observed and did.
@@ -66,7 +67,7 @@ pub struct KeyStatus {
 pub struct PolicyStatus {
     /// SHA-256 (lowercase hex) of the policy in the referenced ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_hash: Option<String>,
+    pub current_hash: Option<PolicyHash>,
     /// The first 12 hex digits of `currentHash`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub short_hash: Option<String>,
@@ -84,7 +85,7 @@ pub struct PolicyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct BoundHash {
     /// SHA-256 (lowercase hex) of an agent policy.
-    pub hash: String,
+    pub hash: PolicyHash,
     /// Why it is bound.
     pub reason: BoundHashReason,
     /// Since when the hash is bound for this reason (RFC 3339). For `Grace` and `InUse`, when it

@@ -210,6 +210,17 @@ fn pinned_hashes_and_the_policy_source_are_optional_and_checked() {
         "set"
     );
     assert_eq!(at(&s, "spec.policy.sha256")["maxItems"], 16);
+    // One type for every hash field, spec and status alike: the API server refuses a status
+    // patch that writes anything but a hash there.
+    for path in [
+        "spec.policy.sha256.[]",
+        "spec.policy.additionalHashes.[]",
+        "status.policy.currentHash",
+        "status.policy.boundHashes.[].hash",
+    ] {
+        assert_eq!(at(&s, path)["pattern"], "^[0-9a-f]{64}$", "{path}");
+        assert_eq!(at(&s, path)["type"], "string", "{path}");
+    }
     assert_eq!(
         at(&s, "spec.policy.source")["enum"],
         json!(["Pinned", "ConfigMap"])

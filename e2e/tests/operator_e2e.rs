@@ -226,7 +226,7 @@ fn bound_hashes(b: &ConfidentialKeyBinding) -> BTreeSet<String> {
     b.status
         .as_ref()
         .and_then(|s| s.policy.as_ref())
-        .map(|p| p.bound_hashes.iter().map(|h| h.hash.clone()).collect())
+        .map(|p| p.bound_hashes.iter().map(|h| h.hash.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -284,7 +284,10 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     let b = env.wait_binding_ready(ns, "orders").await?;
     let status = b.status.clone().unwrap_or_default();
     let policy_status = status.policy.clone().context("status.policy")?;
-    assert_eq!(policy_status.current_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(
+        policy_status.current_hash.as_ref().map(|h| h.as_str()),
+        Some(hash.as_str())
+    );
     assert_eq!(bound_hashes(&b), BTreeSet::from([hash.to_string()]));
     let key = env.key(VAULT_HOST, "inject-key").context("key created")?;
     assert_eq!(key["attributes"]["exportable"], json!(true), "{key}");
@@ -462,7 +465,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
             .as_ref()
             .and_then(|s| s.policy.as_ref())
             .and_then(|p| p.current_hash.clone());
-        Ok((current.as_deref() == Some(h2.as_str())
+        Ok((current.as_ref().map(|h| h.as_str()) == Some(h2.as_str())
             && bound_hashes(&b) == BTreeSet::from([h1.to_string(), h2.to_string()]))
         .then_some(()))
     })
@@ -848,7 +851,7 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
             .and_then(|s| s.policy.as_ref())
             .and_then(|p| p.current_hash.clone());
         let in_key = key_hostdata(&env, "first-key")?.contains(&h2);
-        Ok((current.as_deref() == Some(h2.as_str()) && in_key).then_some(()))
+        Ok((current.as_ref().map(|h| h.as_str()) == Some(h2.as_str()) && in_key).then_some(()))
     })
     .await?;
     // ... and the webhook's caches follow: a new pod gets the new policy.

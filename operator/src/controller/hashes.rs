@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ckb_crds::{BoundHash, BoundHashReason};
+use ckb_crds::{BoundHash, BoundHashReason, PolicyHash};
 use jiff::Timestamp;
 
 /// The bound hashes after this reconcile, sorted by hash, and when the next one must be looked
@@ -40,7 +40,7 @@ pub struct Allowed {
 impl Allowed {
     /// The hash strings.
     pub fn hashes(&self) -> BTreeSet<String> {
-        self.bound.iter().map(|b| b.hash.clone()).collect()
+        self.bound.iter().map(|b| b.hash.to_string()).collect()
     }
 
     /// The retired hashes (`Grace`, `InUse`) and since when they are retired.
@@ -48,7 +48,7 @@ impl Allowed {
         self.bound
             .iter()
             .filter(|b| matches!(b.reason, BoundHashReason::Grace | BoundHashReason::InUse))
-            .filter_map(|b| Some((b.hash.clone(), b.since.parse().ok()?)))
+            .filter_map(|b| Some((b.hash.to_string(), b.since.parse().ok()?)))
             .collect()
     }
 }
@@ -57,11 +57,11 @@ impl Allowed {
 #[derive(Debug, Clone, Copy)]
 pub struct HashInputs<'a> {
     /// The ConfigMap's hash, when the binding may bind it (followed, or pinned); else `None`.
-    pub current: Option<&'a str>,
+    pub current: Option<&'a PolicyHash>,
     /// `spec.policy.sha256`.
-    pub pinned: &'a [String],
+    pub pinned: &'a [PolicyHash],
     /// `spec.policy.additionalHashes`.
-    pub additional: &'a [String],
+    pub additional: &'a [PolicyHash],
     /// `status.policy.boundHashes`: a hint (see the module docs).
     pub previous: &'a [BoundHash],
     /// The hashes the key's release policy holds now, as Key Vault reported them; `None` when the
@@ -100,8 +100,8 @@ fn retirement(p: &BoundHash, i: &HashInputs<'_>) -> Option<Timestamp> {
         BoundHashReason::Additional => return None,
     };
     let retired = [
-        i.seen_retired.get(&p.hash),
-        i.recorded.get(record_prefix(&p.hash)),
+        i.seen_retired.get(p.hash.as_str()),
+        i.recorded.get(record_prefix(p.hash.as_str())),
     ]
     .into_iter()
     .flatten()
@@ -117,20 +117,20 @@ pub fn allowed_hashes(i: HashInputs<'_>) -> Allowed {
     let mut expire_in = |left: Duration| {
         next_expiry = Some(next_expiry.map_or(left, |n: Duration| n.min(left)));
     };
-    let prev = |h: &str| i.previous.iter().find(|b| b.hash == h);
+    let prev = |h: &PolicyHash| i.previous.iter().find(|b| b.hash == *h);
     // A kept `since` is informational only (it decides nothing for these reasons); still, a
     // future one is not repeated.
-    let keep_since = |h: &str, reason: BoundHashReason| match prev(h) {
+    let keep_since = |h: &PolicyHash, reason: BoundHashReason| match prev(h) {
         Some(b) if b.reason == reason => match b.since.parse::<Timestamp>() {
             Ok(t) if t <= now => b.since.clone(),
             _ => now.to_string(),
         },
         _ => now.to_string(),
     };
-    let push = |bound: &mut Vec<BoundHash>, h: &str, reason: BoundHashReason| {
-        if !bound.iter().any(|b| b.hash == h) {
+    let push = |bound: &mut Vec<BoundHash>, h: &PolicyHash, reason: BoundHashReason| {
+        if !bound.iter().any(|b| b.hash == *h) {
             bound.push(BoundHash {
-                hash: h.to_string(),
+                hash: h.clone(),
                 reason,
                 since: keep_since(h, reason),
             });
@@ -145,12 +145,12 @@ pub fn allowed_hashes(i: HashInputs<'_>) -> Allowed {
     for h in i.additional {
         push(&mut bound, h, BoundHashReason::Additional);
     }
-    let approved: BTreeSet<String> = bound.iter().map(|b| b.hash.clone()).collect();
+    let approved: BTreeSet<PolicyHash> = bound.iter().map(|b| b.hash.clone()).collect();
     for p in i.previous {
-        if approved.contains(&p.hash) || bound.iter().any(|b| b.hash == p.hash) {
+        if approved.contains(&p.hash) {
             continue;
         }
-        if i.in_vault.is_some_and(|v| !v.contains(&p.hash)) {
+        if i.in_vault.is_some_and(|v| !v.contains(p.hash.as_str())) {
             // Key Vault never held it (or no longer does): the status cannot add a hash.
             continue;
         }
@@ -166,7 +166,7 @@ pub fn allowed_hashes(i: HashInputs<'_>) -> Allowed {
             BoundHashReason::Grace
         } else if i
             .pods
-            .get(&p.hash)
+            .get(p.hash.as_str())
             .is_some_and(|created| *created <= retired)
         {
             expire_in(i.ceiling - age);
@@ -197,7 +197,10 @@ pub fn remember_retired(
         .filter(|b| matches!(b.reason, BoundHashReason::Grace | BoundHashReason::InUse))
         .filter_map(|b| {
             let t = b.since.parse::<Timestamp>().ok()?.min(now);
-            Some((b.hash.clone(), seen.get(&b.hash).map_or(t, |s| t.min(*s))))
+            Some((
+                b.hash.to_string(),
+                seen.get(b.hash.as_str()).map_or(t, |s| t.min(*s)),
+            ))
         })
         .collect()
 }

@@ -8,24 +8,28 @@ const C: &str = "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
 const GRACE: Duration = Duration::from_secs(600);
 const CEILING: Duration = Duration::from_secs(24 * 3600);
 
+fn ph(s: &str) -> PolicyHash {
+    s.parse().unwrap()
+}
+
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
 /// One reconcile's inputs, with the key holding exactly what the previous one bound.
-struct Step<'a> {
-    current: Option<&'a str>,
-    pinned: Vec<String>,
-    additional: Vec<String>,
+struct Step {
+    current: Option<PolicyHash>,
+    pinned: Vec<PolicyHash>,
+    additional: Vec<PolicyHash>,
     pods: BTreeMap<String, Timestamp>,
     seen: BTreeMap<String, Timestamp>,
     recorded: BTreeMap<String, Timestamp>,
     in_vault: Option<BTreeSet<String>>,
 }
 
-fn step(current: &str) -> Step<'_> {
+fn step(current: &str) -> Step {
     Step {
-        current: Some(current),
+        current: Some(ph(current)),
         pinned: vec![],
         additional: vec![],
         pods: BTreeMap::new(),
@@ -35,15 +39,15 @@ fn step(current: &str) -> Step<'_> {
     }
 }
 
-impl Step<'_> {
+impl Step {
     fn pod(mut self, hash: &str, created: &str) -> Self {
         self.pods.insert(hash.into(), t(created));
         self
     }
     fn run(&self, previous: &[BoundHash], now: &str) -> Allowed {
-        let vault: BTreeSet<String> = previous.iter().map(|b| b.hash.clone()).collect();
+        let vault: BTreeSet<String> = previous.iter().map(|b| b.hash.to_string()).collect();
         allowed_hashes(HashInputs {
-            current: self.current,
+            current: self.current.as_ref(),
             pinned: &self.pinned,
             additional: &self.additional,
             previous,
@@ -61,7 +65,7 @@ impl Step<'_> {
 fn reasons(a: &Allowed) -> Vec<(String, BoundHashReason)> {
     a.bound
         .iter()
-        .map(|b| (b.hash[..1].to_string(), b.reason))
+        .map(|b| (b.hash.short(1).to_string(), b.reason))
         .collect()
 }
 
@@ -163,7 +167,7 @@ fn status_cannot_add_a_hash_key_vault_does_not_hold() {
     let first = step(A).run(&[], T0);
     let mut patched = first.bound.clone();
     patched.push(BoundHash {
-        hash: C.into(),
+        hash: ph(C),
         reason: BoundHashReason::Grace,
         since: T1.into(),
     });
@@ -177,7 +181,7 @@ fn status_cannot_add_a_hash_key_vault_does_not_hold() {
 #[test]
 fn pinned_hashes_are_all_bound_and_the_configmap_one_is_current() {
     let mut s = step(B);
-    s.pinned = vec![A.into(), B.into()];
+    s.pinned = vec![ph(A), ph(B)];
     let a = s.run(&[], T0);
     assert_eq!(
         reasons(&a),
@@ -188,13 +192,13 @@ fn pinned_hashes_are_all_bound_and_the_configmap_one_is_current() {
     );
     // Unpinning A retires it (grace, then pods, as for a current hash).
     let mut s2 = step(B);
-    s2.pinned = vec![B.into()];
+    s2.pinned = vec![ph(B)];
     let b = s2.run(&a.bound, T1);
     assert_eq!(b.bound[0].reason, BoundHashReason::Grace);
     // Without a current hash, the pins alone are bound.
     let mut s3 = step(A);
     s3.current = None;
-    s3.pinned = vec![B.into()];
+    s3.pinned = vec![ph(B)];
     assert_eq!(
         s3.run(&b.bound, T1).hashes(),
         [A.to_string(), B.to_string()].into()
@@ -204,7 +208,7 @@ fn pinned_hashes_are_all_bound_and_the_configmap_one_is_current() {
 #[test]
 fn additional_hashes_are_bound_and_removed_at_once() {
     let mut s = step(A);
-    s.additional = vec![C.into()];
+    s.additional = vec![ph(C)];
     let first = s.run(&[], T0);
     assert_eq!(
         reasons(&first),
@@ -220,7 +224,7 @@ fn additional_hashes_are_bound_and_removed_at_once() {
 #[test]
 fn current_wins_over_additional_and_since_is_kept() {
     let mut s = step(A);
-    s.additional = vec![A.into()];
+    s.additional = vec![ph(A)];
     let first = s.run(&[], T0);
     assert_eq!(
         reasons(&first),

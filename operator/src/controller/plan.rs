@@ -196,7 +196,7 @@ pub fn desired_policy(
     binding: &ConfidentialKeyBinding,
     observed: &Observed,
     config: &PlanConfig,
-    bindable: Option<&str>,
+    bindable: Option<&PolicyHash>,
 ) -> Option<DesiredPolicy> {
     let spec = &binding.spec;
     if bindable.is_none() && spec.policy.sha256.is_empty() {
@@ -409,9 +409,8 @@ fn record_policy(
     let bound_now = writes_policy || decision.synced.ok;
     let mut p = status.policy.clone().unwrap_or_default();
     if let Ok(resolved) = &observed.policy {
-        let h = resolved.hash.to_string();
-        p.short_hash = Some(h[..12].to_string());
-        p.current_hash = Some(h);
+        p.short_hash = Some(resolved.hash.short(12).to_string());
+        p.current_hash = Some(resolved.hash.clone());
     }
     p.authority = Some(binding.spec.attestation.authority_url().to_string());
     if bound_now {

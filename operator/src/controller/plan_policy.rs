@@ -124,7 +124,7 @@ pub fn policy_condition<'a>(
     binding: &ConfidentialKeyBinding,
     policy: &'a Result<ResolvedPolicy, PolicyProblem>,
     source_default: PolicySource,
-) -> (Wanted, Option<&'a str>) {
+) -> (Wanted, Option<&'a PolicyHash>) {
     let spec = &binding.spec;
     let ns = binding.metadata.namespace.as_deref().unwrap_or_default();
     let cm_at = format!(
@@ -139,7 +139,7 @@ pub fn policy_condition<'a>(
             if !pins.is_empty() {
                 message.push_str(&format!(
                     "; the pinned hashes stay bound ({})",
-                    pins.join(", ")
+                    PolicyHash::join(pins, ", ")
                 ));
             }
             return (
@@ -149,13 +149,13 @@ pub fn policy_condition<'a>(
         }
         Ok(p) => p,
     };
-    if !pins.is_empty() && !pins.iter().any(|h| h == p.hash.as_str()) {
+    if !pins.is_empty() && !pins.contains(&p.hash) {
         let message = format!(
             "{cm_at} hashes to {}, which is not in spec.policy.sha256 ({}): the key's release \
              policy is not changed for it and the webhook refuses pods with it; if this policy is \
              intended, add its hash to spec.policy.sha256",
             p.hash,
-            pins.join(", ")
+            PolicyHash::join(pins, ", ")
         );
         let refused = Wanted::no(
             types::POLICY_RESOLVED,
@@ -185,5 +185,5 @@ pub fn policy_condition<'a>(
         reasons::POLICY_RESOLVED,
         format!("{cm_at} hashes to {}, {how}", p.hash),
     );
-    (resolved, Some(p.hash.as_str()))
+    (resolved, Some(&p.hash))
 }

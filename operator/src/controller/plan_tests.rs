@@ -15,6 +15,7 @@ use pretty_assertions::assert_eq;
 
 use super::plan::*;
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, StoredReleasePolicy, VaultKey, VaultUrl};
+use crate::policy::PolicyHash;
 use crate::policy::{ReleasePolicy, hash_rego};
 
 const CLUSTER: &str = "0f0e0d0c-1111-2222-3333-444455556666";
@@ -565,7 +566,7 @@ fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gon
 #[test]
 fn additional_hashes_are_in_the_release_policy() {
     let mut b = binding();
-    let extra = hash_rego(REGO_B.as_bytes()).to_string();
+    let extra = hash_rego(REGO_B.as_bytes());
     b.spec.policy.additional_hashes = vec![extra];
     let p = plan(
         &b,
@@ -837,8 +838,8 @@ fn deletion_policy_does_not_change_the_plan() {
 
 // ---- pinned hashes (the default policy source)
 
-fn h(rego: &str) -> String {
-    hash_rego(rego.as_bytes()).to_string()
+fn h(rego: &str) -> PolicyHash {
+    hash_rego(rego.as_bytes())
 }
 
 fn pinned(regos: &[&str]) -> ConfidentialKeyBinding {
@@ -963,7 +964,7 @@ fn a_configmap_rewritten_to_an_unpinned_policy_changes_nothing_in_key_vault() {
     );
     let msg = message(&p.status, types::POLICY_RESOLVED);
     assert!(
-        msg.contains(&h(REGO_A)) && msg.contains(&h(REGO_B)),
+        msg.contains(h(REGO_A).as_str()) && msg.contains(h(REGO_B).as_str()),
         "{msg}"
     );
 }
@@ -1279,7 +1280,7 @@ mod property {
         created: Timestamp,
     }
 
-    fn subset(bits: u8) -> Vec<String> {
+    fn subset(bits: u8) -> Vec<PolicyHash> {
         (0..4)
             .filter(|i| bits & (1 << i) != 0)
             .map(|i| h(REGOS[i]))
@@ -1309,7 +1310,7 @@ mod property {
         ]));
         p.metadata.annotations = Some(BTreeMap::from([
             (labels::BINDINGS.into(), "orders".into()),
-            (labels::POLICY_SHA256.into(), h(REGOS[claims])),
+            (labels::POLICY_SHA256.into(), h(REGOS[claims]).to_string()),
             (labels::AGENT_POLICY.into(), encode_annotation(REGOS[runs])),
         ]));
         p.spec = Some(PodSpec {
@@ -1330,7 +1331,7 @@ mod property {
         slim_pod(&mut p);
         FakePod {
             pod: p,
-            runs: h(REGOS[runs]),
+            runs: h(REGOS[runs]).to_string(),
             qualifies: confidential && selected,
             created: now,
         }
@@ -1469,12 +1470,18 @@ mod property {
                     let follows = b.spec.policy.source == Some(PolicySource::ConfigMap)
                         && b.spec.policy.sha256.is_empty();
                     let mut approved: BTreeSet<String> =
-                        b.spec.policy.sha256.iter().cloned().collect();
-                    approved.extend(b.spec.policy.additional_hashes.iter().cloned());
+                        b.spec.policy.sha256.iter().map(|x| x.to_string()).collect();
+                    approved.extend(
+                        b.spec
+                            .policy
+                            .additional_hashes
+                            .iter()
+                            .map(|x| x.to_string()),
+                    );
                     if let Some(i) = cm
                         && (follows || b.spec.policy.sha256.contains(&h(REGOS[i])))
                     {
-                        approved.insert(h(REGOS[i]));
+                        approved.insert(h(REGOS[i]).to_string());
                     }
                     let held = vault.clone().unwrap_or_default();
                     retired_at.retain(|x, _| held.contains(x) && !approved.contains(x));

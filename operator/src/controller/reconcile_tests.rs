@@ -497,8 +497,8 @@ async fn created_key_carries_tags_policy_and_status_names_it() {
     assert_eq!(st.key.as_ref().unwrap().id, k.id);
     assert_eq!(st.key.as_ref().unwrap().origin.as_deref(), Some("Created"));
     assert_eq!(
-        st.policy.as_ref().unwrap().current_hash.as_deref(),
-        Some(hash_rego(REGO_A.as_bytes()).as_str())
+        st.policy.as_ref().unwrap().current_hash.as_ref(),
+        Some(&hash_rego(REGO_A.as_bytes()))
     );
     assert_eq!(st.observed_generation, Some(1));
 }

@@ -5,16 +5,13 @@
 //! bytes**. Hashing the base64 text instead is the classic mistake: it yields a valid-looking value
 //! that no attestation token will ever carry, so the key is never released.
 
-use std::fmt;
-use std::str::FromStr;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-/// Length of a policy hash in hex digits (SHA-256 = 32 bytes).
-pub const HASH_HEX_LEN: usize = 64;
+// The type lives with the API (spec and status fields hold it); re-exported here, beside the
+// functions that compute it.
+pub use ckb_crds::{HASH_HEX_LEN, InvalidPolicyHash, PolicyHash};
 
 /// Errors of the policy hash: bad annotation values and malformed hash strings.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,107 +25,8 @@ pub enum HashError {
     )]
     InvalidBase64(#[source] base64::DecodeError),
     /// A hash string is not 64 lowercase hex digits.
-    #[error("{value:?} is not a policy hash: expected 64 lowercase hex digits (SHA-256)")]
-    InvalidHash {
-        /// The offending text (cut to 80 characters).
-        value: String,
-    },
-}
-
-/// SHA-256 of an agent policy's Rego bytes, as 64 lowercase hex digits.
-///
-/// The only way to get one is to hash bytes or to parse a string that is exactly 64 lowercase hex
-/// digits, so a `PolicyHash` is always a value `x-ms-sevsnpvm-hostdata` can carry.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyHash(String);
-
-impl PolicyHash {
-    /// The 64 lowercase hex digits.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first `n` hex digits (all 64 when `n` is larger), as shown by `kubectl get`.
-    pub fn short(&self, n: usize) -> &str {
-        &self.0[..n.min(HASH_HEX_LEN)]
-    }
-
-    /// The hash of a 32-byte SHA-256 digest.
-    pub fn from_digest(digest: [u8; 32]) -> Self {
-        PolicyHash(hex::encode(digest))
-    }
-
-    /// Whether `s` is exactly 64 lowercase hex digits.
-    pub fn is_valid(s: &str) -> bool {
-        s.len() == HASH_HEX_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    }
-}
-
-impl fmt::Display for PolicyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for PolicyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PolicyHash({})", self.0)
-    }
-}
-
-impl FromStr for PolicyHash {
-    type Err = HashError;
-
-    /// Accepts exactly 64 lowercase hex digits. Upper case is refused rather than folded: the claim
-    /// is compared byte for byte by Key Vault, so an upper-case value in a spec is a mistake to report.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if PolicyHash::is_valid(s) {
-            Ok(PolicyHash(s.to_owned()))
-        } else {
-            Err(HashError::InvalidHash {
-                value: s.chars().take(80).collect(),
-            })
-        }
-    }
-}
-
-impl TryFrom<String> for PolicyHash {
-    type Error = HashError;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        if PolicyHash::is_valid(&s) {
-            Ok(PolicyHash(s))
-        } else {
-            Err(HashError::InvalidHash {
-                value: s.chars().take(80).collect(),
-            })
-        }
-    }
-}
-
-impl From<PolicyHash> for String {
-    fn from(h: PolicyHash) -> String {
-        h.0
-    }
-}
-
-impl AsRef<str> for PolicyHash {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for PolicyHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for PolicyHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        PolicyHash::try_from(s).map_err(serde::de::Error::custom)
-    }
+    #[error(transparent)]
+    InvalidHash(#[from] InvalidPolicyHash),
 }
 
 /// The hash of a policy given as Rego text (the decoded bytes).
@@ -226,7 +124,7 @@ mod tests {
             &good.replace('b', "g"),
             &format!(" {}", &good[1..]),
         ] {
-            let e = bad.parse::<PolicyHash>().unwrap_err();
+            let e = HashError::from(bad.parse::<PolicyHash>().unwrap_err());
             assert!(matches!(e, HashError::InvalidHash { .. }), "{bad:?}");
         }
     }

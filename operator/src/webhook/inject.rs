@@ -244,7 +244,7 @@ pub(super) fn one_policy(
                 format!(
                     "the agent policy in {} hashes to {h}, which the binding does not pin: spec.policy.sha256 expects {}; the ConfigMap may have been changed without the binding's review (restore it, or add the new hash to spec.policy.sha256)",
                     b.policy_ref,
-                    b.pinned.join(" or ")
+                    PolicyHash::join(&b.pinned, " or ")
                 ),
             ));
         }

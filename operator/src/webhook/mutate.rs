@@ -44,6 +44,7 @@ pub use super::inject::{app_env, reference_info_volume, sidecar_container};
 pub use super::policy::PreparedPolicy;
 pub use super::select::{pod_labels, select_bindings, selector_matches};
 use crate::crds::{ConfidentialKeyBinding, SidecarLogLevel, SidecarSpec};
+use crate::policy::PolicyHash;
 
 /// Name of the injected sidecar container.
 pub const SIDECAR_NAME: &str = "skr";
@@ -127,7 +128,7 @@ pub struct MatchedBinding {
     pub policy_ref: String,
     /// The hashes the binding pins (`spec.policy.sha256`); when not empty, a policy hashing to
     /// anything else is refused.
-    pub pinned: Vec<String>,
+    pub pinned: Vec<PolicyHash>,
 }
 
 impl MatchedBinding {

@@ -849,7 +849,7 @@ fn env_suffix_and_host_rules() {
 fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
     // The ConfigMap was rewritten to B; the binding pins A only.
     let mut b = binding("orders", "orders-key", Some(POLICY_B));
-    b.pinned = vec![sha(POLICY_A)];
+    b.pinned = vec![sha(POLICY_A).parse().unwrap()];
     let msg = deny_message(decide(
         &pod(),
         &[b.clone()],
@@ -861,7 +861,10 @@ fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
     assert!(msg.contains("binding orders"), "{msg}");
     // The pinned policy itself passes, among several pins.
     b.policy = Some(Arc::new(PreparedPolicy::new(POLICY_A)));
-    b.pinned = vec![sha(POLICY_B), sha(POLICY_A)];
+    b.pinned = vec![
+        sha(POLICY_B).parse().unwrap(),
+        sha(POLICY_A).parse().unwrap(),
+    ];
     let d = decide(&pod(), &[b], &SidecarDefaults::default(), &classes());
     assert!(matches!(d, Decision::Patch { .. }), "{d:?}");
 }

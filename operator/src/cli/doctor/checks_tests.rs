@@ -52,7 +52,7 @@ fn binding(ready: bool, bound: &str) -> Arc<ConfidentialKeyBinding> {
         },
         policy: Some(PolicyStatus {
             bound_hashes: vec![BoundHash {
-                hash: bound.into(),
+                hash: bound.parse().unwrap(),
                 reason: BoundHashReason::Current,
                 since: "2026-01-01T00:00:00Z".into(),
             }],
