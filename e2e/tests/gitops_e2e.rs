@@ -24,7 +24,7 @@ use ckb_crds::ConfidentialKeyBinding;
 use ckb_crds::conditions::{reasons, types};
 use ckb_e2e::cluster::repo_root;
 use ckb_e2e::suite_env::{
-    DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, RELEASE, operator_binary,
+    BindingManifest, EnvOptions, Environment, NAMESPACE, RELEASE, operator_binary,
     policy_config_map_yaml, wait_for,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -44,43 +44,6 @@ const APP_CLIENT_ID: &str = "0d3a5e7c-0000-4000-8000-0000000000b2";
 fn policy_rego(variant: &str) -> String {
     format!(
         "package agent_policy\n\n# gitops e2e {variant}\ndefault CreateContainerRequest := true\n"
-    )
-}
-
-/// A binding `name` of key `key` in `vault` to the pods `app=<app>`, following ConfigMap
-/// `config_map`.
-fn binding_yaml(
-    ns: &str,
-    name: &str,
-    app: &str,
-    vault: &str,
-    key: &str,
-    config_map: &str,
-) -> String {
-    format!(
-        r#"apiVersion: ckb.dev/v1alpha1
-kind: ConfidentialKeyBinding
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  podSelector:
-    matchLabels:
-      app: {app}
-  key:
-    vault: {vault}
-    name: {key}
-    type: RSA-HSM
-    size: 2048
-  attestation:
-    authority: {DEMO_AUTHORITY}
-  policy:
-    configMapRef:
-      name: {config_map}
-      key: policy.rego
-    # Follows the ConfigMap (the explicit opt-in; the default pins hashes).
-    source: ConfigMap
-"#
     )
 }
 
@@ -413,14 +376,11 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
     ))?;
 
     // Ready: Current / Healthy.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "ready",
-        "ready",
-        DEMO_VAULT,
-        "gitops-ready",
-        "ready-policy",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "ready", "gitops-ready")
+            .config_map("ready-policy")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "ready").await?;
     let v = checker
         .expect(&env, ns, "ready", "Current", "Healthy")
@@ -429,14 +389,11 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
 
     // The policy ConfigMap is not there yet: the operator waits for it on its own, so
     // InProgress / Progressing (never Failed: it will be applied); then Current / Healthy.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "waiting",
-        "waiting",
-        DEMO_VAULT,
-        "gitops-waiting",
-        "waiting-policy",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "waiting", "gitops-waiting")
+            .config_map("waiting-policy")
+            .yaml(),
+    )?;
     env.wait_binding_condition(ns, "waiting", types::RECONCILING, "True", None, WAIT)
         .await?;
     let v = checker
@@ -457,14 +414,12 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         .await?;
 
     // A vault outside the allow-list can never work: Failed / Degraded at once, with the reason.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "elsewhere",
-        "elsewhere",
-        "https://not-allowed.vault.azure.net",
-        "gitops-elsewhere",
-        "ready-policy",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "elsewhere", "gitops-elsewhere")
+            .vault("https://not-allowed.vault.azure.net")
+            .config_map("ready-policy")
+            .yaml(),
+    )?;
     env.wait_binding_condition(
         ns,
         "elsewhere",
@@ -588,14 +543,11 @@ async fn a_deployment_applied_before_its_binding_is_reported_until_restarted() -
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders",
-        DEMO_VAULT,
-        "gitops-orders",
-        "orders-policy",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "orders", "gitops-orders")
+            .config_map("orders-policy")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "orders").await?;
 
     wait_uninjected(&env, ns, "orders", 2).await?;
@@ -708,14 +660,11 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     env.apply_yaml(&policy_config_map_yaml(ns, "v2", &policy_rego("v2")))?;
 
     // Healthy: selected by a Ready binding, injected, its hash bound, workload identity complete.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders",
-        DEMO_VAULT,
-        "doctor-orders",
-        "v1",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "orders", "doctor-orders")
+            .config_map("v1")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "orders").await?;
     let healthy = create_pod(&env, &pod_json(ns, "healthy", "orders", true)).await?;
     ensure!(injected(&healthy), "the healthy pod was not injected");
@@ -742,14 +691,11 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
 
     // Not injected: a pod created before its binding existed.
     create_pod(&env, &pod_json(ns, "early", "late", true)).await?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "late",
-        "late",
-        DEMO_VAULT,
-        "doctor-late",
-        "v1",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "late", "doctor-late")
+            .config_map("v1")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "late").await?;
     let d = doctor(&env, &bin, ns, "early")?;
     assert!(!d.success, "{d:?}");
@@ -758,14 +704,11 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
 
     // Wrong hash: the pod was injected under binding `rehash` with policy v1; the binding was then
     // deleted and created again on policy v2, so its key allows v2 only.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "rehash",
-        "rehash",
-        DEMO_VAULT,
-        "doctor-rehash-1",
-        "v1",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "rehash", "doctor-rehash-1")
+            .config_map("v1")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "rehash").await?;
     create_pod(&env, &pod_json(ns, "stale", "rehash", true)).await?;
     env.kubectl(&[
@@ -776,14 +719,11 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
         ns,
         "--wait=true",
     ])?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "rehash",
-        "rehash",
-        DEMO_VAULT,
-        "doctor-rehash-2",
-        "v2",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "rehash", "doctor-rehash-2")
+            .config_map("v2")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "rehash").await?;
     let d = doctor(&env, &bin, ns, "stale")?;
     assert!(!d.success, "{d:?}");
@@ -792,14 +732,12 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     assert!(d.problem("policy-hash").contains(&v1_hash), "{d:?}");
 
     // Binding not Ready: its vault is outside the allow-list (it needs a human).
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "elsewhere",
-        "elsewhere",
-        "https://not-allowed.vault.azure.net",
-        "doctor-elsewhere",
-        "v1",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "elsewhere", "doctor-elsewhere")
+            .vault("https://not-allowed.vault.azure.net")
+            .config_map("v1")
+            .yaml(),
+    )?;
     env.wait_binding_condition(
         ns,
         "elsewhere",
@@ -834,14 +772,11 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     ))?;
     env.apply_yaml(&service_account_yaml(psa))?;
     env.apply_yaml(&policy_config_map_yaml(psa, "v1", &policy_rego("v1")))?;
-    env.apply_yaml(&binding_yaml(
-        psa,
-        "orders",
-        "orders",
-        DEMO_VAULT,
-        "doctor-psa",
-        "v1",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(psa, "orders", "doctor-psa")
+            .config_map("v1")
+            .yaml(),
+    )?;
     env.wait_binding_ready(psa, "orders").await?;
     env.apply_yaml(&deployment_yaml(psa, "orders", 1))?;
     let d = wait_for(WAIT, "doctor to see the ReplicaSet's failure", || async {

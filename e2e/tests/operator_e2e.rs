@@ -15,7 +15,7 @@ use ckb_crds::{ConfidentialKeyBinding, FINALIZER, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_doubles::sidecar::SidecarError;
 use ckb_e2e::suite_env::{
-    DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+    BindingManifest, DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
 };
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -83,45 +83,18 @@ fn key_hostdata(env: &Environment, key: &str) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// The binding `b` also requiring the claims of an AKS confidential pod (compliance status and
+/// VMPL 0), as YAML.
+fn strict(b: BindingManifest) -> String {
+    b.compliance_status("azure-signed-katacc-uvm")
+        .extra_claim("x-ms-sevsnpvm-vmpl", "0")
+        .yaml()
+}
+
 fn policy_rego(variant: &str) -> String {
     format!(
         "package agent_policy\n\n# e2e policy {variant}\ndefault CreateContainerRequest := true\n\
          default ExecProcessRequest := false\n"
-    )
-}
-
-/// A binding of key `key` in `vault` to the pods `app=<app>` running the policy in ConfigMap
-/// `<name>-policy`, following that ConfigMap (`spec.policy.source: ConfigMap`).
-fn binding_yaml(ns: &str, name: &str, app: &str, vault: &str, key: &str, deletion: &str) -> String {
-    format!(
-        r#"apiVersion: ckb.dev/v1alpha1
-kind: ConfidentialKeyBinding
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  podSelector:
-    matchLabels:
-      app: {app}
-  key:
-    vault: {vault}
-    name: {key}
-    type: RSA-HSM
-    size: 2048
-    deletionPolicy: {deletion}
-  attestation:
-    authority: {DEMO_AUTHORITY}
-    complianceStatus: azure-signed-katacc-uvm
-    extraClaims:
-      - claim: x-ms-sevsnpvm-vmpl
-        equals: "0"
-  policy:
-    configMapRef:
-      name: {name}-policy
-      key: policy.rego
-    # These scenarios are about following the ConfigMap (the explicit opt-in; the default pins).
-    source: ConfigMap
-"#
     )
 }
 
@@ -270,13 +243,8 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
         ("kube-system", "kube-system-key"),
     ] {
         env.apply_yaml(&policy_config_map_yaml(n, "orders-policy", &rego))?;
-        env.apply_yaml(&binding_yaml(
-            n,
-            "orders",
-            "orders",
-            "https://demo.vault.azure.net",
-            key,
-            "Delete",
+        env.apply_yaml(&strict(
+            BindingManifest::new(n, "orders", key).deletion("Delete"),
         ))?;
     }
 
@@ -440,13 +408,8 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     let (h1, h2) = (sha256_hex(&v1), sha256_hex(&v2));
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders",
-        "https://demo.vault.azure.net",
-        "rollout-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "orders", "rollout-key").deletion("Delete"),
     ))?;
     env.wait_binding_ready(ns, "orders").await?;
     env.apply_yaml(&deployment_yaml(ns, "orders", 1))?;
@@ -613,13 +576,8 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     // A key tagged for another binding and cluster: left alone, with zero writes.
     let before = create_foreign_key(&env, "foreign-key", "someone/else").await?;
     env.double.clear_log();
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "foreign",
-        "foreign",
-        "https://demo.vault.azure.net",
-        "foreign-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "foreign", "foreign-key").deletion("Delete"),
     ))?;
     let b = env
         .wait_binding_condition(
@@ -635,13 +593,10 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     assert_eq!(ready.0, "False");
 
     // A vault outside the allow-list: refused, never contacted.
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "elsewhere",
-        "elsewhere",
-        "https://elsewhere.vault.azure.net",
-        "elsewhere-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "elsewhere", "elsewhere-key")
+            .vault("https://elsewhere.vault.azure.net")
+            .deletion("Delete"),
     ))?;
     env.wait_binding_condition(
         ns,
@@ -655,13 +610,8 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
 
     // Retain and Delete.
     for (name, policy) in [("retain", "Retain"), ("delete", "Delete")] {
-        env.apply_yaml(&binding_yaml(
-            ns,
-            name,
-            name,
-            "https://demo.vault.azure.net",
-            &format!("{name}-key"),
-            policy,
+        env.apply_yaml(&strict(
+            BindingManifest::new(ns, name, &format!("{name}-key")).deletion(policy),
         ))?;
     }
     for name in ["retain", "delete"] {
@@ -722,13 +672,8 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     let rego = policy_rego("v1");
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &rego))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders",
-        "https://demo.vault.azure.net",
-        "webhook-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "orders", "webhook-key").deletion("Delete"),
     ))?;
     env.wait_binding_ready(ns, "orders").await?;
 
@@ -740,13 +685,10 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
             &format!("{side}-policy"),
             &policy_rego(side),
         ))?;
-        env.apply_yaml(&binding_yaml(
-            ns,
-            side,
-            "clash",
-            "https://demo.vault.azure.net",
-            &format!("{side}-key"),
-            "Delete",
+        env.apply_yaml(&strict(
+            BindingManifest::new(ns, side, &format!("{side}-key"))
+                .app("clash")
+                .deletion("Delete"),
         ))?;
     }
     for side in ["left", "right"] {
@@ -817,13 +759,8 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
     let (v1, v2) = (policy_rego("v1"), policy_rego("v2"));
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "first-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "first",
-        "first",
-        "https://demo.vault.azure.net",
-        "first-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "first", "first-key").deletion("Delete"),
     ))?;
     env.wait_binding_ready(ns, "first").await?;
 
@@ -831,13 +768,8 @@ async fn api_server_restart_under_the_operator_watches_resume() -> Result<()> {
 
     // A binding created after the restart becomes Ready (the binding watch resumed) ...
     env.apply_yaml(&policy_config_map_yaml(ns, "second-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "second",
-        "second",
-        "https://demo.vault.azure.net",
-        "second-key",
-        "Delete",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "second", "second-key").deletion("Delete"),
     ))?;
     env.wait_binding_ready(ns, "second").await?;
     // ... a ConfigMap changed after the restart is seen (the ConfigMap watch resumed) ...
@@ -879,13 +811,8 @@ async fn helm_upgrade_keeps_admission_and_uninstall_keeps_crd_and_bindings() -> 
     let rego = policy_rego("v1");
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &rego))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders",
-        "https://demo.vault.azure.net",
-        "helm-key",
-        "Retain",
+    env.apply_yaml(&strict(
+        BindingManifest::new(ns, "orders", "helm-key").deletion("Retain"),
     ))?;
     env.wait_binding_ready(ns, "orders").await?;
 

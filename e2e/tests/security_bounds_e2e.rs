@@ -25,7 +25,7 @@ use ckb_crds::conditions::{reasons, types};
 use ckb_crds::grant::ConfidentialKeyGrant;
 use ckb_doubles::LogEntry;
 use ckb_e2e::cluster::ControlPlane;
-use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, crd_established, wait_for};
 use ckb_operator::controller::runtime::{OMITTED_ANNOTATION, reflectors, store_ready};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
@@ -89,24 +89,6 @@ fn is_forbidden(r: &kube::Result<impl std::fmt::Debug>) -> bool {
     matches!(r, Err(kube::Error::Api(ae)) if ae.code == 403)
 }
 
-/// A client for a new ServiceAccount `name` of `ns` bound to the built-in ClusterRole `role` there.
-async fn user_bound_to(env: &Environment, ns: &str, name: &str, role: &str) -> Result<Client> {
-    env.apply_yaml(&format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {ns}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}-{role}\n  \
-         namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  \
-         name: {role}\nsubjects:\n  - kind: ServiceAccount\n    name: {name}\n    namespace: {ns}\n"
-    ))?;
-    let token = env
-        .cp
-        .token_for_service_account(ns, name, Duration::from_secs(3600))
-        .await?;
-    Ok(env
-        .cp
-        .client_for_token(&format!("system:serviceaccount:{ns}:{name}"), &token)
-        .await?)
-}
-
 /// Waits until the binding is refused with `reason` and an Event with that reason names it.
 async fn expect_refused(env: &Environment, ns: &str, name: &str, reason: &str) -> Result<()> {
     let b = env
@@ -153,8 +135,8 @@ async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admi
         )
         .await?;
     }
-    let editor = user_bound_to(&env, ns, "editor", "edit").await?;
-    let owner = user_bound_to(&env, ns, "owner", "admin").await?;
+    let editor = env.cp.user_bound_to(ns, "editor", "edit").await?;
+    let owner = env.cp.user_bound_to(ns, "owner", "admin").await?;
     let as_editor: Api<ConfidentialKeyBinding> = Api::namespaced(editor.clone(), ns);
     let as_owner: Api<ConfidentialKeyBinding> = Api::namespaced(owner.clone(), ns);
 
@@ -427,20 +409,7 @@ async fn install(
     for crd in crds_ {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crds.create(&PostParams::default(), &crd).await?;
-        wait_for(WAIT, &format!("CRD {name} established"), || {
-            let (crds, name) = (crds.clone(), name.clone());
-            async move {
-                let c = crds.get(&name).await?;
-                let ok = c
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(ok.then_some(()))
-            }
-        })
-        .await?;
+        crd_established(client, &name, WAIT).await?;
     }
     Ok(())
 }
@@ -474,32 +443,7 @@ async fn the_policy_cache_holds_only_what_bindings_reference_capped_at_the_annot
     cp.kubectl(["create", "namespace", ns])?;
     // The ConfigMaps are written by a user bound to the built-in `edit` role in the namespace,
     // as an attacker with only that role would.
-    let subject = format!("--serviceaccount={ns}:editor");
-    for args in [
-        vec!["create", "serviceaccount", "editor", "-n", ns],
-        vec![
-            "create",
-            "rolebinding",
-            "editor-edit",
-            "--clusterrole=edit",
-            subject.as_str(),
-            "-n",
-            ns,
-        ],
-    ] {
-        let out = cp.kubectl(&args)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = cp
-        .token_for_service_account(ns, "editor", Duration::from_secs(3600))
-        .await?;
-    let editor = cp
-        .client_for_token(&format!("system:serviceaccount:{ns}:editor"), &token)
-        .await?;
+    let editor = cp.user_bound_to(ns, "editor", "edit").await?;
     let cms: Api<ConfigMap> = Api::namespaced(editor, ns);
     let big = "x".repeat(900 * 1024);
     let small = rego("small");

@@ -19,7 +19,7 @@ use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{ConfidentialKeyBinding, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_e2e::suite_env::{
-    DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+    BindingManifest, DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
 };
 use ckb_operator::policy::hash::{encode_annotation, hash_rego};
 use ckb_operator::policy::release::ReleasePolicy;
@@ -48,79 +48,6 @@ fn h(rego: &str) -> String {
     hash_rego(rego.as_bytes()).to_string()
 }
 
-/// A binding of `key` for pods `app=orders`, pinning `pins`, with `adopt` and `deletion`.
-fn binding_yaml(
-    ns: &str,
-    name: &str,
-    key: &str,
-    pins: &[String],
-    adopt: bool,
-    deletion: &str,
-) -> String {
-    let pins: String = pins.iter().map(|p| format!("      - {p}\n")).collect();
-    format!(
-        r#"apiVersion: ckb.dev/v1alpha1
-kind: ConfidentialKeyBinding
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  podSelector:
-    matchLabels:
-      app: orders
-  key:
-    vault: https://{VAULT_HOST}
-    name: {key}
-    type: RSA-HSM
-    size: 2048
-    adopt: {adopt}
-    deletionPolicy: {deletion}
-  attestation:
-    authority: {DEMO_AUTHORITY}
-  policy:
-    configMapRef:
-      name: {name}-policy
-      key: policy.rego
-    sha256:
-{pins}"#
-    )
-}
-
-/// A ServiceAccount `name` of `ns` bound to the built-in ClusterRole `role` there, and a client
-/// authenticated as it.
-async fn user_bound_to(
-    env: &Environment,
-    ns: &str,
-    name: &str,
-    role: &str,
-) -> Result<kube::Client> {
-    env.apply_yaml(&format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {ns}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}-{role}\n  \
-         namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {role}\n\
-         subjects:\n  - kind: ServiceAccount\n    name: {name}\n    namespace: {ns}\n"
-    ))?;
-    let token = env
-        .cp
-        .token_for_service_account(ns, name, Duration::from_secs(3600))
-        .await?;
-    let client = env
-        .cp
-        .client_for_token(&format!("system:serviceaccount:{ns}:{name}"), &token)
-        .await?;
-    // RBAC takes a moment to see a new RoleBinding: wait until the user may list pods.
-    wait_for(
-        WAIT,
-        &format!("the {role} RoleBinding to take effect"),
-        || {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            async move { Ok(pods.list(&ListParams::default()).await.ok().map(|_| ())) }
-        },
-    )
-    .await?;
-    Ok(client)
-}
-
 /// Applies a binding (YAML) as `client`, a user bound to `admin` in its namespace: waits until
 /// the chart's aggregated role gives `admin` the right to write bindings.
 async fn apply_binding_as(client: &kube::Client, yaml: &str) -> Result<()> {
@@ -147,7 +74,7 @@ async fn apply_binding_as(client: &kube::Client, yaml: &str) -> Result<()> {
 /// A ServiceAccount `mallory` of `ns` bound to the built-in `edit` ClusterRole there, and a client
 /// authenticated as it.
 async fn edit_user(env: &Environment, ns: &str) -> Result<kube::Client> {
-    let client = user_bound_to(env, ns, "mallory", "edit").await?;
+    let client = env.cp.user_bound_to(ns, "mallory", "edit").await?;
     // What `edit` is: ConfigMaps and pods yes, writing bindings no.
     let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), ns);
     let mine: ConfidentialKeyBinding = serde_json::from_value(json!({
@@ -263,14 +190,14 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
     let (h1, h2, he) = (h(&v1), h(&v2), h(&evil));
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "orders-key",
-        std::slice::from_ref(&h1),
-        false,
-        "Delete",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "orders", "orders-key")
+            .app("orders")
+            .pinned(std::slice::from_ref(&h1))
+            .adopt(false)
+            .deletion("Delete")
+            .yaml(),
+    )?;
     env.wait_binding_ready(ns, "orders").await?;
     assert_eq!(hashes_in_key(&env, "orders-key")?, set(&[&h1]));
 
@@ -543,20 +470,18 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     // `adopt: true` and `deletionPolicy: Delete`, on another team's untagged key.
     let ns = "sec-thief";
     env.create_namespace(ns, false)?;
-    let thief = user_bound_to(&env, ns, "thief", "admin").await?;
+    let thief = env.cp.user_bound_to(ns, "thief", "admin").await?;
     create_key_as_owner(&env, "team-a-key", json!({"team": "a"}), &their).await?;
     env.double.clear_log();
     env.apply_yaml(&policy_config_map_yaml(ns, "thief-policy", &v1))?;
     apply_binding_as(
         &thief,
-        &binding_yaml(
-            ns,
-            "thief",
-            "team-a-key",
-            std::slice::from_ref(&h1),
-            true,
-            "Delete",
-        ),
+        &BindingManifest::new(ns, "thief", "team-a-key")
+            .app("orders")
+            .pinned(std::slice::from_ref(&h1))
+            .adopt(true)
+            .deletion("Delete")
+            .yaml(),
     )
     .await?;
     let b = env
@@ -590,14 +515,14 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let ns = "sec-team";
     env.create_namespace(ns, true)?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v1))?;
-    env.apply_yaml(&binding_yaml(
-        ns,
-        "orders",
-        "team-key",
-        std::slice::from_ref(&h1),
-        false,
-        "Retain",
-    ))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "orders", "team-key")
+            .app("orders")
+            .pinned(std::slice::from_ref(&h1))
+            .adopt(false)
+            .deletion("Retain")
+            .yaml(),
+    )?;
     let first = env.wait_binding_ready(ns, "orders").await?;
     let first_uid = first.metadata.uid.clone().context("uid")?;
     assert_eq!(
@@ -618,7 +543,7 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let h2 = h(&v2);
     env.double.clear_log();
     env.create_namespace(ns, true)?;
-    let newcomer = user_bound_to(&env, ns, "newcomer", "admin").await?;
+    let newcomer = env.cp.user_bound_to(ns, "newcomer", "admin").await?;
     env.apply_yaml(&policy_config_map_yaml(ns, "orders-policy", &v2))?;
     // The namespace admin writes bindings but not their status (the chart's role has no status).
     let forged = json!({"status": {"key": {"id": "https://x/keys/team-key/v0", "version": "v0",
@@ -632,14 +557,12 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     }
     apply_binding_as(
         &newcomer,
-        &binding_yaml(
-            ns,
-            "orders",
-            "team-key",
-            std::slice::from_ref(&h2),
-            false,
-            "Delete",
-        ),
+        &BindingManifest::new(ns, "orders", "team-key")
+            .app("orders")
+            .pinned(std::slice::from_ref(&h2))
+            .adopt(false)
+            .deletion("Delete")
+            .yaml(),
     )
     .await?;
     let b = env

@@ -18,49 +18,17 @@ use anyhow::{Context as _, Result, ensure};
 use ckb_crds::ConfidentialKeyBinding;
 use ckb_crds::conditions::{reasons, types};
 use ckb_doubles::{Fault, LogEntry};
-use ckb_e2e::suite_env::{DEMO_AUTHORITY, EnvOptions, Environment, wait_for};
+use ckb_e2e::suite_env::{
+    BindingManifest, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 
 const VAULT_HOST: &str = "demo.vault.azure.net";
 
-fn config_map_yaml(ns: &str, name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    \
-         ckb.dev/policy: \"true\"\ndata:\n  policy.rego: |\n    package agent_policy\n    \
-         default CreateContainerRequest := true\n"
-    )
-}
-
-fn binding_yaml(ns: &str, name: &str, key: &str) -> String {
-    format!(
-        r#"apiVersion: ckb.dev/v1alpha1
-kind: ConfidentialKeyBinding
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  podSelector:
-    matchLabels:
-      app: {name}
-  key:
-    vault: https://demo.vault.azure.net
-    name: {key}
-    type: EC-HSM
-    curve: P-256
-    deletionPolicy: Delete
-  attestation:
-    authority: {DEMO_AUTHORITY}
-  policy:
-    configMapRef:
-      name: {name}-policy
-      key: policy.rego
-    # Follows the ConfigMap (the explicit opt-in; the default pins hashes).
-    source: ConfigMap
-"#
-    )
-}
+/// The policy of both scenarios.
+const REGO: &str = "package agent_policy\ndefault CreateContainerRequest := true\n";
 
 /// The Events about binding `name`: (event name → (resourceVersion, reason, occurrences)).
 async fn events_of(
@@ -113,8 +81,13 @@ async fn a_ready_binding_makes_no_write_and_no_change_over_several_resyncs() -> 
     .await?;
     let ns = "e2e-steady";
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "steady-policy"))?;
-    env.apply_yaml(&binding_yaml(ns, "steady", "steady-key"))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "steady-policy", REGO))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "steady", "steady-key")
+            .ec_p256()
+            .deletion("Delete")
+            .yaml(),
+    )?;
     let ready = env.wait_binding_ready(ns, "steady").await?;
     // From Ready on, nothing may change.
     let start = env.double.log().len();
@@ -183,13 +156,18 @@ async fn a_429_storm_shows_on_the_binding_is_waited_out_and_makes_one_key_versio
     let env = Environment::start(EnvOptions::default()).await?;
     let ns = "e2e-storm";
     env.create_namespace(ns, true)?;
-    env.apply_yaml(&config_map_yaml(ns, "storm-policy"))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "storm-policy", REGO))?;
     let mut storm = Fault::status("POST", "^/keys/storm-key/create$", 429)
         .times(STORM)
         .on_vault(VAULT_HOST);
     storm.retry_after_secs = Some(RETRY_AFTER_SECS);
     env.double.inject(storm)?;
-    env.apply_yaml(&binding_yaml(ns, "storm", "storm-key"))?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "storm", "storm-key")
+            .ec_p256()
+            .deletion("Delete")
+            .yaml(),
+    )?;
 
     // The binding says it is throttled ...
     let throttled = env

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use ckb_crds::conditions::{reasons, types};
 use ckb_e2e::suite_env::{
-    DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, wait_for,
+    BindingManifest, EnvOptions, Environment, NAMESPACE, policy_config_map_yaml, wait_for,
 };
 use ckb_e2e::workload_identity::{
     AUTHORITY_HOST_URL, AWI_TENANT_ID, AwiWebhook, IdentityOptions, OPERATOR_CLIENT_ID,
@@ -56,53 +56,11 @@ fn policy_rego() -> String {
 /// The apps' ServiceAccount (federated in Entra), the policy ConfigMap and a binding of key
 /// `key` to the pods `app=<app>`.
 fn apps_yaml(binding: &str, app: &str, key: &str) -> String {
-    let rego: String = policy_rego()
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
     format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: {app}
-  namespace: {APPS}
-  annotations:
-    azure.workload.identity/client-id: {APP_CLIENT_ID}
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: {binding}-policy
-  namespace: {APPS}
-  labels:
-    ckb.dev/policy: "true"
-data:
-  policy.rego: |
-{rego}---
-apiVersion: ckb.dev/v1alpha1
-kind: ConfidentialKeyBinding
-metadata:
-  name: {binding}
-  namespace: {APPS}
-spec:
-  podSelector:
-    matchLabels:
-      app: {app}
-  key:
-    vault: {DEMO_VAULT}
-    name: {key}
-    type: RSA-HSM
-    size: 2048
-  attestation:
-    authority: {DEMO_AUTHORITY}
-  policy:
-    configMapRef:
-      name: {binding}-policy
-      key: policy.rego
-    # Follows the ConfigMap (the explicit opt-in; the default pins hashes): this suite is about
-    # identity, not pinning.
-    source: ConfigMap
-"#
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {app}\n  namespace: {APPS}\n  \
+         annotations:\n    azure.workload.identity/client-id: {APP_CLIENT_ID}\n---\n{}---\n{}",
+        policy_config_map_yaml(APPS, &format!("{binding}-policy"), &policy_rego()),
+        BindingManifest::new(APPS, binding, key).app(app).yaml()
     )
 }
 
