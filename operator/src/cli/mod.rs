@@ -12,6 +12,16 @@ pub mod release_policy;
 pub mod render;
 pub mod run;
 
+/// The `-n/--namespace` option of `render` and `doctor`: the namespace of what they read when it
+/// names none. Spelled once here and flattened by both; each sets its own `CKB_<COMMAND>_NAMESPACE`
+/// fallback and help with `mut_arg` on the `namespace` argument.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamespaceArg {
+    /// The namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    pub namespace: String,
+}
+
 /// Binds Azure Key Vault keys to confidential pods on AKS.
 #[derive(Debug, Parser)]
 #[command(name = "ckb-operator", version, about, long_about = None, propagate_version = true)]
@@ -69,6 +79,43 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ckb-operator: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `-n/--namespace` is one flattened argument, but each command keeps its own fallback.
+    #[test]
+    fn each_command_keeps_its_own_namespace_environment_variable() {
+        let cli = Cli::command();
+        for (command, env) in [
+            ("doctor", "CKB_DOCTOR_NAMESPACE"),
+            ("render", "CKB_RENDER_NAMESPACE"),
+        ] {
+            let sub = cli.find_subcommand(command).expect(command);
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_id() == "namespace")
+                .expect("namespace");
+            assert_eq!(arg.get_short(), Some('n'), "{command}");
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env),
+                "{command}"
+            );
+            assert_eq!(
+                arg.get_default_values()
+                    .iter()
+                    .map(|v| v.to_str())
+                    .collect::<Vec<_>>(),
+                [Some("default")],
+                "{command}"
+            );
         }
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::NamespaceArg;
 use crate::crds::ConfidentialKeyBinding;
 use crate::webhook::MutationArgs;
 use crate::webhook::identity;
@@ -31,6 +32,9 @@ use crate::webhook::mutate::{self, MatchedBinding, Mode, SidecarDefaults};
 
 /// Arguments of `ckb-operator render`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("namespace", |a| a
+    .env("CKB_RENDER_NAMESPACE")
+    .help("Namespace of workloads (and file bindings) that do not name one")))]
 pub struct RenderArgs {
     /// Workload manifests (YAML, one or many documents), or `-` for standard input.
     #[arg(
@@ -51,13 +55,8 @@ pub struct RenderArgs {
     #[arg(long = "from-cluster", env = "CKB_RENDER_FROM_CLUSTER")]
     pub from_cluster: bool,
     /// Namespace of workloads (and file bindings) that do not name one.
-    #[arg(
-        short = 'n',
-        long = "namespace",
-        env = "CKB_RENDER_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    #[command(flatten)]
+    pub namespace: NamespaceArg,
     /// What the mutation injects (must match the operator's settings).
     #[command(flatten)]
     pub mutation: MutationArgs,
@@ -325,10 +324,10 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
     };
     let documents = parse_yaml_documents(&input, &what)?;
     let bindings = match (&args.bindings, args.from_cluster) {
-        (Some(path), _) => parse_bindings(&read_input(path)?, path, &args.namespace)?,
+        (Some(path), _) => parse_bindings(&read_input(path)?, path, &args.namespace.namespace)?,
         (None, true) => {
             let mut namespaces = Vec::new();
-            namespaces_of(&documents, &args.namespace, &mut namespaces);
+            namespaces_of(&documents, &args.namespace.namespace, &mut namespaces);
             let client = crate::cli::cluster::client().await?;
             crate::cli::cluster::bindings(&client, &namespaces).await?
         }
@@ -339,7 +338,7 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
     let rendered = render_documents(
         documents,
         &bindings,
-        &args.namespace,
+        &args.namespace.namespace,
         &args.mutation.defaults(),
         &args.mutation.confidential_runtime_classes,
     )?;

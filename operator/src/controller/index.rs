@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::policy::hash_annotation;
 use crate::webhook::mutate::selector_matches;
+use crate::webhook::policy::annotation_policy_hash;
 
 /// Bindings whose `spec.policy.configMapRef` names this ConfigMap (same namespace).
 pub fn bindings_for_config_map<'a>(
@@ -142,11 +142,10 @@ pub fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.owner_references = None;
     if let Some(a) = pod.metadata.annotations.as_mut() {
-        let computed = a.get(labels::AGENT_POLICY).and_then(|v| {
-            // As the webhook does: the Kata shim's decoder ignores line breaks.
-            let compact: String = v.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-            hash_annotation(&compact).ok()
-        });
+        // As the webhook reads it (line breaks of wrapped base64 ignored, as the Kata shim does).
+        let computed = a
+            .get(labels::AGENT_POLICY)
+            .and_then(|v| annotation_policy_hash(v).ok());
         a.retain(|k, _| k == labels::BINDINGS);
         if let Some(h) = computed {
             a.insert(COMPUTED_POLICY_SHA256.to_string(), h.to_string());
@@ -371,5 +370,18 @@ mod tests {
         assert!(!a.contains_key(labels::POLICY_SHA256));
         assert_eq!(a[COMPUTED_POLICY_SHA256], h("A"));
         assert_eq!(policies(&[p]).count, 1);
+    }
+
+    #[test]
+    fn a_wrapped_base64_annotation_hashes_as_the_webhook_reads_it() {
+        let rego = "package agent_policy\n# long enough to span two wrapped lines of base64\n";
+        let mut p = raw_pod("payments", "orders", rego, "Running");
+        let a = p.metadata.annotations.as_mut().unwrap();
+        let value = a.get_mut(labels::AGENT_POLICY).unwrap();
+        let (head, tail) = value.split_at(76);
+        *value = format!("{head}\r\n{tail}\n");
+        slim_pod(&mut p);
+        let a = p.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a[COMPUTED_POLICY_SHA256], h(rego));
     }
 }

@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::facts::{Facts, WebhookState};
 use super::{CHECKS, PSA_ENFORCE_LABEL, WI_CLIENT_ID_ANNOTATION, WI_ENV};
-use crate::policy::hash::hash_annotation;
 use crate::webhook::mutate::{
     INJECTED_LABEL, SIDECAR_NAME, WORKLOAD_IDENTITY_LABEL, select_bindings,
 };
+use crate::webhook::policy::annotation_policy_hash;
 
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +299,7 @@ fn per_pod(pod: &Pod, selecting: &[Arc<ConfidentialKeyBinding>]) -> Vec<Finding>
 }
 
 fn policy_hash(pod: &Pod, pn: &str, selecting: &[Arc<ConfidentialKeyBinding>]) -> Vec<Finding> {
-    let hash = match annotation(pod, labels::AGENT_POLICY).map(hash_annotation) {
+    let hash = match annotation(pod, labels::AGENT_POLICY).map(annotation_policy_hash) {
         Some(Ok(h)) => h.to_string(),
         Some(Err(e)) => {
             return vec![problem(

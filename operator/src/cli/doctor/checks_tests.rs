@@ -143,6 +143,22 @@ fn a_pod_whose_hash_is_not_bound_is_a_policy_hash_problem() {
 }
 
 #[test]
+fn a_wrapped_base64_policy_annotation_is_read_as_the_webhook_reads_it() {
+    let mut f = good();
+    let annotations = f.pods[0].metadata.annotations.as_mut().unwrap();
+    let value = annotations.get_mut(labels::AGENT_POLICY).unwrap();
+    // Line breaks every 76 characters, as `base64` without `-w0` writes it.
+    let wrapped: Vec<String> = value
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert!(wrapped.len() > 1, "the test policy must span several lines");
+    *value = wrapped.join("\n");
+    assert_eq!(problems(&f), Vec::<&str>::new());
+}
+
+#[test]
 fn pods_without_the_workload_identity_label_are_a_problem() {
     let mut f = good();
     f.template_labels.remove(WORKLOAD_IDENTITY_LABEL);

@@ -69,7 +69,7 @@ struct Target {
 
 /// Reads the facts about `args.target` from the cluster.
 pub async fn gather(client: &Client, args: &DoctorArgs) -> anyhow::Result<Facts> {
-    let ns = args.namespace.as_str();
+    let ns = args.namespace.namespace.as_str();
     let (kind, name) = match args.target.split_once('/') {
         Some((k, n)) => (k.to_ascii_lowercase(), n.to_string()),
         None => ("pod".to_string(), args.target.clone()),

@@ -28,7 +28,7 @@
 
 use anyhow::bail;
 
-use crate::cli::cluster;
+use crate::cli::{NamespaceArg, cluster};
 use crate::webhook::mutate::DEFAULT_CONFIDENTIAL_RUNTIME_CLASS;
 
 mod checks;
@@ -61,17 +61,13 @@ pub const CHECKS: [&str; 11] = [
 
 /// Arguments of `ckb-operator doctor`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("namespace", |a| a.env("CKB_DOCTOR_NAMESPACE").help("Namespace of the target")))]
 pub struct DoctorArgs {
     /// What to examine: `<pod>`, `pod/<name>` or `deployment/<name>`.
     pub target: String,
     /// Namespace of the target.
-    #[arg(
-        short = 'n',
-        long = "namespace",
-        env = "CKB_DOCTOR_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    #[command(flatten)]
+    pub namespace: NamespaceArg,
     /// Name of the operator's MutatingWebhookConfiguration (the chart's full name).
     #[arg(
         long = "webhook-configuration",
