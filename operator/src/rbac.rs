@@ -88,11 +88,11 @@ pub const API_ACCESS: &[ApiAccess] = &[
         group: "ckb.dev",
         resource: "confidentialkeybindings",
         subresource: None,
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["list", "watch", "patch"],
         scope: Scope::AllNamespaces,
         needed: Needed::Always,
-        why: "the controller and the webhook's cache watch bindings; the finalizer is added and \
-              removed by JSON patch",
+        why: "the controller and the webhook's cache watch bindings (never read by name); the \
+              finalizer is added and removed by JSON patch",
     },
     ApiAccess {
         group: "ckb.dev",
@@ -138,7 +138,7 @@ pub const API_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "pods",
         subresource: None,
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         scope: Scope::AllNamespaces,
         needed: Needed::Always,
         why: "injected pods (label ckb.dev/injected) are watched to count them and to keep the \
