@@ -218,7 +218,8 @@ mod tests {
         );
         assert_eq!(b.spec.attestation.extra_claims[0].equals, "0");
         assert_eq!(b.spec.policy.config_map_ref.name, "shared");
-        assert_eq!(b.spec.policy.sha256, vec![pin]);
+        let pins: Vec<&str> = b.spec.policy.sha256.iter().map(|h| h.as_str()).collect();
+        assert_eq!(pins, [pin.as_str()]);
         assert_eq!(b.spec.policy.source, None);
     }
 }
