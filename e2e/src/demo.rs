@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::cluster::{ControlPlane, repo_root};
 use crate::suite_env::{
     DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment, NAMESPACE, RELEASE_KV_TOKEN,
-    SERVICE_ACCOUNT, wait_for,
+    SERVICE_ACCOUNT, pod_annotation as annotation, wait_for,
 };
 
 /// Host of the samples' vault.
@@ -140,14 +140,6 @@ async fn injected_pod(cp: &ControlPlane, ns: &str) -> Result<Pod> {
         }
     })
     .await
-}
-
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

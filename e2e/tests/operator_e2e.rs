@@ -9,13 +9,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{ConfidentialKeyBinding, FINALIZER, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_doubles::sidecar::SidecarError;
 use ckb_e2e::suite_env::{
-    BindingManifest, DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+    BindingManifest, EnvOptions, Environment, pod_annotation as annotation, policy_config_map_yaml,
+    wait_for,
 };
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -134,14 +135,6 @@ fn pod_yaml(ns: &str, name: &str, app: &str, runtime_class: Option<&str>) -> Str
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app: {app}\n\
          spec:\n{rc}  containers:\n    - name: app\n      image: registry.example/app:1.0\n"
     )
-}
-
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
 }
 
 fn has_sidecar(pod: &Pod) -> bool {
@@ -524,40 +517,6 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     Ok(())
 }
 
-/// Creates a key directly in the double (as another owner would), tagged for `owner_binding`.
-async fn create_foreign_key(env: &Environment, name: &str, owner_binding: &str) -> Result<Value> {
-    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": DEMO_AUTHORITY, "allOf": [
-        {"claim": "x-ms-sevsnpvm-hostdata", "equals": "0".repeat(64)}]}]});
-    let body = json!({
-        "kty": "RSA-HSM",
-        "key_size": 2048,
-        "key_ops": ["wrapKey", "unwrapKey"],
-        "attributes": {"exportable": true},
-        "release_policy": {
-            "contentType": "application/json; charset=utf-8",
-            "data": ckb_doubles::jose::b64url(policy.to_string().as_bytes()),
-        },
-        "tags": {"managed-by": "ckb-operator", "ckb-binding": owner_binding, "ckb-cluster": "another-cluster"},
-    });
-    let url = format!(
-        "{}/keys/{name}/create?api-version=7.4",
-        env.double_url(VAULT_HOST)
-    );
-    let resp = env
-        .double_client(&[VAULT_HOST])
-        .post(url)
-        .bearer_auth("admin-token")
-        .json(&body)
-        .send()
-        .await?;
-    let status = resp.status();
-    let answer: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("creating {name} in the double: {status} {answer}");
-    }
-    Ok(answer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     let t0 = Instant::now();
@@ -574,7 +533,12 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     }
 
     // A key tagged for another binding and cluster: left alone, with zero writes.
-    let before = create_foreign_key(&env, "foreign-key", "someone/else").await?;
+    // Created directly in the double (as another owner would), tagged for another binding.
+    let tags = json!({"managed-by": "ckb-operator", "ckb-binding": "someone/else",
+        "ckb-cluster": "another-cluster"});
+    let before = env
+        .create_key_as_vault_admin(VAULT_HOST, "foreign-key", tags, &"0".repeat(64))
+        .await?;
     env.double.clear_log();
     env.apply_yaml(&strict(
         BindingManifest::new(ns, "foreign", "foreign-key").deletion("Delete"),

@@ -19,7 +19,8 @@ use ckb_crds::conditions::{reasons, types};
 use ckb_crds::{ConfidentialKeyBinding, labels, tags};
 use ckb_doubles::LogEntry;
 use ckb_e2e::suite_env::{
-    BindingManifest, DEMO_AUTHORITY, EnvOptions, Environment, policy_config_map_yaml, wait_for,
+    BindingManifest, DEMO_AUTHORITY, EnvOptions, Environment, VAULT_ADMIN_KV_TOKEN,
+    pod_annotation as annotation, policy_config_map_yaml, wait_for,
 };
 use ckb_operator::policy::hash::{encode_annotation, hash_rego};
 use ckb_operator::policy::release::ReleasePolicy;
@@ -163,14 +164,6 @@ fn confidential_pod(ns: &str, name: &str) -> Pod {
                  "containers": [{"name": "app", "image": "registry.example/app:1.0"}]}
     }))
     .expect("pod")
-}
-
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
 }
 
 async fn patch_binding(env: &Environment, ns: &str, name: &str, patch: Value) -> Result<()> {
@@ -399,50 +392,13 @@ async fn edit_cannot_change_what_a_key_releases_to_and_status_is_not_trusted() -
     Ok(())
 }
 
-/// Creates a key directly in the double, as its owner (another team) would.
-async fn create_key_as_owner(
-    env: &Environment,
-    name: &str,
-    key_tags: Value,
-    hostdata: &str,
-) -> Result<()> {
-    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": DEMO_AUTHORITY, "allOf": [
-        {"claim": "x-ms-sevsnpvm-hostdata", "equals": hostdata}]}]});
-    let body = json!({
-        "kty": "RSA-HSM",
-        "key_size": 2048,
-        "key_ops": ["wrapKey", "unwrapKey"],
-        "attributes": {"exportable": true},
-        "release_policy": {
-            "contentType": "application/json; charset=utf-8",
-            "data": ckb_doubles::jose::b64url(policy.to_string().as_bytes()),
-        },
-        "tags": key_tags,
-    });
-    let url = format!(
-        "{}/keys/{name}/create?api-version=7.4",
-        env.double_url(VAULT_HOST)
-    );
-    let resp = env
-        .double_client(&[VAULT_HOST])
-        .post(url)
-        .bearer_auth("admin-token")
-        .json(&body)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("creating {name}: {} {}", resp.status(), resp.text().await?);
-    }
-    Ok(())
-}
-
 /// Sets the key's tags as someone with Key Vault rights would (all tags: Key Vault replaces them).
 async fn set_tags_as_owner(env: &Environment, name: &str, key_tags: Value) -> Result<()> {
     let url = format!("{}/keys/{name}?api-version=7.4", env.double_url(VAULT_HOST));
     let resp = env
         .double_client(&[VAULT_HOST])
         .patch(url)
-        .bearer_auth("admin-token")
+        .bearer_auth(VAULT_ADMIN_KV_TOKEN)
         .json(&json!({"tags": key_tags}))
         .send()
         .await?;
@@ -471,7 +427,9 @@ async fn keys_are_owned_by_identity_and_adopt_needs_the_owner_s_consent() -> Res
     let ns = "sec-thief";
     env.create_namespace(ns, false)?;
     let thief = env.cp.user_bound_to(ns, "thief", "admin").await?;
-    create_key_as_owner(&env, "team-a-key", json!({"team": "a"}), &their).await?;
+    // Created directly in the double, as its owner (another team) would.
+    env.create_key_as_vault_admin(VAULT_HOST, "team-a-key", json!({"team": "a"}), &their)
+        .await?;
     env.double.clear_log();
     env.apply_yaml(&policy_config_map_yaml(ns, "thief-policy", &v1))?;
     apply_binding_as(

@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use ckb_doubles::TokenRequest;
 use ckb_doubles::sidecar::{self, ReleaseCall, ReleasedKey, RuntimeKey, SidecarError, Trust};
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{Environment, RELEASE_KV_TOKEN};
+use super::{DEMO_AUTHORITY, Environment, RELEASE_KV_TOKEN};
+
+/// Bearer token with every permission of the Key Vault double (someone with Key Vault rights).
+pub const VAULT_ADMIN_KV_TOKEN: &str = "admin-token";
 
 impl Environment {
     /// The double's state of `vault_host` (keys and soft-deleted keys), if the vault was touched.
@@ -40,6 +43,49 @@ impl Environment {
             .unwrap_or(0)
     }
 
+    /// Creates an exportable RSA-HSM 2048 key `name` in the double's `vault_host` directly, as
+    /// someone with Key Vault rights would (not through the operator), tagged with `tags` and
+    /// releasable to `hostdata` under [`DEMO_AUTHORITY`]; returns the double's answer (the key
+    /// bundle).
+    pub async fn create_key_as_vault_admin(
+        &self,
+        vault_host: &str,
+        name: &str,
+        tags: Value,
+        hostdata: &str,
+    ) -> Result<Value> {
+        let policy = json!({"version": "1.0.0", "anyOf": [{"authority": DEMO_AUTHORITY, "allOf": [
+            {"claim": "x-ms-sevsnpvm-hostdata", "equals": hostdata}]}]});
+        let body = json!({
+            "kty": "RSA-HSM",
+            "key_size": 2048,
+            "key_ops": ["wrapKey", "unwrapKey"],
+            "attributes": {"exportable": true},
+            "release_policy": {
+                "contentType": "application/json; charset=utf-8",
+                "data": ckb_doubles::jose::b64url(policy.to_string().as_bytes()),
+            },
+            "tags": tags,
+        });
+        let url = format!(
+            "{}/keys/{name}/create?api-version=7.4",
+            self.double_url(vault_host)
+        );
+        let resp = self
+            .double_client(&[vault_host])
+            .post(url)
+            .bearer_auth(VAULT_ADMIN_KV_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let answer: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("creating {name} in the double: {status} {answer}");
+        }
+        Ok(answer)
+    }
+
     /// Plays the SKR sidecar of `pod` as the real one would: vault, key and authority from the
     /// pod's injected env, hostdata = SHA-256 of the pod's agent-policy annotation; gets a token
     /// from the attestation double (adjusted by `tweak`), releases and unwraps the key.
@@ -57,11 +103,7 @@ impl Environment {
         let vault_host = get("SKR_AKV_ENDPOINT")?;
         let maa_host = get("SKR_MAA_ENDPOINT")?;
         let key_name = get("SKR_KEY_NAME")?;
-        let annotation = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ckb_crds::labels::AGENT_POLICY))
+        let annotation = pod_annotation(pod, ckb_crds::labels::AGENT_POLICY)
             .ok_or_else(|| anyhow!("pod has no agent policy annotation"))?;
         let hostdata = hostdata_of_annotation(annotation)?;
         let mut req = TokenRequest {
@@ -103,6 +145,15 @@ pub fn hostdata_of_annotation(annotation: &str) -> Result<String> {
         .decode(annotation)
         .context("the agent policy annotation is not standard base64")?;
     Ok(hex::encode(sha2::Sha256::digest(&rego)))
+}
+
+/// The pod's annotation `key`, if it has one.
+pub fn pod_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
 }
 
 /// The env of the pod's first app container (not the `skr` sidecar), by name.

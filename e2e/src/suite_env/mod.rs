@@ -53,7 +53,7 @@ mod waits;
 pub use crate::cluster::wait_for;
 use crate::cluster::{ClusterOptions, ControlPlane, Proc, free_ports, log_tail};
 use crate::workload_identity::{IdentityOptions, OperatorIdentity};
-pub use double::{app_env, hostdata_of_annotation};
+pub use double::{VAULT_ADMIN_KV_TOKEN, app_env, hostdata_of_annotation, pod_annotation};
 pub use fixtures::{BindingManifest, policy_config_map_yaml};
 pub use helm::crd_established;
 pub use tools::{helm_binary, operator_binary};
