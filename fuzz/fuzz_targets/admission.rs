@@ -30,6 +30,6 @@ fuzz_target!(|data: &[u8]| {
     let answer = review::handle(data, |req| {
         sources::admit(sources(), &SidecarDefaults::default(), &classes, req)
     });
-    let v: serde_json::Value = serde_json::from_slice(&answer.body).expect("answer is JSON");
+    let v: serde_json::Value = serde_json::from_slice(&answer.body.to_vec()).expect("answer is JSON");
     assert!(v["response"]["allowed"].is_boolean());
 });

@@ -8,10 +8,10 @@
 //! - `baseline`: a trivial HTTPS server on the same stack (axum, axum-server, rustls, aws-lc-rs,
 //!   `TCP_NODELAY`) that reads the body and answers the bytes the webhook answers for that body,
 //!   computed once at start;
-//! - `profile`: no server; answers the confidential pod's request `--iterations` times in this
-//!   process (parse, decide, encode: the handler minus transport) and exits, for an instruction
-//!   profile under `valgrind --tool=callgrind` (counts are repeatable on a noisy machine, where
-//!   times are not).
+//! - `profile`: no server; answers the request of `--case` (default `patch`, the confidential pod)
+//!   `--iterations` times in this process (parse, decide, encode: the handler minus transport) and
+//!   exits, for an instruction profile under `valgrind --tool=callgrind` (counts are repeatable on
+//!   a noisy machine, where times are not) or `perf record`.
 //!
 //! It writes the request bodies (`patch.json`: a confidential pod matched by the binding, `allow.json`:
 //! a pod that needs no change) into `--out`, prints `port=<port>` once listening, and serves until
@@ -74,6 +74,18 @@ struct Args {
     /// Admissions answered in `--mode profile`.
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// The request `--mode profile` answers.
+    #[arg(long, value_enum, default_value_t = Case::Patch)]
+    case: Case,
+}
+
+/// The two benchmark requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Case {
+    /// A confidential pod matched by the binding: the answer is the policy patch.
+    Patch,
+    /// A pod that needs no change.
+    Allow,
 }
 
 /// Rego-like text of about `kib` KiB (genpolicy's output for 1-3 containers is 90-150 KiB).
@@ -119,13 +131,17 @@ fn admission(sources: MapSources) -> Arc<Admission> {
     })
 }
 
-/// The webhook's answer to `body`, as the baseline will replay it.
+/// The webhook's answer to `body` (the handler without transport).
+fn handle(sources: &MapSources, classes: &[String], body: &[u8]) -> review::Answer {
+    review::handle(body, |req| {
+        admit(sources, &SidecarDefaults::default(), classes, req)
+    })
+}
+
+/// The webhook's answer to `body` in one buffer, as the baseline will replay it.
 fn answer(sources: &MapSources, body: &[u8]) -> Vec<u8> {
     let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
-    review::handle(body, |req| {
-        admit(sources, &SidecarDefaults::default(), &classes, req)
-    })
-    .body
+    handle(sources, &classes, body).body.to_vec()
 }
 
 async fn replay(State(answers): State<Arc<HashMap<Bytes, Bytes>>>, body: Bytes) -> Response {
@@ -163,16 +179,23 @@ async fn main() -> Result<()> {
         bail!("the benchmark requests no longer produce a patch and an allow");
     }
     if args.mode == Mode::Profile {
+        let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+        let body = match args.case {
+            Case::Patch => CONFIDENTIAL,
+            Case::Allow => RUNC,
+        };
         let start = std::time::Instant::now();
         for _ in 0..args.iterations {
-            std::hint::black_box(answer(
+            std::hint::black_box(handle(
                 &sources,
-                std::hint::black_box(CONFIDENTIAL.as_bytes()),
+                &classes,
+                std::hint::black_box(body.as_bytes()),
             ));
         }
         eprintln!(
-            "bench-webhook: {} admissions of the confidential pod in {:?}",
+            "bench-webhook: {} admissions ({:?}) in {:?}",
             args.iterations,
+            args.case,
             start.elapsed()
         );
         return Ok(());

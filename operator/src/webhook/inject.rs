@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
 use super::mutate::*;
-use super::policy::{PreparedPolicy, annotation_policy_hash};
+use super::policy::{PLACEHOLDER, PreparedPolicy, annotation_policy_hash};
 use crate::crds::SidecarSpec;
 use crate::crds::labels::{AGENT_POLICY, BINDINGS, POLICY_SHA256};
 use crate::policy::PolicyHash;
@@ -444,8 +444,11 @@ pub(super) fn annotate(
     bs: &[&MatchedBinding],
     who: &str,
     policy: Option<&PreparedPolicy>,
+    policy_value: PolicyValue,
 ) -> Result<(), Denial> {
     let annotations = object_mut(metadata, "annotations");
+    // The length of the policy's value when the placeholder stands for it.
+    let mut placeholder_for = None;
     if let Some(policy) = policy {
         let hash = policy.hash().as_str();
         match annotations.get(AGENT_POLICY) {
@@ -467,10 +470,14 @@ pub(super) fn annotate(
                 }
             }
             None => {
-                annotations.insert(
-                    AGENT_POLICY.to_string(),
-                    Value::String(policy.annotation().to_string()),
-                );
+                let value = match policy_value {
+                    PolicyValue::Text => policy.annotation().to_string(),
+                    PolicyValue::Placeholder => {
+                        placeholder_for = Some(policy.annotation().len());
+                        PLACEHOLDER.to_string()
+                    }
+                };
+                annotations.insert(AGENT_POLICY.to_string(), Value::String(value));
             }
         }
         annotations.insert(POLICY_SHA256.to_string(), Value::String(hash.to_string()));
@@ -483,7 +490,13 @@ pub(super) fn annotate(
     annotations.insert(BINDINGS.to_string(), Value::String(list));
     let total: usize = annotations
         .iter()
-        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .map(|(k, v)| {
+            let value = match placeholder_for {
+                Some(len) if k == AGENT_POLICY => len,
+                _ => v.as_str().map_or(0, str::len),
+            };
+            k.len() + value
+        })
         .sum();
     if total > ANNOTATIONS_SIZE_LIMIT {
         return Err(deny(

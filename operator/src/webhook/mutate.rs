@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use super::inject::{self, object_mut};
 pub use super::inject::{app_env, reference_info_volume, sidecar_container};
-pub use super::policy::PreparedPolicy;
+pub use super::policy::{AdmissionPatch, PreparedPolicy};
 pub use super::select::{pod_labels, select_bindings, selector_matches};
 use crate::crds::{ConfidentialKeyBinding, SidecarLogLevel, SidecarSpec};
 use crate::policy::PolicyHash;
@@ -174,11 +174,10 @@ pub enum Decision {
     },
     /// Admit with this JSON patch (RFC 6902) applied.
     Patch {
-        /// The patch, computed as the diff of the request's object and the mutated copy.
-        patch: json_patch::Patch,
-        /// The injected policy, when the patch carries its annotation (its encoding is reused
-        /// by the answer, see [`super::policy::encode_patch`]).
-        policy: Option<Arc<PreparedPolicy>>,
+        /// The patch, computed as the diff of the request's object and the mutated copy; the
+        /// injected policy's annotation value stays in the prepared policy (see
+        /// [`AdmissionPatch`]).
+        patch: AdmissionPatch,
         /// Warnings for the client.
         warnings: Vec<String>,
     },
@@ -226,12 +225,15 @@ pub fn decide(
     defaults: &SidecarDefaults,
     confidential_runtime_classes: &[String],
 ) -> Decision {
-    match mutate(
+    // The policy's annotation value is written as a placeholder: the patch refers to the
+    // prepared policy instead of copying its value twice (into the mutated pod, then by the diff).
+    match mutate_with(
         pod,
         bindings,
         defaults,
         confidential_runtime_classes,
         Mode::Admission,
+        PolicyValue::Placeholder,
     ) {
         Err(denial) => Decision::Deny {
             message: denial.message,
@@ -240,11 +242,20 @@ pub fn decide(
             warnings: m.warnings,
         },
         Ok(m) => Decision::Patch {
-            patch: json_patch::diff(pod, &m.pod),
-            policy: m.policy,
+            patch: super::policy::admission_patch(pod, m.pod, m.policy),
             warnings: m.warnings,
         },
     }
+}
+
+/// How the mutation writes the agent policy's annotation value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PolicyValue {
+    /// The value itself.
+    Text,
+    /// [`super::policy::PLACEHOLDER`], for [`super::policy::admission_patch`] (the annotation
+    /// size limit is still checked with the value's length).
+    Placeholder,
 }
 
 /// Whether the pod runs in one of the confidential runtime classes.
@@ -295,6 +306,24 @@ pub fn mutate(
     confidential_runtime_classes: &[String],
     mode: Mode,
 ) -> Result<Mutated, Denial> {
+    mutate_with(
+        pod,
+        bindings,
+        defaults,
+        confidential_runtime_classes,
+        mode,
+        PolicyValue::Text,
+    )
+}
+
+fn mutate_with(
+    pod: &Value,
+    bindings: &[MatchedBinding],
+    defaults: &SidecarDefaults,
+    confidential_runtime_classes: &[String],
+    mode: Mode,
+    policy_value: PolicyValue,
+) -> Result<Mutated, Denial> {
     let Some(root) = pod.as_object() else {
         return Err(Denial {
             message: "ckb-operator: the object is not a JSON object".to_string(),
@@ -336,7 +365,7 @@ pub fn mutate(
     inject::add_reference_info_volume(spec, bs, &who)?;
     inject::add_app_env(spec, bs, &who, &env)?;
     let metadata = object_mut(root, "metadata");
-    inject::annotate(metadata, bs, &who, policy.as_deref())?;
+    inject::annotate(metadata, bs, &who, policy.as_deref(), policy_value)?;
     let mut warnings = inject::label(metadata, bs, &who);
     // The pod's workload identity for the sidecar, whatever the webhook order (see identity.rs).
     warnings.extend(super::identity::share_with_sidecar(&mut out).warning(&who));

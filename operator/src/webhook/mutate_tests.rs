@@ -60,7 +60,7 @@ fn pod() -> Value {
 fn apply(pod: &Value, d: &Decision) -> Value {
     let mut out = pod.clone();
     if let Decision::Patch { patch, .. } = d {
-        json_patch::patch(&mut out, &patch.0).expect("patch applies");
+        json_patch::patch(&mut out, &patch.to_patch().0).expect("patch applies");
     }
     out
 }

@@ -5,14 +5,20 @@
 //! pod hashed it (SHA-256), encoded it (base64), then serialised the patch holding that encoding,
 //! encoded the patch (base64 again) and serialised the answer holding it: about 1.1 MB of byte-wise
 //! work per admission, which an instruction profile of the handler showed to be most of its cost
-//! (docs/benchmarks.md). [`PreparedPolicy`] does the per-policy part once; [`encode_patch`] reuses
-//! it so that the per-admission part is a copy.
+//! (docs/benchmarks.md). [`PreparedPolicy`] does the per-policy part once; an [`AdmissionPatch`]
+//! refers to it instead of holding the annotation value, and its encoding shares the policy's
+//! pre-encoded value, so that the per-admission part is neither work nor a copy proportional to
+//! the policy.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde_json::Value;
 
+use crate::crds::labels::AGENT_POLICY;
 use crate::policy::hash::{HashError, PolicyHash, encode_annotation, hash_annotation, hash_rego};
 
 /// An agent policy ready to be injected: hash, annotation value, and the annotation value as it
@@ -23,8 +29,8 @@ pub struct PreparedPolicy {
     annotation: String,
     /// Standard base64 of the JSON string token of `annotation` (quotes included), followed by
     /// spaces up to a multiple of 3 bytes, so that it can be concatenated with other base64 text
-    /// (see [`encode_patch`]).
-    encoded_value: String,
+    /// (see [`AdmissionPatch::encode`]); shared by every answer that carries it.
+    encoded_value: Bytes,
 }
 
 impl std::fmt::Debug for PreparedPolicy {
@@ -49,7 +55,7 @@ impl PreparedPolicy {
         pad_to_multiple_of_3(&mut token);
         Self {
             hash: hash_rego(rego.as_bytes()),
-            encoded_value: STANDARD.encode(&token),
+            encoded_value: Bytes::from(STANDARD.encode(&token)),
             annotation,
         }
     }
@@ -92,51 +98,156 @@ fn pad_to_multiple_of_3(bytes: &mut Vec<u8>) {
     }
 }
 
-/// Placeholder put in place of the policy's annotation value while the (small) rest of the patch
-/// is serialised; NUL characters keep it apart from anything a pod spec carries.
-const PLACEHOLDER: &str = "\u{0}ckb-agent-policy\u{0}";
+/// Stands for the policy's annotation value in the operations of an [`AdmissionPatch`], so that
+/// the 160 KB value is never copied into the mutated pod nor into the patch; NUL characters keep
+/// it apart from anything a pod spec carries (and a pod that carries it anyway gets the value
+/// itself, see [`admission_patch`]).
+pub(crate) const PLACEHOLDER: &str = "\u{0}ckb-agent-policy\u{0}";
 
-/// Standard base64 of the JSON text of `patch`, as an admission answer carries it.
-///
-/// When `policy` is given and its annotation value is a string of the patch, that string is not
-/// serialised and encoded again: the rest of the patch is, around a placeholder, and the policy's
-/// pre-encoded value is spliced in. Base64 maps every 3 input bytes to 4 output characters
-/// independently, so the encoding of a concatenation whose parts are multiples of 3 bytes is the
-/// concatenation of their encodings; the parts are padded with JSON whitespace (before and after
-/// the value token) to get there. The decoded patch is the same JSON value as the plain encoding.
-// NB: hand-written on purpose: no JSON or base64 crate can reuse an encoded substring, and this
-// is the difference between ~1 MB and ~0.2 MB of byte-wise work per admission (docs/benchmarks.md).
-pub fn encode_patch(mut patch: json_patch::Patch, policy: Option<&PreparedPolicy>) -> String {
-    let Some(policy) = policy else {
-        return encode_plain(&patch);
-    };
-    // A pod that carries the placeholder itself (as a value) gets the plain encoding.
-    if value_slot(&mut patch, PLACEHOLDER).is_some() {
-        return encode_plain(&patch);
+/// An admission patch (RFC 6902). When it sets the agent-policy annotation, the value stays in
+/// the prepared policy: the operations hold [`PLACEHOLDER`] in its place, [`Self::to_patch`] puts
+/// it back, and [`Self::encode`] splices in the policy's pre-encoded value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionPatch {
+    ops: json_patch::Patch,
+    /// The policy whose annotation value the one [`PLACEHOLDER`] string of `ops` stands for.
+    policy: Option<Arc<PreparedPolicy>>,
+}
+
+impl From<json_patch::Patch> for AdmissionPatch {
+    /// A patch that holds every value itself.
+    fn from(ops: json_patch::Patch) -> Self {
+        Self { ops, policy: None }
     }
-    let Some(slot) = value_slot(&mut patch, &policy.annotation) else {
-        return encode_plain(&patch);
-    };
-    let original = std::mem::replace(slot, serde_json::Value::String(PLACEHOLDER.to_string()));
-    let text = serde_json::to_vec(&patch).unwrap_or_default();
-    let token = serde_json::to_vec(PLACEHOLDER).unwrap_or_default();
-    let Some(at) = find_once(&text, &token) else {
-        // The placeholder's text also occurs as a key of the pod: put the value back.
-        if let Some(slot) = value_slot(&mut patch, PLACEHOLDER) {
-            *slot = original;
+}
+
+impl AdmissionPatch {
+    /// The patch as the API server applies it (with the policy's annotation value).
+    pub fn to_patch(&self) -> json_patch::Patch {
+        let mut ops = self.ops.clone();
+        if let Some(policy) = &self.policy
+            && let Some(slot) = value_slot(&mut ops, PLACEHOLDER)
+        {
+            *slot = Value::String(policy.annotation.clone());
         }
-        return encode_plain(&patch);
-    };
-    let mut head = text[..at].to_vec();
-    pad_to_multiple_of_3(&mut head);
-    let tail = &text[at + token.len()..];
-    let mut out = String::with_capacity(
-        policy.encoded_value.len() + (head.len() + tail.len()).div_ceil(3) * 4 + 4,
-    );
-    STANDARD.encode_string(&head, &mut out);
-    out.push_str(&policy.encoded_value);
-    STANDARD.encode_string(tail, &mut out);
-    out
+        ops
+    }
+
+    /// Standard base64 of the JSON text of the patch ([`Self::to_patch`]), as an admission answer
+    /// carries it.
+    ///
+    /// When the patch sets the policy's annotation, only the rest of the patch is serialised and
+    /// encoded (a few KB), around the placeholder; the policy's pre-encoded value goes in between.
+    /// Base64 maps every 3 input bytes to 4 output characters independently, so the encoding of a
+    /// concatenation whose parts are multiples of 3 bytes is the concatenation of their encodings;
+    /// the parts are padded with JSON whitespace (before and after the value token) to get there.
+    /// The decoded patch is the same JSON value as the plain encoding ([`encode_plain`]).
+    // NB: hand-written on purpose: no JSON or base64 crate can reuse an encoded substring, and this
+    // is the difference between ~1 MB and a few KB of byte-wise work per admission
+    // (docs/benchmarks.md).
+    pub fn encode(&self) -> EncodedPatch {
+        let Some(policy) = &self.policy else {
+            return EncodedPatch::plain(&self.ops);
+        };
+        // NB: serialising a patch (string keys, JSON values) cannot fail.
+        let text = serde_json::to_vec(&self.ops).unwrap_or_default();
+        let token = serde_json::to_vec(PLACEHOLDER).unwrap_or_default();
+        let Some(at) = find_once(&text, &token) else {
+            // Cannot happen (admission_patch checks the placeholder occurs once); stay correct.
+            return EncodedPatch::plain(&self.to_patch());
+        };
+        let mut head = text[..at].to_vec();
+        pad_to_multiple_of_3(&mut head);
+        EncodedPatch {
+            head: STANDARD.encode(&head),
+            shared: Some(policy.encoded_value.clone()),
+            tail: STANDARD.encode(&text[at + token.len()..]),
+        }
+    }
+}
+
+/// The admission patch from `pod` to `mutated` (the pod after the mutation wrote `policy`'s
+/// annotation value as [`PLACEHOLDER`], if it wrote it). When the placeholder is not the only
+/// string of `mutated` equal to it (the pod or a binding carried that text), the value is put in
+/// and the patch holds it.
+pub(crate) fn admission_patch(
+    pod: &Value,
+    mut mutated: Value,
+    policy: Option<Arc<PreparedPolicy>>,
+) -> AdmissionPatch {
+    let pointer = format!("/metadata/annotations/{AGENT_POLICY}");
+    if let Some(policy) = policy
+        && mutated.pointer(&pointer).and_then(Value::as_str) == Some(PLACEHOLDER)
+    {
+        if count_placeholders(&mutated) == 1 {
+            return AdmissionPatch {
+                ops: json_patch::diff(pod, &mutated),
+                policy: Some(policy),
+            };
+        }
+        if let Some(slot) = mutated.pointer_mut(&pointer) {
+            *slot = Value::String(policy.annotation.clone());
+        }
+    }
+    AdmissionPatch::from(json_patch::diff(pod, &mutated))
+}
+
+/// How many strings of `value` (object keys included) equal [`PLACEHOLDER`].
+fn count_placeholders(value: &Value) -> usize {
+    match value {
+        Value::String(s) => usize::from(s == PLACEHOLDER),
+        Value::Array(a) => a.iter().map(count_placeholders).sum(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| usize::from(k == PLACEHOLDER) + count_placeholders(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// The standard base64 of a patch in three parts, whose concatenation is the encoding: the
+/// policy's pre-encoded value (`shared`: the prepared policy's buffer, not a copy) between the
+/// encodings of the text before and after it. Without a policy, all of it is in `head`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPatch {
+    /// Base64 of the patch text before the policy's value (all of it when `shared` is `None`).
+    pub head: String,
+    /// Base64 of the policy's value token, shared with the prepared policy.
+    pub shared: Option<Bytes>,
+    /// Base64 of the patch text after the policy's value.
+    pub tail: String,
+}
+
+impl EncodedPatch {
+    fn plain(ops: &json_patch::Patch) -> Self {
+        Self {
+            head: encode_plain(ops),
+            shared: None,
+            tail: String::new(),
+        }
+    }
+
+    /// Length of the encoding.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.shared.as_ref().map_or(0, Bytes::len) + self.tail.len()
+    }
+
+    /// Whether the encoding is empty (never, for a JSON patch).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoding in one string (a copy; the answer is sent in parts instead).
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        out.push_str(&self.head);
+        // NB: base64 text is ASCII.
+        out.push_str(&String::from_utf8_lossy(
+            self.shared.as_deref().unwrap_or_default(),
+        ));
+        out.push_str(&self.tail);
+        out
+    }
 }
 
 /// Standard base64 of the JSON text of `patch`, without reuse.
@@ -146,17 +257,14 @@ pub fn encode_plain(patch: &json_patch::Patch) -> String {
 }
 
 /// The value of an operation of `patch` that is, or holds, the string `want`.
-fn value_slot<'a>(
-    patch: &'a mut json_patch::Patch,
-    want: &str,
-) -> Option<&'a mut serde_json::Value> {
+fn value_slot<'a>(patch: &'a mut json_patch::Patch, want: &str) -> Option<&'a mut Value> {
     patch
         .0
         .iter_mut()
         .find_map(|op| find_string(op_value_mut(op)?, want))
 }
 
-fn op_value_mut(op: &mut json_patch::PatchOperation) -> Option<&mut serde_json::Value> {
+fn op_value_mut(op: &mut json_patch::PatchOperation) -> Option<&mut Value> {
     match op {
         json_patch::PatchOperation::Add(o) => Some(&mut o.value),
         json_patch::PatchOperation::Replace(o) => Some(&mut o.value),
@@ -165,16 +273,13 @@ fn op_value_mut(op: &mut json_patch::PatchOperation) -> Option<&mut serde_json::
 }
 
 /// The string equal to `want` in `value` (the value itself, or one nested in it).
-fn find_string<'a>(
-    value: &'a mut serde_json::Value,
-    want: &str,
-) -> Option<&'a mut serde_json::Value> {
+fn find_string<'a>(value: &'a mut Value, want: &str) -> Option<&'a mut Value> {
     if value.as_str() == Some(want) {
         return Some(value);
     }
     match value {
-        serde_json::Value::Object(m) => m.values_mut().find_map(|v| find_string(v, want)),
-        serde_json::Value::Array(a) => a.iter_mut().find_map(|v| find_string(v, want)),
+        Value::Object(m) => m.values_mut().find_map(|v| find_string(v, want)),
+        Value::Array(a) => a.iter_mut().find_map(|v| find_string(v, want)),
         _ => None,
     }
 }

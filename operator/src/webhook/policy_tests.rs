@@ -1,6 +1,6 @@
 //! The prepared policy: the spliced patch encoding means the same patch as the plain one, the
-//! prepared cache follows the ConfigMap's version, and the webhook and `ckb-operator hash
-//! --annotation` agree on wrapped base64.
+//! answer sent in parts is the answer, the prepared cache follows the ConfigMap's version, and
+//! the webhook and `ckb-operator hash --annotation` agree on wrapped base64.
 
 use std::sync::Arc;
 
@@ -11,8 +11,11 @@ use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
-use super::mutate::{Decision, MatchedBinding, SidecarDefaults, decide};
-use super::policy::{PreparedPolicy, annotation_policy_hash, encode_patch, encode_plain};
+use super::mutate::{
+    AdmissionPatch, Decision, MatchedBinding, Mode, SidecarDefaults, decide, mutate,
+};
+use super::policy::{PreparedPolicy, annotation_policy_hash, encode_plain};
+use super::review;
 use super::sources::{Sources, StoreSources};
 use crate::policy::hash_rego;
 
@@ -45,20 +48,29 @@ fn decoded(encoded: &str) -> Value {
     serde_json::from_slice(&bytes).expect("the decoded patch is JSON")
 }
 
-fn patch_of(pod: &Value, policy: &Arc<PreparedPolicy>) -> json_patch::Patch {
-    patch_named(pod, policy, "orders-key")
+fn patch_of(pod: &Value, policy: &Arc<PreparedPolicy>) -> AdmissionPatch {
+    patch_with(pod, binding(policy))
 }
 
-fn patch_named(pod: &Value, policy: &Arc<PreparedPolicy>, binding_name: &str) -> json_patch::Patch {
+fn patch_named(pod: &Value, policy: &Arc<PreparedPolicy>, binding_name: &str) -> AdmissionPatch {
     let mut b = binding(policy);
     b.name = binding_name.to_string();
+    patch_with(pod, b)
+}
+
+fn patch_with(pod: &Value, b: MatchedBinding) -> AdmissionPatch {
     match decide(pod, &[b], &SidecarDefaults::default(), &classes()) {
-        Decision::Patch { patch, policy, .. } => {
-            assert!(policy.is_some(), "the decision names the injected policy");
-            patch
-        }
+        Decision::Patch { patch, .. } => patch,
         other => panic!("not a patch: {other:?}"),
     }
+}
+
+/// The pod after the patch as the API server applies it, from the patch's encoding.
+fn applied(pod: &Value, encoded: &str) -> Value {
+    let mut out = pod.clone();
+    let ops: json_patch::Patch = serde_json::from_value(decoded(encoded)).unwrap();
+    json_patch::patch(&mut out, &ops).unwrap();
+    out
 }
 
 #[test]
@@ -77,16 +89,15 @@ fn the_spliced_encoding_is_the_same_patch_for_every_alignment_and_pod_shape() {
                     pod["metadata"]["annotations"] = json!({"team": "payments"});
                 }
                 let patch = patch_named(&pod, &policy, binding_name);
-                let plain = encode_plain(&patch);
-                let spliced = encode_patch(patch.clone(), Some(&policy));
+                let encoded = patch.encode();
+                assert!(encoded.shared.is_some(), "the policy's encoding is shared");
+                let spliced = encoded.to_text();
+                let plain = encode_plain(&patch.to_patch());
                 let what = format!("{policy_len} {binding_name} {with_annotations}");
                 assert_eq!(decoded(&spliced), decoded(&plain), "{what}");
                 // And applied, it gives the pod the policy's annotation.
-                let mut applied = pod.clone();
-                let ops: json_patch::Patch = serde_json::from_value(decoded(&spliced)).unwrap();
-                json_patch::patch(&mut applied, &ops).unwrap();
                 assert_eq!(
-                    applied["metadata"]["annotations"]["io.katacontainers.config.agent.policy"],
+                    applied(&pod, &spliced)["metadata"]["annotations"]["io.katacontainers.config.agent.policy"],
                     Value::String(policy.annotation().to_string()),
                     "{what}"
                 );
@@ -101,29 +112,127 @@ fn the_spliced_encoding_is_the_same_patch_for_every_alignment_and_pod_shape() {
 }
 
 #[test]
-fn a_pod_that_carries_the_placeholder_text_still_gets_its_exact_patch() {
+fn the_answer_sent_in_parts_is_the_answer_with_the_plain_patch_for_every_alignment() {
+    // Same alignments and patch shapes as above, through the whole answer: the parts the server
+    // sends, concatenated, are one JSON AdmissionReview, whose patch decodes to the plain one,
+    // and whose middle part is the prepared policy's own buffer.
+    for policy_len in [1, 4, 7, 120 * 1024, 120 * 1024 + 3, 120 * 1024 + 6] {
+        let policy = Arc::new(PreparedPolicy::new(&"p".repeat(policy_len)));
+        for binding_name in ["k", "kk", "kkk"] {
+            for with_annotations in [false, true] {
+                let what = format!("{policy_len} {binding_name} {with_annotations}");
+                let mut pod = pod();
+                if with_annotations {
+                    pod["metadata"]["annotations"] = json!({"team": "payments"});
+                }
+                let patch = patch_named(&pod, &policy, binding_name);
+                let plain = patch.to_patch();
+                let shared = patch.encode().shared.unwrap();
+                let decision = Decision::Patch {
+                    patch,
+                    warnings: vec!["w".into()],
+                };
+                let answer = review::answer("u-1", decision);
+                let chunks = answer.body.chunks();
+                assert_eq!(chunks.len(), 3, "{what}");
+                assert_eq!(chunks[1], shared, "{what}");
+                assert_eq!(
+                    chunks[1].as_ptr(),
+                    shared.as_ptr(),
+                    "the policy's encoding is not copied: {what}"
+                );
+                let body = answer.body.to_vec();
+                assert_eq!(answer.body.len(), body.len(), "{what}");
+                let v: Value = serde_json::from_slice(&body).expect("one JSON document");
+                let patch_text = v["response"]["patch"].as_str().unwrap();
+                assert_eq!(
+                    decoded(patch_text),
+                    decoded(&encode_plain(&plain)),
+                    "{what}"
+                );
+                let mut without_patch = v.clone();
+                without_patch["response"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("patch");
+                assert_eq!(
+                    without_patch,
+                    json!({
+                        "apiVersion": "admission.k8s.io/v1",
+                        "kind": "AdmissionReview",
+                        "response": {"uid": "u-1", "allowed": true, "patchType": "JSONPatch",
+                                     "warnings": ["w"]}
+                    }),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pod_or_binding_that_carries_the_placeholder_text_still_gets_its_exact_patch() {
     let policy = Arc::new(PreparedPolicy::new("package agent_policy\n"));
     let placeholder = "\u{0}ckb-agent-policy\u{0}";
-    // As a value the patch carries, and as a key.
-    for (where_, pod) in [
-        ("value", {
-            let mut p = pod();
-            p["spec"]["containers"][0]["env"][0]["value"] = Value::String(placeholder.into());
-            p
-        }),
-        ("key", {
-            let mut p = pod();
-            p["metadata"]["annotations"] = json!({ placeholder: "x" });
-            p
-        }),
+    let mut hostile_binding = binding(&policy);
+    hostile_binding.key_name = placeholder.to_string();
+    // As a value the patch carries, as a key, as a value of the pod the patch does not touch,
+    // and as a value the binding puts into the pod.
+    for (where_, pod, b) in [
+        (
+            "value",
+            {
+                let mut p = pod();
+                p["spec"]["containers"][0]["env"][0]["value"] = Value::String(placeholder.into());
+                p
+            },
+            binding(&policy),
+        ),
+        (
+            "key",
+            {
+                let mut p = pod();
+                p["metadata"]["annotations"] = json!({ placeholder: "x" });
+                p
+            },
+            binding(&policy),
+        ),
+        (
+            "untouched value",
+            {
+                let mut p = pod();
+                p["metadata"]["labels"]["note"] = Value::String(placeholder.into());
+                p
+            },
+            binding(&policy),
+        ),
+        ("binding", pod(), hostile_binding),
     ] {
-        let patch = patch_of(&pod, &policy);
-        let spliced = encode_patch(patch.clone(), Some(&policy));
+        let want = mutate(
+            &pod,
+            std::slice::from_ref(&b),
+            &SidecarDefaults::default(),
+            &classes(),
+            Mode::Admission,
+        )
+        .unwrap()
+        .pod;
+        let patch = patch_with(&pod, b);
+        let encoded = patch.encode().to_text();
         assert_eq!(
-            decoded(&spliced),
-            decoded(&encode_plain(&patch)),
+            decoded(&encoded),
+            decoded(&encode_plain(&patch.to_patch())),
             "{where_}"
         );
+        // Applied, the patch gives the mutated pod: the policy in its annotation, the pod's and
+        // the binding's own text where they put it.
+        let after = applied(&pod, &encoded);
+        assert_eq!(
+            after["metadata"]["annotations"]["io.katacontainers.config.agent.policy"],
+            Value::String(policy.annotation().to_string()),
+            "{where_}"
+        );
+        assert_eq!(after, want, "{where_}");
     }
 }
 
@@ -134,10 +243,17 @@ fn a_patch_without_the_policy_is_encoded_plainly() {
     pod["metadata"]["annotations"] =
         json!({"io.katacontainers.config.agent.policy": policy.annotation()});
     let patch = patch_of(&pod, &policy);
-    assert_eq!(
-        encode_patch(patch.clone(), Some(&policy)),
-        encode_plain(&patch)
+    let encoded = patch.encode();
+    assert!(encoded.shared.is_none());
+    assert_eq!(encoded.to_text(), encode_plain(&patch.to_patch()));
+    let answer = review::answer(
+        "u-1",
+        Decision::Patch {
+            patch,
+            warnings: vec![],
+        },
     );
+    assert_eq!(answer.body.chunks().len(), 1, "one buffer");
 }
 
 #[test]

@@ -49,8 +49,7 @@ mod tests {
     #[test]
     fn only_a_pod_that_would_be_injected_is_refused_and_the_message_says_the_fix() {
         let patched = Decision::Patch {
-            patch: json_patch::Patch(vec![]),
-            policy: None,
+            patch: json_patch::Patch(vec![]).into(),
             warnings: vec![],
         };
         match refuse_injection(patched, "payments") {

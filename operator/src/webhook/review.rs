@@ -13,10 +13,12 @@
 //! a ~0.8 MB answer instead of ~300 KB on every admission. The wire shapes here are the
 //! `admission.k8s.io/v1` fields this webhook reads and writes, nothing more.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::mutate::Decision;
+use super::policy::EncodedPatch;
 
 /// `apiVersion` of the only AdmissionReview version served.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -231,9 +233,48 @@ pub struct Answer {
     /// (or 413 for an oversized body) otherwise.
     pub http_status: u16,
     /// The AdmissionReview JSON.
-    pub body: Vec<u8>,
+    pub body: AnswerBody,
     /// How it ended.
     pub outcome: Outcome,
+}
+
+/// The AdmissionReview JSON of an answer, in parts whose concatenation is the JSON text: one part,
+/// or three for a patch that injects a policy, whose middle part is the policy's pre-encoded value
+/// shared with the prepared policy (refcounted, not copied), as the server sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerBody(Vec<Bytes>);
+
+impl AnswerBody {
+    /// The parts, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    /// The parts, in order.
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        self.0
+    }
+
+    /// Length of the JSON text.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body is empty (never, for an answer).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON text in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.concat()
+    }
+}
+
+impl From<Vec<u8>> for AnswerBody {
+    fn from(body: Vec<u8>) -> Self {
+        Self(vec![Bytes::from(body)])
+    }
 }
 
 fn encode(response: WireResponse) -> Vec<u8> {
@@ -250,8 +291,9 @@ fn encode(response: WireResponse) -> Vec<u8> {
 ///
 /// The patch is written into the serialised answer, not serialised with it: it is the largest
 /// string of the answer (~300 KB for a 120 KiB policy) and base64 needs no JSON escaping, so
-/// serde's byte-by-byte escaping pass over it would be wasted work on every admission.
-fn encode_with_patch(mut response: WireResponse, patch: String) -> Vec<u8> {
+/// serde's byte-by-byte escaping pass over it would be wasted work on every admission. The
+/// policy's part of it is not even copied: it is the body's middle part (see [`AnswerBody`]).
+fn encode_with_patch(mut response: WireResponse, patch: EncodedPatch) -> AnswerBody {
     response.patch = None;
     let rest = encode(response.clone());
     let head = format!(
@@ -259,16 +301,24 @@ fn encode_with_patch(mut response: WireResponse, patch: String) -> Vec<u8> {
     );
     let Some(tail) = rest.strip_prefix(head.as_bytes()) else {
         // Cannot happen (the field order is this module's); stay correct anyway.
-        response.patch = Some(patch);
-        return encode(response);
+        response.patch = Some(patch.to_text());
+        return encode(response).into();
     };
-    let mut out = Vec::with_capacity(rest.len() + patch.len() + 12);
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(b"\"patch\":\"");
-    out.extend_from_slice(patch.as_bytes());
-    out.extend_from_slice(b"\",");
-    out.extend_from_slice(tail);
-    out
+    let mut first = Vec::with_capacity(head.len() + patch.head.len() + 10);
+    first.extend_from_slice(head.as_bytes());
+    first.extend_from_slice(b"\"patch\":\"");
+    first.extend_from_slice(patch.head.as_bytes());
+    let mut last = Vec::with_capacity(patch.tail.len() + tail.len() + 2);
+    last.extend_from_slice(patch.tail.as_bytes());
+    last.extend_from_slice(b"\",");
+    last.extend_from_slice(tail);
+    match patch.shared {
+        Some(shared) => AnswerBody(vec![first.into(), shared, last.into()]),
+        None => {
+            first.extend_from_slice(&last);
+            first.into()
+        }
+    }
 }
 
 /// The answer to a request that could not be used.
@@ -291,7 +341,8 @@ pub fn invalid(uid: Option<String>, message: &str, http_status_without_uid: u16)
             patch_type: None,
             patch: None,
             warnings: Vec::new(),
-        }),
+        })
+        .into(),
         outcome: Outcome::Invalid,
     }
 }
@@ -310,11 +361,7 @@ pub fn answer(uid: &str, decision: Decision) -> Answer {
             },
             Outcome::Allowed,
         ),
-        Decision::Patch {
-            patch,
-            policy,
-            warnings,
-        } => {
+        Decision::Patch { patch, warnings } => {
             let response = WireResponse {
                 uid: uid.to_string(),
                 allowed: true,
@@ -323,7 +370,7 @@ pub fn answer(uid: &str, decision: Decision) -> Answer {
                 patch: None,
                 warnings,
             };
-            let patch = super::policy::encode_patch(patch, policy.as_deref());
+            let patch = patch.encode();
             return Answer {
                 http_status: 200,
                 body: encode_with_patch(response, patch),
@@ -348,7 +395,7 @@ pub fn answer(uid: &str, decision: Decision) -> Answer {
     };
     Answer {
         http_status: 200,
-        body: encode(response),
+        body: encode(response).into(),
         outcome,
     }
 }

@@ -27,7 +27,7 @@ fn check(body: &[u8], s: &MapSources) -> Answer {
     let a = handle(body, |req| {
         sources::admit(s, &SidecarDefaults::default(), &classes, req)
     });
-    let v: Value = serde_json::from_slice(&a.body).expect("answer is JSON");
+    let v: Value = serde_json::from_slice(&a.body.to_vec()).expect("answer is JSON");
     assert_eq!(v["kind"], "AdmissionReview");
     // What the API server acts on must say what the outcome says.
     let admitted = matches!(a.outcome, Outcome::Allowed | Outcome::Patched);
@@ -57,7 +57,7 @@ fn a_denial_is_encoded_as_not_allowed_with_403_and_the_message() {
     );
     assert_eq!(a.http_status, 200);
     assert_eq!(a.outcome, Outcome::Denied);
-    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    let v: Value = serde_json::from_slice(&a.body.to_vec()).unwrap();
     assert_eq!(
         v,
         serde_json::json!({

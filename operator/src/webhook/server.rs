@@ -2,12 +2,14 @@
 //! [`super::sources::admit`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,7 @@ use axum::routing::{get, post};
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
 
 use super::metrics::WebhookMetrics;
 use super::mutate::SidecarDefaults;
@@ -111,7 +114,53 @@ async fn readyz(State(adm): State<Arc<Admission>>) -> Response {
 
 fn to_response(a: Answer) -> Response {
     let status = StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, [(header::CONTENT_TYPE, "application/json")], a.body).into_response()
+    let body = Body::new(Chunks::new(a.body.into_chunks()));
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A response body sent as a few shared buffers (see [`review::AnswerBody`]), one frame each, with
+/// its exact length, so that HTTP/1.1 answers carry a `Content-Length` (not chunked encoding) and
+/// HTTP/2 ones a `content-length`, as a one-buffer body would.
+// NB: hand-written: http-body-util has no body of several buffers with a known length (its
+// `StreamBody` reports none, so hyper would send the answer chunked), and copying the parts into
+// one buffer is the per-admission copy of the policy this body exists to avoid.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        Self {
+            remaining: chunks.iter().map(|c| c.len() as u64).sum(),
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+        }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let next = this.chunks.pop_front();
+        if let Some(chunk) = &next {
+            this.remaining -= chunk.len() as u64;
+        }
+        Poll::Ready(next.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 async fn mutate(State(adm): State<Arc<Admission>>, body: Body) -> Response {
@@ -273,5 +322,61 @@ mod tests {
             "TCP_NODELAY on the accepted socket"
         );
         request.abort();
+    }
+
+    /// A patch answer, sent in parts (the prepared policy's buffer in the middle), goes out as one
+    /// HTTP/1.1 body with its exact `Content-Length`, not chunked, and is the same bytes as the
+    /// answer in one buffer.
+    #[tokio::test]
+    async fn a_patch_answer_goes_out_with_its_length_and_its_bytes() {
+        use crate::webhook::sources::{self, MapSources};
+        const REVIEW: &str =
+            include_str!("../../tests/data/admission/pod-create-confidential.json");
+        const BINDINGS: &str = include_str!("../../tests/data/admission/bindings.yaml");
+        let rego = "package agent_policy\ndefault CreateContainerRequest := true\n".repeat(3000);
+        let mut map =
+            MapSources::default().with_policy("payments", "orders-policy", "policy.rego", &rego);
+        for b in serde_saphyr::from_multiple(BINDINGS).unwrap() {
+            map = map.with_binding(b);
+        }
+        let classes = vec!["kata-cc-isolation".to_string()];
+        let expected = review::handle(REVIEW.as_bytes(), |req| {
+            sources::admit(&map, &SidecarDefaults::default(), &classes, req)
+        });
+        assert_eq!(expected.outcome, review::Outcome::Patched);
+        assert_eq!(expected.body.chunks().len(), 3, "sent in parts");
+        let admission = Arc::new(Admission {
+            sources: Arc::new(map),
+            defaults: SidecarDefaults::default(),
+            confidential_runtime_classes: classes,
+            metrics: WebhookMetrics::default(),
+            state: WebhookState::new(),
+            max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(5),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, router(admission)).into_future());
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/mutate"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(REVIEW)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), reqwest::Version::HTTP_11);
+        let headers = response.headers().clone();
+        assert_eq!(
+            headers[header::CONTENT_LENGTH],
+            expected.body.len().to_string()
+        );
+        assert!(
+            headers.get(header::TRANSFER_ENCODING).is_none(),
+            "{headers:?}"
+        );
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.as_ref(), expected.body.to_vec().as_slice());
+        server.abort();
     }
 }
