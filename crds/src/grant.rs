@@ -89,9 +89,10 @@ pub struct ConfidentialKeyGrantSpec {
     pub allow_delete: bool,
 
     /// The share, in percent, of the operator's per-vault rate budget (`--kv-create-limit`,
-    /// `--kv-other-limit`) that the bindings of any one namespace using this grant may spend, so
-    /// that one namespace cannot starve the others on a shared vault. Unset uses the operator's
-    /// `--kv-namespace-share`.
+    /// `--kv-other-limit`) that the bindings of any one namespace using this grant are sure of:
+    /// beyond it, their calls wait while another namespace within its own share wants the vault,
+    /// so that one namespace cannot starve the others on a shared vault (alone on a vault, a
+    /// namespace may use the whole budget). Unset uses the operator's `--kv-namespace-share`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::percent_schema")]
     pub rate_limit_percent: Option<u32>,

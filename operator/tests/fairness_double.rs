@@ -153,8 +153,8 @@ async fn the_default_share_leaves_the_pods_their_budget_and_namespaces_share_the
     for (_, r) in pod_results.iter().chain(&quiet).chain(&noisy) {
         r.as_ref().expect("every call succeeded");
     }
-    // The quiet namespace is served in the first window, not after the noisy one's 12 calls (which
-    // at 2 calls per window take 6 windows).
+    // The quiet namespace is served as soon as slots open again, not after the noisy one's 12
+    // calls: the noisy calls beyond their share (2 of 5) yield to it.
     for (at, _) in &quiet {
         assert!(
             *at - t0 < 2 * WINDOW,
@@ -162,9 +162,11 @@ async fn the_default_share_leaves_the_pods_their_budget_and_namespaces_share_the
             *at - t0
         );
     }
+    // The share is not a cap on slots nobody else wants: the noisy namespace takes the rest of
+    // every window (12 calls in about 3 windows; held to its share, 6).
     let last_noisy = noisy.iter().map(|(t, _)| *t - t0).max().expect("some");
     assert!(
-        last_noisy >= 4 * WINDOW,
+        last_noisy < 5 * WINDOW,
         "noisy finished after {last_noisy:?}"
     );
 }

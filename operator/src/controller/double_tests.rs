@@ -96,6 +96,26 @@ fn writes(log: &[LogEntry]) -> Vec<String> {
         .collect()
 }
 
+/// The most creates `host` received in any `window` (by the double's arrival times, to the ms).
+fn busiest_window(log: &[LogEntry], host: &str, window: Duration) -> usize {
+    let arrivals: Vec<u64> = log
+        .iter()
+        .filter(|e| e.host == host && e.write && e.method == "POST")
+        .map(|e| e.received_ms)
+        .collect();
+    let window = window.as_millis() as u64;
+    arrivals
+        .iter()
+        .map(|&t| {
+            arrivals
+                .iter()
+                .filter(|&&u| u >= t && u < t + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn versions(double: &KeyVaultDouble, name: &str) -> usize {
     double.keys()[HOST]["keys"][name]
         .as_array()
@@ -469,8 +489,21 @@ async fn throughput_to_ready_under_real_throttling() {
                 assert_eq!(versions.as_array().unwrap().len(), 1, "{host}/{name}");
             }
         }
-        let creates = writes(&double.log()).len();
+        let log = double.log();
+        let creates = writes(&log).len();
         assert_eq!(creates, n, "one create per binding");
+        // The double answers 429 to any create over the service's limit (it does not count the
+        // refusal): none means the client never sent more than the limit in any window.
+        let refused = log.iter().filter(|e| e.status == Some(429)).count();
+        assert_eq!(refused, 0, "the client exceeded the service's limit");
+        let busiest = (0..vaults)
+            .map(|v| busiest_window(&log, &format!("bench{v}.vault.azure.net"), window))
+            .max()
+            .unwrap_or(0);
+        println!(
+            "throughput: {vaults} vault(s): at most {busiest} creates in any {window:?} window of \
+             one vault (the double's request log; limit {PER_WINDOW}), {refused} answered 429"
+        );
         let rate = n as f64 / elapsed;
         let limit = f64::from(PER_WINDOW) / window.as_secs_f64() * vaults as f64;
         println!(

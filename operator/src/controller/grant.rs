@@ -41,7 +41,7 @@ pub const PUBLIC_SHARED_AUTHORITIES: [&str; 5] = [
 pub const DEFAULT_COMPLIANCE_STATUS: &str = ckb_crds::grant::AKS_COMPLIANCE_STATUS;
 
 /// The default of `--kv-namespace-share`: the percentage of the operator's per-vault rate budget
-/// one namespace may spend.
+/// one namespace is sure of.
 pub const DEFAULT_NAMESPACE_SHARE_PERCENT: u32 = 50;
 
 /// The operator-wide bounds: simple mode's limits, and the defaults grant mode falls back on.
@@ -59,7 +59,7 @@ pub struct ClusterBounds {
     pub allow_delete: bool,
     /// Refuse every binding that names no grant.
     pub require_grant: bool,
-    /// Share (percent) of a vault's rate budget one namespace may spend, unless its grant says.
+    /// Share (percent) of a vault's rate budget one namespace is sure of, unless its grant says.
     pub namespace_share_percent: u32,
 }
 
@@ -120,8 +120,9 @@ pub struct BoundsArgs {
     #[arg(long = "require-grant", env = "CKB_REQUIRE_GRANT", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_grant: bool,
 
-    /// Percentage of the operator's per-vault rate limits that the bindings of one namespace may
-    /// spend (a grant's `rateLimitPercent` overrides it for its namespaces).
+    /// Percentage of the operator's per-vault rate limits that the bindings of one namespace are
+    /// sure of; beyond it they yield to other namespaces that want the vault (a grant's
+    /// `rateLimitPercent` overrides it for its namespaces).
     #[arg(
         long = "kv-namespace-share",
         env = "CKB_KV_NAMESPACE_SHARE",
@@ -182,7 +183,7 @@ pub struct GrantLookup {
 /// The binding is within the cluster's bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    /// Share (percent, 1-100) of the vault's rate budget this binding's namespace may spend.
+    /// Share (percent, 1-100) of the vault's rate budget this binding's namespace is sure of.
     pub rate_share_percent: u32,
     /// The grant that allowed it (`None`: simple mode).
     pub grant: Option<String>,

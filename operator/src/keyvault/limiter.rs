@@ -17,10 +17,14 @@
 //! - the operator's limits are a *part* of the vault's budget (the default `--kv-other-limit` is
 //!   100 of the 500 RSA-3072 HSM transactions per 10 s, domain.md §4.7), because the pods' own
 //!   release calls draw on the same per-vault budget and must not be throttled by the operator;
-//! - within the operator's limits, the calls made for one namespace (a reconcile runs inside
-//!   [`with_namespace_share`]) may use only that namespace's share (a percentage, from its
-//!   ConfidentialKeyGrant or `--kv-namespace-share`, 50 by default) of each window, so a namespace
-//!   with many bindings, or one whose bindings churn, leaves the rest of the window to the others.
+//! - within the operator's limits, each namespace (a reconcile runs inside [`with_namespace_share`])
+//!   has a share (a percentage, from its ConfidentialKeyGrant or `--kv-namespace-share`, 50 by
+//!   default) of each window. A call beyond its namespace's share *yields*: it takes a slot only
+//!   when no caller of another namespace still within its own share is waiting for one. So a
+//!   namespace with many bindings, or one whose bindings churn, leaves the others their shares
+//!   whenever they want them, and a namespace alone on a vault is not held to a part of a budget
+//!   nobody else uses (a share that capped it would leave the rest of every window idle: one
+//!   namespace creating 1,000 keys would get half the vault's create limit).
 //!
 //! Waiting is asynchronous and bounded: a caller sleeps until the instant its slot opens (or an
 //! in-flight call completes), never polls, and a wait longer than `max_wait` is not taken: the
@@ -85,8 +89,9 @@ struct Entry {
 enum Slot {
     Now,
     At(Instant),
-    /// The call that decides is still in flight.
-    AfterCompletion,
+    /// The call that decides is still in flight (or, for a call beyond its namespace's share, a
+    /// caller it yields to has still to take its slot): wait for the vault's state to change.
+    AfterChange,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +119,7 @@ impl Window {
             .collect();
         let in_flight = self.entries.len() - done.len();
         if in_flight >= limit {
-            return Slot::AfterCompletion;
+            return Slot::AfterChange;
         }
         done.sort();
         let blocking = done[done.len() - (limit - in_flight)];
@@ -149,11 +154,49 @@ struct VaultState {
     namespaces: HashMap<String, Windows>,
     /// Set from a 429's Retry-After: no call to this vault starts before it.
     backoff_until: Option<Instant>,
+    /// Callers waiting for a slot, by class and namespace (`None`: outside any namespace), with
+    /// the namespace's share: whom a call beyond its share yields to.
+    waiting: HashMap<(CallClass, Option<String>), Waiting>,
+    /// Woken when a call to this vault completes or a caller stops waiting.
+    changed: Arc<Notify>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    callers: usize,
+    percent: u32,
 }
 
 impl VaultState {
     fn window(&mut self, class: CallClass) -> &mut Window {
         self.windows.window(class)
+    }
+
+    /// Whether a caller of a namespace other than `mine` waits for a `class` slot while within
+    /// its share of `limit` (a caller outside any namespace counts as within).
+    fn other_within_share_waits(
+        &self,
+        class: CallClass,
+        mine: &str,
+        limit: u32,
+        span: Duration,
+        now: Instant,
+    ) -> bool {
+        self.waiting.iter().any(|((c, ns), w)| {
+            *c == class
+                && w.callers > 0
+                && match ns {
+                    None => true,
+                    Some(ns) if ns == mine => false,
+                    Some(ns) => self.namespaces.get(ns).is_none_or(|windows| {
+                        let window = match class {
+                            CallClass::Create => &windows.creates,
+                            CallClass::Other => &windows.other,
+                        };
+                        window.next_slot(now, share_of(limit, w.percent), span) == Slot::Now
+                    }),
+                }
+        })
     }
 }
 
@@ -198,20 +241,9 @@ pub fn share_of(limit: u32, percent: u32) -> u32 {
     ((u64::from(limit) * u64::from(percent.min(100))) / 100).max(1) as u32
 }
 
-/// The later of two slots (a call must wait for both).
-fn later(a: Slot, b: Slot) -> Slot {
-    match (a, b) {
-        (Slot::AfterCompletion, _) | (_, Slot::AfterCompletion) => Slot::AfterCompletion,
-        (Slot::Now, s) | (s, Slot::Now) => s,
-        (Slot::At(x), Slot::At(y)) => Slot::At(x.max(y)),
-    }
-}
-
 #[derive(Debug, Default)]
 struct Shared {
     vaults: Mutex<HashMap<String, VaultState>>,
-    /// Woken when an in-flight call completes.
-    completed: Notify,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -243,26 +275,63 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = Instant::now();
-        {
-            let mut vaults = self.limiter.lock();
-            if let Some(state) = vaults.get_mut(&self.host) {
-                let mut windows = vec![state.windows.window(self.class)];
-                if let Some(ns) = self
-                    .namespace
-                    .as_ref()
-                    .and_then(|n| state.namespaces.get_mut(n))
-                {
-                    windows.push(ns.window(self.class));
-                }
-                for window in windows {
-                    if let Some(e) = window.entries.iter_mut().find(|e| e.id == self.id) {
-                        e.at = now;
-                        e.in_flight = false;
-                    }
+        let mut vaults = self.limiter.lock();
+        if let Some(state) = vaults.get_mut(&self.host) {
+            let mut windows = vec![state.windows.window(self.class)];
+            if let Some(ns) = self
+                .namespace
+                .as_ref()
+                .and_then(|n| state.namespaces.get_mut(n))
+            {
+                windows.push(ns.window(self.class));
+            }
+            for window in windows {
+                if let Some(e) = window.entries.iter_mut().find(|e| e.id == self.id) {
+                    e.at = now;
+                    e.in_flight = false;
                 }
             }
+            state.changed.notify_waiters();
         }
-        self.limiter.shared.completed.notify_waiters();
+    }
+}
+
+/// A caller counted in [`VaultState::waiting`] while it waits; dropping it (slot taken, refused,
+/// or the call cancelled) counts it out and wakes the vault's other waiters, since one that
+/// yielded to it may now take the slot.
+struct WaitRegistration<'a> {
+    limiter: &'a RateLimiter,
+    host: &'a str,
+    key: Option<(CallClass, Option<String>)>,
+}
+
+impl WaitRegistration<'_> {
+    fn register(&mut self, state: &mut VaultState, key: (CallClass, Option<String>), percent: u32) {
+        if self.key.is_none() {
+            let w = state.waiting.entry(key.clone()).or_insert(Waiting {
+                callers: 0,
+                percent,
+            });
+            w.callers += 1;
+            w.percent = percent;
+            self.key = Some(key);
+        }
+    }
+}
+
+impl Drop for WaitRegistration<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut vaults = self.limiter.lock();
+        if let Some(state) = vaults.get_mut(self.host) {
+            if let Some(w) = state.waiting.get_mut(&key) {
+                w.callers -= 1;
+                if w.callers == 0 {
+                    state.waiting.remove(&key);
+                }
+            }
+            state.changed.notify_waiters();
+        }
     }
 }
 
@@ -285,8 +354,8 @@ impl RateLimiter {
     }
 
     /// Waits (asynchronously) for a slot on `host` for a call of `class`, and takes it. Keep the
-    /// permit for the duration of the call. Inside [`with_namespace_share`], the call also needs
-    /// a slot in that namespace's share of the window.
+    /// permit for the duration of the call. Inside [`with_namespace_share`], a call beyond that
+    /// namespace's share of the window yields to the waiting callers of namespaces within theirs.
     ///
     /// Refuses with [`KeyVaultError::Throttled`], taking no slot, when the wait would exceed
     /// `max_wait`.
@@ -295,11 +364,22 @@ impl RateLimiter {
         let deadline = start + self.limits.max_wait;
         let span = self.limits.window + self.limits.margin;
         let share = current_share();
+        let changed = self
+            .lock()
+            .entry(host.to_owned())
+            .or_default()
+            .changed
+            .clone();
+        let mut registration = WaitRegistration {
+            limiter: self,
+            host,
+            key: None,
+        };
         loop {
-            // Registered before the state is read, so a completion in between is not missed.
-            let completed = self.shared.completed.notified();
+            // Registered before the state is read, so a change in between is not missed.
+            let change = changed.notified();
             let now = Instant::now();
-            match self.try_take(host, class, share.as_ref(), now) {
+            match self.try_take(host, class, share.as_ref(), now, &mut registration) {
                 Ok(id) => {
                     return Ok(Permit {
                         limiter: self.clone(),
@@ -316,31 +396,34 @@ impl RateLimiter {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(at) => {}
-                        _ = completed => {}
+                        _ = change => {}
                     }
                 }
                 Err(None) => {
-                    // Only a completion can open the slot; it must come before the deadline.
+                    // Only a change (a completion, a caller taking its slot or giving up) can
+                    // open the slot; it must come before the deadline.
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => {
                             return Err(throttled_locally(host, span));
                         }
-                        _ = completed => {}
+                        _ = change => {}
                     }
                 }
             }
         }
     }
 
-    /// Takes a slot at `now` when no back-off is in force and both the vault's window and the
-    /// namespace's share have one (the entry's id); otherwise says until when to wait (`None`:
-    /// until a call in flight completes).
+    /// Takes a slot at `now` when no back-off is in force, the vault's window has one, and the
+    /// namespace's share has one or no caller it yields to is waiting (the entry's id); otherwise
+    /// counts the caller as waiting and says until when to wait (`None`: until the vault's state
+    /// changes).
     fn try_take(
         &self,
         host: &str,
         class: CallClass,
         share: Option<&NamespaceShare>,
         now: Instant,
+        registration: &mut WaitRegistration<'_>,
     ) -> Result<u64, Option<Instant>> {
         let span = self.limits.window + self.limits.margin;
         let limit = match class {
@@ -358,21 +441,28 @@ impl RateLimiter {
         let window = state.window(class);
         window.prune(now, span);
         let mut slot = window.next_slot(now, limit, span);
-        if let Some(share) = share {
-            let ns_limit = share_of(limit, share.percent);
-            let ns_slot = state
-                .namespaces
-                .get_mut(&share.namespace)
-                .map_or(Slot::Now, |w| {
-                    w.window(class).next_slot(now, ns_limit, span)
-                });
-            slot = later(slot, ns_slot);
+        if let (Some(share), Slot::Now) = (share, slot) {
+            let within_share = state.namespaces.get_mut(&share.namespace).is_none_or(|w| {
+                w.window(class)
+                    .next_slot(now, share_of(limit, share.percent), span)
+                    == Slot::Now
+            });
+            if !within_share
+                && state.other_within_share_waits(class, &share.namespace, limit, span, now)
+            {
+                slot = Slot::AfterChange;
+            }
         }
-        match (backoff, slot) {
-            (None, Slot::Now) => {}
-            (Some(b), Slot::Now) => return Err(Some(b)),
-            (b, Slot::At(at)) => return Err(Some(b.map_or(at, |b| b.max(at)))),
-            (b, Slot::AfterCompletion) => return Err(b),
+        let wait = match (backoff, slot) {
+            (None, Slot::Now) => None,
+            (Some(b), Slot::Now) => Some(Some(b)),
+            (b, Slot::At(at)) => Some(Some(b.map_or(at, |b| b.max(at)))),
+            (b, Slot::AfterChange) => Some(b),
+        };
+        if let Some(wait) = wait {
+            let key = (class, share.map(|s| s.namespace.clone()));
+            registration.register(state, key, share.map_or(100, |s| s.percent));
+            return Err(wait);
         }
         let id = self
             .shared

@@ -201,33 +201,54 @@ async fn starts(tasks: Vec<tokio::task::JoinHandle<Instant>>) -> Vec<Instant> {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_namespace_alone_on_a_vault_uses_the_whole_budget() {
+    // Its share (half) is what it is sure of when others want the vault too, not a cap on a
+    // budget nobody else uses.
+    let limiter = limiter(10, 10, 600);
+    let t0 = Instant::now();
+    let calls = starts(flood(&limiter, "only", 50, 30)).await;
+    let window = Duration::from_secs(10);
+    assert_eq!(max_in_any_window(&calls, window), 10);
+    let last = calls.iter().map(|&t| t - t0).max().expect("some");
+    assert_eq!(last, 2 * window, "30 calls in three windows, not six");
+}
+
+#[tokio::test(start_paused = true)]
 async fn one_namespace_cannot_starve_another_on_a_shared_vault() {
     let limiter = limiter(10, 10, 600);
     let t0 = Instant::now();
-    // A namespace with many bindings asks for 60 calls at once, then another asks for 5.
+    // A namespace with many bindings asks for 60 calls at once (alone, it takes the whole first
+    // window), then another asks for 5.
     let noisy = flood(&limiter, "noisy", 50, 60);
     tokio::task::yield_now().await;
     let quiet = flood(&limiter, "quiet", 50, 5);
     let noisy = starts(noisy).await;
     let quiet = starts(quiet).await;
     let window = Duration::from_secs(10);
-    // The quiet namespace is served in the first window, not after the noisy one's 60 calls.
+    // The quiet namespace is served as soon as slots open again, not after the noisy one's
+    // 60 calls: the noisy calls beyond their share yield to it.
     assert!(
-        quiet.iter().all(|&t| t - t0 < window),
+        quiet.iter().all(|&t| t - t0 == window),
         "{:?}",
         quiet.iter().map(|t| *t - t0).collect::<Vec<_>>()
     );
-    // Neither namespace exceeds its half of any window, and the vault its limit.
-    assert_eq!(max_in_any_window(&noisy, window), 5);
-    assert!(max_in_any_window(&quiet, window) <= 5);
+    // While the quiet one waited, the noisy one took no more than its half.
+    let noisy_meanwhile: Vec<Instant> = noisy
+        .iter()
+        .copied()
+        .filter(|&t| t - t0 >= window && t - t0 < 2 * window)
+        .collect();
+    assert_eq!(noisy_meanwhile.len(), 5);
+    // And the vault never exceeds its limit.
     let all: Vec<Instant> = noisy.iter().chain(&quiet).copied().collect();
     assert_eq!(max_in_any_window(&all, window), 10);
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_shares_the_first_namespace_takes_every_slot() {
-    // The same load with every namespace allowed the whole budget (share 100): the quiet
-    // namespace waits behind the noisy one; the test above would fail like this.
+    // The same load with every namespace allowed the whole budget (share 100): nothing yields,
+    // and the quiet namespace waits behind the noisy one's calls; the test above would fail
+    // like this.
     let limiter = limiter(10, 10, 600);
     let t0 = Instant::now();
     let noisy = flood(&limiter, "noisy", 100, 60);
@@ -235,7 +256,46 @@ async fn without_shares_the_first_namespace_takes_every_slot() {
     let quiet = flood(&limiter, "quiet", 100, 5);
     let _ = starts(noisy).await;
     let quiet = starts(quiet).await;
-    assert!(quiet.iter().all(|&t| t - t0 >= Duration::from_secs(10)));
+    assert!(
+        quiet.iter().any(|&t| t - t0 > Duration::from_secs(10)),
+        "{:?}",
+        quiet.iter().map(|t| *t - t0).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_waiting_is_not_yielded_to() {
+    let limiter = limiter(2, 2, 600);
+    // "noisy" (one slot of two is its share) takes both slots, nobody else wanting them.
+    for _ in 0..2 {
+        let l = limiter.clone();
+        with_namespace_share("noisy", 50, async move {
+            drop(l.acquire("a", CallClass::Create).await.expect("slot"))
+        })
+        .await;
+    }
+    // "quiet" waits for the next slot, then gives up (its reconcile is cancelled).
+    let quiet = {
+        let l = limiter.clone();
+        tokio::spawn(with_namespace_share("quiet", 50, async move {
+            l.acquire("a", CallClass::Create).await.map(|_| ())
+        }))
+    };
+    let noisy = {
+        let l = limiter.clone();
+        tokio::spawn(with_namespace_share("noisy", 50, async move {
+            let a = l.acquire("a", CallClass::Create).await.expect("slot");
+            let b = l.acquire("a", CallClass::Create).await.expect("slot");
+            (a.waited(), b.waited())
+        }))
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    quiet.abort();
+    // Both of noisy's calls start when the window opens: the second, beyond its share, yields
+    // to no one (it would wait for "quiet" until refused if "quiet" were still counted).
+    let (a, b) = noisy.await.expect("task");
+    assert_eq!(a, Duration::from_secs(10));
+    assert_eq!(b, Duration::ZERO);
 }
 
 #[test]
