@@ -1,29 +1,33 @@
 //! The caches every replica keeps and both the controller and the webhook read: bindings, the
-//! policy ConfigMaps bindings reference (only the referenced keys, each bounded), injected pods,
-//! grants and namespace labels. The reflectors that fill them are the controller's
-//! ([`crate::controller::runtime::reflectors`]); the webhook only reads them, and so does not
-//! depend on the controller.
+//! policy ConfigMaps bindings reference (summarized: per referenced key a hash and a size, never
+//! the text), injected pods, grants and namespace labels. The reflectors that fill them are the
+//! controller's ([`crate::controller::runtime::reflectors`]); the webhook only reads them, and so
+//! does not depend on the controller. The webhook fetches a policy's text when a pod needs it and
+//! keeps a bounded number of bytes of them ([`crate::webhook::sources`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use ckb_crds::ConfidentialKeyBinding;
 use ckb_crds::grant::ConfidentialKeyGrant;
-use k8s_openapi::ByteString;
+use ckb_crds::{ConfidentialKeyBinding, labels};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use tokio::sync::broadcast;
+
+use crate::policy::{PolicyHash, hash_rego};
 
 /// The caches shared by the controller and the webhook.
 #[derive(Clone)]
 pub struct Caches {
     /// Every ConfidentialKeyBinding.
     pub bindings: Store<ConfidentialKeyBinding>,
-    /// ConfigMaps labelled `ckb.dev/policy=true` that bindings reference, with only the referenced
-    /// keys, each up to [`POLICY_CACHE_LIMIT`] (see [`policy_view`]).
-    pub config_maps: Store<ConfigMap>,
+    /// The ConfigMaps labelled `ckb.dev/policy=true` that bindings reference, summarized for the
+    /// referenced keys (hashes and sizes, never the policy text: see [`PolicySummary`]).
+    pub config_maps: Store<PolicySummary>,
     /// Pods labelled `ckb.dev/injected=true`, slimmed to what the controller reads.
     pub pods: Store<Pod>,
     /// ConfidentialKeyGrants and namespace labels.
@@ -60,69 +64,135 @@ impl Default for GrantStores {
     }
 }
 
-/// The longest policy text the cache holds: the most Rego whose base64 fits a pod's 256 KiB of
-/// annotations. Anything longer is refused anyway (`PolicyTooLarge`); it is not held in memory.
+/// The longest policy text the webhook fetches and prepares: the most Rego whose base64 fits a
+/// pod's 256 KiB of annotations. Anything longer is refused anyway (`PolicyTooLarge`).
 pub const POLICY_CACHE_LIMIT: usize = crate::controller::plan::ANNOTATION_BUDGET / 4 * 3;
 
-/// Annotation on a *cached copy* of a ConfigMap (never written to the cluster) listing the
-/// referenced keys left out because their value is over [`POLICY_CACHE_LIMIT`].
-pub const OMITTED_ANNOTATION: &str = "ckb.dev/cache-omitted-keys";
+/// The label selector of policy ConfigMaps (`ckb.dev/policy=true`): the only ConfigMaps watched
+/// and read. [`is_policy_config_map`] is the same test on an object.
+pub fn policy_label_selector() -> String {
+    format!("{}=true", labels::POLICY)
+}
 
-/// What the cache keeps of a referenced policy ConfigMap: its metadata (without managed fields),
-/// and of `data` and `binaryData` only the `keys` bindings reference; a `data` value over
-/// [`POLICY_CACHE_LIMIT`] is left out and named in [`OMITTED_ANNOTATION`]; `binaryData` values
-/// are emptied (only their presence is reported).
-pub fn policy_view(cm: ConfigMap, keys: &BTreeSet<String>) -> ConfigMap {
-    let mut omitted = Vec::new();
-    let data = cm.data.map(|d| {
-        d.into_iter()
-            .filter(|(k, v)| {
-                if !keys.contains(k) {
-                    return false;
-                }
-                if v.len() > POLICY_CACHE_LIMIT {
-                    omitted.push(k.clone());
-                    return false;
-                }
-                true
-            })
-            .collect()
-    });
-    let binary_data = cm.binary_data.map(|d| {
-        d.into_keys()
-            .filter(|k| keys.contains(k))
-            .map(|k| (k, ByteString(Vec::new())))
-            .collect()
-    });
-    let mut metadata = cm.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    if !omitted.is_empty() {
-        metadata.annotations = Some([(OMITTED_ANNOTATION.to_string(), omitted.join(","))].into());
-    }
-    ConfigMap {
-        metadata,
-        data,
-        binary_data,
-        immutable: cm.immutable,
+/// Whether a ConfigMap's metadata carries the policy label ([`policy_label_selector`]).
+pub fn is_policy_config_map(metadata: &ObjectMeta) -> bool {
+    metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::POLICY))
+        .is_some_and(|v| v == "true")
+}
+
+/// What the cache keeps of a referenced policy ConfigMap: not its text, but what the controller
+/// decides on (per referenced key: the SHA-256 of the policy, its length, whether it is blank),
+/// and the resource version the webhook fetches the text for (see
+/// [`crate::webhook::sources::StoreSources`]). About 200 bytes per key, whatever the ConfigMap
+/// holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicySummary {
+    /// Name, namespace, uid and resource version of the ConfigMap (nothing else).
+    pub metadata: ObjectMeta,
+    /// Whether it is labelled `ckb.dev/policy=true` ([`is_policy_config_map`]).
+    pub labelled: bool,
+    /// Every key it was summarized for (the keys bindings reference), found or not.
+    pub keys: BTreeMap<String, PolicyKey>,
+}
+
+/// What a policy ConfigMap holds under one key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum PolicyKey {
+    /// Text under `data`.
+    Text {
+        /// Length in bytes.
+        bytes: usize,
+        /// Whether it is empty or only whitespace.
+        blank: bool,
+        /// SHA-256 of the bytes.
+        hash: PolicyHash,
+    },
+    /// Only under `binaryData`.
+    Binary,
+    /// Neither under `data` nor under `binaryData`.
+    Absent,
+}
+
+impl PolicyKey {
+    /// What `cm` holds under `key`; `data` wins over `binaryData`, as the API server allows no
+    /// key in both.
+    pub fn of(cm: &ConfigMap, key: &str) -> Self {
+        if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) {
+            return PolicyKey::Text {
+                bytes: text.len(),
+                blank: text.trim().is_empty(),
+                hash: hash_rego(text.as_bytes()),
+            };
+        }
+        if cm.binary_data.as_ref().is_some_and(|b| b.contains_key(key)) {
+            return PolicyKey::Binary;
+        }
+        PolicyKey::Absent
     }
 }
 
-/// Whether a cached copy left out `key` for its size (the reconcile then reads the ConfigMap
-/// directly, to report how large it is).
-pub fn omitted(cm: &ConfigMap, key: &str) -> bool {
-    cm.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(OMITTED_ANNOTATION))
-        .is_some_and(|v| v.split(',').any(|k| k == key))
+impl PolicySummary {
+    /// Summarizes `cm` for `keys` (hashing each referenced text once).
+    pub fn of<'a>(cm: &ConfigMap, keys: impl IntoIterator<Item = &'a String>) -> Self {
+        let m = &cm.metadata;
+        Self {
+            metadata: ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                ..Default::default()
+            },
+            labelled: is_policy_config_map(m),
+            keys: keys
+                .into_iter()
+                .map(|k| (k.clone(), PolicyKey::of(cm, k)))
+                .collect(),
+        }
+    }
+
+    /// The resource version summarized (empty when unknown).
+    pub fn version(&self) -> &str {
+        self.metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    }
+}
+
+/// A [`PolicySummary`] is kept in a [`Store`] under the ConfigMap's name, as a ConfigMap would be.
+impl Resource for PolicySummary {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        ConfigMap::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        ConfigMap::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        ConfigMap::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        ConfigMap::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// The ConfigMaps bindings reference, with the keys they read.
 pub fn referenced_config_maps<'a>(
     bindings: impl IntoIterator<Item = &'a ConfidentialKeyBinding>,
-) -> HashMap<ObjectRef<ConfigMap>, BTreeSet<String>> {
-    let mut out: HashMap<ObjectRef<ConfigMap>, BTreeSet<String>> = HashMap::new();
+) -> HashMap<ObjectRef<PolicySummary>, BTreeSet<String>> {
+    let mut out: HashMap<ObjectRef<PolicySummary>, BTreeSet<String>> = HashMap::new();
     for b in bindings {
         let Some(ns) = b.metadata.namespace.as_deref() else {
             continue;

@@ -3,6 +3,7 @@
 use kube::runtime::watcher::Event;
 
 use super::*;
+use crate::policy::hash_rego;
 
 /// Several tasks waiting on one store all see it become ready (the webhook's sources, the
 /// readiness probe and the controller's first pass do this in `run`).
@@ -28,24 +29,27 @@ async fn every_concurrent_waiter_sees_the_store_ready() {
     }
 }
 
-fn cm(data: &[(&str, usize)], binary: &[&str]) -> ConfigMap {
+fn cm(data: &[(&str, &str)], binary: &[&str]) -> ConfigMap {
     ConfigMap {
         metadata: kube::api::ObjectMeta {
             name: Some("p".into()),
             namespace: Some("ns".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            labels: Some([(labels::POLICY.to_string(), "true".to_string())].into()),
             annotations: Some([("big".to_string(), "x".repeat(1000))].into()),
             managed_fields: Some(vec![Default::default()]),
             ..Default::default()
         },
         data: Some(
             data.iter()
-                .map(|(k, n)| (k.to_string(), "x".repeat(*n)))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         ),
         binary_data: Some(
             binary
                 .iter()
-                .map(|k| (k.to_string(), ByteString(vec![0; 4096])))
+                .map(|k| (k.to_string(), k8s_openapi::ByteString(vec![0; 4096])))
                 .collect(),
         ),
         immutable: None,
@@ -53,37 +57,87 @@ fn cm(data: &[(&str, usize)], binary: &[&str]) -> ConfigMap {
 }
 
 #[test]
-fn the_policy_view_keeps_only_referenced_keys_up_to_the_limit() {
-    let keys: BTreeSet<String> = ["policy.rego".to_string(), "bin".to_string()].into();
-    let view = policy_view(
-        cm(
-            &[("policy.rego", 100), ("padding", 900 * 1024)],
-            &["bin", "other"],
-        ),
-        &keys,
+fn the_summary_keeps_per_referenced_key_its_hash_and_size_never_the_text() {
+    let padding = "x".repeat(900 * 1024);
+    let huge = "y".repeat(POLICY_CACHE_LIMIT + 1);
+    let c = cm(
+        &[
+            ("policy.rego", "package a\n"),
+            ("padding", &padding),
+            ("blank", " \n"),
+            ("huge", &huge),
+        ],
+        &["bin", "other"],
     );
-    let data = view.data.as_ref().unwrap();
-    assert_eq!(data.keys().collect::<Vec<_>>(), vec!["policy.rego"]);
-    assert_eq!(data["policy.rego"].len(), 100);
-    // binaryData: presence only, so "the policy is in binaryData" can still be reported.
-    let bin = view.binary_data.as_ref().unwrap();
-    assert_eq!(bin.keys().collect::<Vec<_>>(), vec!["bin"]);
-    assert!(bin["bin"].0.is_empty());
-    assert!(view.metadata.managed_fields.is_none());
-    assert!(view.metadata.annotations.is_none());
-    assert!(!omitted(&view, "policy.rego"));
-
-    // A referenced policy over the limit is left out and named.
-    let view = policy_view(cm(&[("policy.rego", POLICY_CACHE_LIMIT + 1)], &[]), &keys);
-    assert!(view.data.as_ref().unwrap().is_empty());
-    assert!(omitted(&view, "policy.rego"));
-    assert!(!omitted(&view, "bin"));
-    // At the limit it is kept: such a policy still fits a pod's annotations.
-    let view = policy_view(cm(&[("policy.rego", POLICY_CACHE_LIMIT)], &[]), &keys);
+    let keys: BTreeSet<String> = ["policy.rego", "bin", "blank", "huge", "gone"]
+        .map(String::from)
+        .into();
+    let s = PolicySummary::of(&c, &keys);
     assert_eq!(
-        view.data.as_ref().unwrap()["policy.rego"].len(),
-        POLICY_CACHE_LIMIT
+        s.keys,
+        BTreeMap::from([
+            (
+                "policy.rego".to_string(),
+                PolicyKey::Text {
+                    bytes: 10,
+                    blank: false,
+                    hash: hash_rego(b"package a\n"),
+                }
+            ),
+            ("bin".to_string(), PolicyKey::Binary),
+            (
+                "blank".to_string(),
+                PolicyKey::Text {
+                    bytes: 2,
+                    blank: true,
+                    hash: hash_rego(b" \n"),
+                }
+            ),
+            // Over the limit: its size is known (PolicyTooLarge) without keeping it.
+            (
+                "huge".to_string(),
+                PolicyKey::Text {
+                    bytes: POLICY_CACHE_LIMIT + 1,
+                    blank: false,
+                    hash: hash_rego(huge.as_bytes()),
+                }
+            ),
+            ("gone".to_string(), PolicyKey::Absent),
+        ])
     );
+    assert!(s.labelled);
+    assert_eq!(s.version(), "42");
+    // Only what identifies the version: no labels, annotations or managed fields.
+    assert_eq!(
+        s.metadata,
+        kube::api::ObjectMeta {
+            name: Some("p".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            ..Default::default()
+        }
+    );
+    // Whatever the ConfigMap holds, the summary is small.
+    let held = serde_json::to_vec(&s).unwrap().len();
+    assert!(held < 1024, "{held} bytes");
+
+    let mut unlabelled = c.clone();
+    unlabelled.metadata.labels = None;
+    assert!(!PolicySummary::of(&unlabelled, &keys).labelled);
+}
+
+#[test]
+fn one_test_of_the_policy_label_for_the_watch_and_the_objects() {
+    let selector = policy_label_selector();
+    assert_eq!(selector, "ckb.dev/policy=true");
+    let meta = |v: Option<&str>| kube::api::ObjectMeta {
+        labels: v.map(|v| [(labels::POLICY.to_string(), v.to_string())].into()),
+        ..Default::default()
+    };
+    assert!(is_policy_config_map(&meta(Some("true"))));
+    assert!(!is_policy_config_map(&meta(Some("false"))));
+    assert!(!is_policy_config_map(&meta(None)));
 }
 
 #[test]

@@ -901,12 +901,13 @@ impl ckb_operator::webhook::Sources for NotSynced {
     fn bindings(&self, namespace: &str) -> Vec<Arc<ConfidentialKeyBinding>> {
         self.0.bindings(namespace)
     }
-    fn policy(
-        &self,
-        namespace: &str,
-        config_map: &str,
-        key: &str,
-    ) -> Option<Arc<ckb_operator::webhook::mutate::PreparedPolicy>> {
+    fn policy<'a>(
+        &'a self,
+        namespace: &'a str,
+        config_map: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<Arc<ckb_operator::webhook::mutate::PreparedPolicy>>>
+    {
         self.0.policy(namespace, config_map, key)
     }
     fn ready(&self) -> bool {

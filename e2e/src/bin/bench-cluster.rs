@@ -6,9 +6,11 @@
 //!    patches it with a 120 KiB policy) and in one that is not (no call), interleaved one by one,
 //!    and a pod that needs no change in the opted-in namespace; p50/p99 of each create.
 //! 2. The operator's memory at scale: resident set size (VmRSS from /proc) at rest, then with
-//!    `--bindings` policy ConfigMaps, then as many bindings, then `--pods` injected pods, and the
-//!    growth per object; beside it the JSON size of what the caches hold (bindings, ConfigMaps,
-//!    and the pods slimmed as the operator slims them), as an estimate of the caches' payload.
+//!    `--bindings` policy ConfigMaps, then as many bindings, then `--pods` injected pods, then
+//!    after the webhook admitted pods with more distinct policies than it keeps prepared (its
+//!    prepared-policy cache full); the growth per object; beside it the JSON size of what the
+//!    caches hold (bindings, the policy ConfigMaps' summaries, and the pods slimmed as the
+//!    operator slims them), as an estimate of the caches' payload.
 //!
 //! Each figure is appended to `--rows` as a tab-separated line: section, figure, value, baseline,
 //! ratio.
@@ -21,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use ckb_crds::{ConfidentialKeyBinding, labels};
 use ckb_e2e::suite_env::{DEMO_AUTHORITY, DEMO_VAULT, EnvOptions, Environment};
+use ckb_operator::caches::{PolicySummary, policy_label_selector};
 use ckb_operator::controller::index::{INJECTED_LABEL, slim_pod};
+use ckb_operator::webhook::sources::PREPARED_POLICY_BYTES;
 use clap::Parser;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -295,6 +299,10 @@ async fn latency(env: &Environment, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Pods admitted through the webhook with distinct 120 KiB policies in the memory figure: more
+/// than its prepared-policy cache keeps (about 43 of them), so that the cache ends full.
+const ADMITTED_POLICIES: usize = 60;
+
 fn json_bytes<T: serde::Serialize>(items: &[T]) -> usize {
     items
         .iter()
@@ -399,6 +407,54 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     .await?;
     eprintln!("  {} pods created in {took:?}", args.pods);
     let r3 = settled_rss(pid, Duration::from_secs(180)).await?;
+    // Pods admitted through the webhook, each with a policy of its own, more of them than the
+    // webhook keeps prepared: its cache of prepared policies ends full (at its byte bound).
+    let hook_ns = "scale-hook";
+    env.create_namespace(hook_ns, true)?;
+    let admitted = ADMITTED_POLICIES;
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), hook_ns);
+    let b_api: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), hook_ns);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), hook_ns);
+    let pp = PostParams::default();
+    for i in 0..admitted {
+        let name = format!("h{i}");
+        let rego = format!("# hook {i}\n{base}");
+        cm_api
+            .create(&pp, &config_map(hook_ns, &format!("{name}-policy"), &rego)?)
+            .await?;
+        b_api
+            .create(
+                &pp,
+                &binding(hook_ns, &name, "https://bench-scale.vault.azure.net", &rego)?,
+            )
+            .await?;
+    }
+    // The policy cache fetches the new ConfigMaps; the webhook needs their summaries.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    for i in 0..admitted {
+        let name = format!("h{i}");
+        let p = pod(
+            hook_ns,
+            &format!("{name}-0"),
+            &name,
+            Some("kata-cc-isolation"),
+        )?;
+        let created = pod_api.create(&pp, &p).await?;
+        let injected = created
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(labels::AGENT_POLICY));
+        if !injected {
+            bail!("pod {hook_ns}/{name}-0 was not injected");
+        }
+    }
+    eprintln!(
+        "  {admitted} pods admitted with distinct policies in {:?}",
+        started.elapsed()
+    );
+    let r4 = settled_rss(pid, Duration::from_secs(120)).await?;
     let (_, peak) = rss_kib(pid)?;
 
     // What the caches hold, measured from the API server's listing.
@@ -407,9 +463,15 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
         .await?
         .items;
     let all_cm: Vec<ConfigMap> = Api::<ConfigMap>::all(client.clone())
-        .list(&ListParams::default().labels(&format!("{}=true", labels::POLICY)))
+        .list(&ListParams::default().labels(&policy_label_selector()))
         .await?
         .items;
+    // What the policy cache holds of each: its summary for the referenced key.
+    let key = "policy.rego".to_string();
+    let summaries: Vec<PolicySummary> = all_cm
+        .iter()
+        .map(|c| PolicySummary::of(c, [&key]))
+        .collect();
     let mut all_pods: Vec<Pod> = Api::<Pod>::all(client.clone())
         .list(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
         .await?
@@ -460,6 +522,17 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     row(
         rows,
         "memory",
+        &format!(
+            "RSS with + {admitted} pods admitted by the webhook, each with its own policy (its prepared-policy cache full, bound {} MiB): MiB (vs the 128 MiB goal)",
+            PREPARED_POLICY_BYTES / 1048576
+        ),
+        &format!("{:.1}", mib(r4)),
+        &format!("{goal_mib:.0}"),
+        &format!("{:.2}", mib(r4) / goal_mib),
+    )?;
+    row(
+        rows,
+        "memory",
         "peak RSS (VmHWM): MiB (vs the 128 MiB goal)",
         &format!("{:.1}", mib(peak)),
         &format!("{goal_mib:.0}"),
@@ -480,11 +553,13 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     row(
         rows,
         "memory",
-        "growth per binding, its policy ConfigMap now fetched and cached: KiB (vs the JSON size of both)",
+        "growth per binding, its policy ConfigMap now fetched and summarized: KiB (vs the JSON size of the binding and the summary)",
         &per(r2.saturating_sub(r1), args.bindings),
         &format!(
             "{:.1}",
-            (json_bytes(&all_b) + json_bytes(&all_cm)) as f64 / 1024.0 / all_b.len().max(1) as f64
+            (json_bytes(&all_b) + json_bytes(&summaries)) as f64
+                / 1024.0
+                / all_b.len().max(1) as f64
         ),
         "",
     )?;
@@ -502,10 +577,11 @@ async fn memory(env: &Environment, args: &Args) -> Result<()> {
     row(
         rows,
         "memory",
-        "cache payload (JSON) bindings / ConfigMaps / slimmed pods: MiB",
+        "cache payload (JSON) bindings / policy summaries (of ConfigMaps holding) / slimmed pods: MiB",
         &format!(
-            "{:.1} / {:.1} / {:.1}",
+            "{:.1} / {:.2} (of {:.1}) / {:.1}",
             json_bytes(&all_b) as f64 / 1048576.0,
+            json_bytes(&summaries) as f64 / 1048576.0,
             json_bytes(&all_cm) as f64 / 1048576.0,
             json_bytes(&all_pods) as f64 / 1048576.0
         ),

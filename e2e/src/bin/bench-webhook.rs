@@ -133,9 +133,10 @@ fn admission(sources: MapSources) -> Arc<Admission> {
 
 /// The webhook's answer to `body` (the handler without transport).
 fn handle(sources: &MapSources, classes: &[String], body: &[u8]) -> review::Answer {
-    review::handle(body, |req| {
-        admit(sources, &SidecarDefaults::default(), classes, req)
-    })
+    // MapSources answers at once: polled in place, no runtime.
+    futures::executor::block_on(review::handle(body, async |req| {
+        admit(sources, &SidecarDefaults::default(), classes, req).await
+    }))
 }
 
 /// The webhook's answer to `body` in one buffer, as the baseline will replay it.

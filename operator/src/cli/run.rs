@@ -126,6 +126,7 @@ pub async fn operate(
     let sources = Arc::new(StoreSources::new(
         caches.bindings.clone(),
         caches.config_maps.clone(),
+        client.clone(),
     ));
     let webhook = spawn_webhook(
         &args,

@@ -26,8 +26,8 @@ pub use super::plan_key::{
 };
 pub use super::plan_owner::{Ownership, adopt_consent, had_this_key, owner_tags, ownership, owns};
 pub use super::plan_policy::{
-    ANNOTATION_BUDGET, PolicyConfigMap, PolicyProblem, ResolvedPolicy, is_policy_config_map,
-    policy_condition, resolve_policy,
+    ANNOTATION_BUDGET, PolicyConfigMap, PolicyProblem, ResolvedPolicy, policy_condition,
+    resolve_policy,
 };
 pub use super::plan_settle::{failure_events, settle};
 

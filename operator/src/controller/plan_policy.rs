@@ -1,12 +1,12 @@
-//! The policy's part of the decision: the referenced ConfigMap read and hashed
-//! ([`resolve_policy`]), and which hash the binding may bind now ([`policy_condition`]). Pure.
-
-use ckb_crds::conditions::{reasons, types};
-use ckb_crds::{ConfidentialKeyBinding, PolicySource, labels};
-use k8s_openapi::api::core::v1::ConfigMap;
+//! The policy's part of the decision: the referenced ConfigMap's summary (hash and size of the
+//! referenced key, see [`PolicySummary`]) judged ([`resolve_policy`]), and which hash the binding
+//! may bind now ([`policy_condition`]). Pure.
 
 use super::status::Wanted;
-use crate::policy::{PolicyHash, hash_rego};
+use crate::caches::{PolicyKey, PolicySummary};
+use crate::policy::PolicyHash;
+use ckb_crds::conditions::{reasons, types};
+use ckb_crds::{ConfidentialKeyBinding, PolicySource, labels};
 
 /// Total size Kubernetes allows for all annotations of one object (key + value bytes).
 pub const ANNOTATION_BUDGET: usize = 256 * 1024;
@@ -33,20 +33,12 @@ pub struct PolicyProblem {
 pub enum PolicyConfigMap<'a> {
     /// No ConfigMap of that name in the binding's namespace.
     Missing,
-    /// It exists, and is or is not labelled `ckb.dev/policy: "true"`.
-    Found(&'a ConfigMap),
+    /// It exists, and is or is not labelled `ckb.dev/policy: "true"`; summarized for (at least)
+    /// the key the binding references.
+    Found(&'a PolicySummary),
 }
 
-/// Whether the ConfigMap is labelled `ckb.dev/policy: "true"` (only those are watched and read).
-pub fn is_policy_config_map(cm: &ConfigMap) -> bool {
-    cm.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::POLICY))
-        .is_some_and(|v| v == "true")
-}
-
-/// Reads and hashes the policy the binding references, or says why it cannot.
+/// The hash of the policy the binding references, or why it cannot be bound.
 pub fn resolve_policy(
     binding: &ConfidentialKeyBinding,
     cm: PolicyConfigMap<'_>,
@@ -64,7 +56,7 @@ pub fn resolve_policy(
         }
         PolicyConfigMap::Found(cm) => cm,
     };
-    if !is_policy_config_map(cm) {
+    if !cm.labelled {
         return Err(problem(
             reasons::CONFIG_MAP_NOT_LABELLED,
             format!(
@@ -73,27 +65,27 @@ pub fn resolve_policy(
             ),
         ));
     }
-    let text = cm.data.as_ref().and_then(|d| d.get(&r.key));
-    let Some(text) = text else {
-        let in_binary = cm
-            .binary_data
-            .as_ref()
-            .is_some_and(|b| b.contains_key(&r.key));
-        return Err(if in_binary {
-            problem(
+    let (bytes, hash) = match cm.keys.get(&r.key).unwrap_or(&PolicyKey::Absent) {
+        PolicyKey::Text { blank: true, .. } => {
+            return Err(problem(reasons::POLICY_EMPTY, "the policy is empty".into()));
+        }
+        PolicyKey::Text { bytes, hash, .. } => (*bytes, hash),
+        PolicyKey::Binary => {
+            return Err(problem(
                 reasons::POLICY_NOT_UTF8,
                 "the policy is in binaryData; put the Rego text in data".into(),
-            )
-        } else {
-            problem(reasons::POLICY_KEY_NOT_FOUND, "no such key in data".into())
-        });
+            ));
+        }
+        PolicyKey::Absent => {
+            return Err(problem(
+                reasons::POLICY_KEY_NOT_FOUND,
+                "no such key in data".into(),
+            ));
+        }
     };
-    if text.trim().is_empty() {
-        return Err(problem(reasons::POLICY_EMPTY, "the policy is empty".into()));
-    }
     // The annotation carries base64 (4 bytes per 3) of the text, under its key, next to the
     // other annotations the webhook adds; all of a pod's annotations share 256 KiB.
-    let encoded = text.len().div_ceil(3) * 4;
+    let encoded = bytes.div_ceil(3) * 4;
     let ours = labels::AGENT_POLICY.len()
         + encoded
         + labels::POLICY_SHA256.len()
@@ -107,14 +99,11 @@ pub fn resolve_policy(
                 "the policy is {} bytes, {} once base64-encoded: with the other annotations the \
                  webhook adds that is {ours} bytes, over the {ANNOTATION_BUDGET}-byte limit of a \
                  pod's annotations",
-                text.len(),
-                encoded
+                bytes, encoded
             ),
         ));
     }
-    Ok(ResolvedPolicy {
-        hash: hash_rego(text.as_bytes()),
-    })
+    Ok(ResolvedPolicy { hash: hash.clone() })
 }
 
 /// The `PolicyResolved` condition, and the ConfigMap's hash if the binding may bind it now: it

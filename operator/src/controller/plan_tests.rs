@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pretty_assertions::assert_eq;
 
 use super::plan::*;
+use crate::caches::PolicySummary;
 use crate::keyvault::{DeletedVaultKey, KeyVaultError, StoredReleasePolicy, VaultKey, VaultUrl};
 use crate::policy::PolicyHash;
 use crate::policy::{ReleasePolicy, hash_rego};
@@ -61,6 +62,11 @@ fn pinned_config() -> PlanConfig {
         policy_source_default: PolicySource::Pinned,
         ..config()
     }
+}
+
+/// What the policy cache holds of a ConfigMap `cm` builds: its summary for the binding's key.
+fn found(cm: &ConfigMap) -> PolicySummary {
+    PolicySummary::of(cm, [&"policy.rego".to_string()])
 }
 
 fn cm(data: Option<&str>, labelled: bool) -> ConfigMap {
@@ -205,7 +211,7 @@ fn policy_problems_name_the_configmap_and_key_and_have_their_reason() {
         (&binary, reasons::POLICY_NOT_UTF8),
         (&too_large, reasons::POLICY_TOO_LARGE),
     ] {
-        let p = resolve_policy(&b, PolicyConfigMap::Found(c)).unwrap_err();
+        let p = resolve_policy(&b, PolicyConfigMap::Found(&found(c))).unwrap_err();
         assert_eq!(p.reason, reason);
         assert!(
             p.message.contains("payments/orders-policy") && p.message.contains("policy.rego"),
@@ -227,10 +233,10 @@ fn policy_at_the_annotation_limit_resolves_and_one_byte_more_does_not() {
     // Largest text length whose base64 fits: 3 bytes per 4 characters.
     let fits = (ANNOTATION_BUDGET - overhead) / 4 * 3;
     let ok = cm(Some(&"x".repeat(fits)), true);
-    assert!(resolve_policy(&b, PolicyConfigMap::Found(&ok)).is_ok());
+    assert!(resolve_policy(&b, PolicyConfigMap::Found(&found(&ok))).is_ok());
     let over = cm(Some(&"x".repeat(fits + 1)), true);
     assert_eq!(
-        resolve_policy(&b, PolicyConfigMap::Found(&over))
+        resolve_policy(&b, PolicyConfigMap::Found(&found(&over)))
             .unwrap_err()
             .reason,
         reasons::POLICY_TOO_LARGE
@@ -241,7 +247,7 @@ fn policy_at_the_annotation_limit_resolves_and_one_byte_more_does_not() {
 fn resolved_policy_hashes_the_rego_bytes() {
     let b = binding();
     let c = cm(Some(REGO_A), true);
-    let r = resolve_policy(&b, PolicyConfigMap::Found(&c)).unwrap();
+    let r = resolve_policy(&b, PolicyConfigMap::Found(&found(&c))).unwrap();
     assert_eq!(r.hash, hash_rego(REGO_A.as_bytes()));
 }
 

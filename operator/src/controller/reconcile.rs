@@ -23,6 +23,7 @@ use super::plan_cleanup::{
 };
 pub use super::reconcile_context::{Clock, Context};
 use super::reconcile_context::{Verified, publish, write_status};
+use crate::caches::PolicySummary;
 use crate::keyvault::{KeyVault, KeyVaultError, VaultKey, VaultUrl};
 use crate::telemetry::ControllerMetrics;
 
@@ -207,24 +208,24 @@ async fn execute(
     })
 }
 
-/// Reads the policy ConfigMap: from the cache of labelled ones, else straight from the API so
-/// that "not labelled" can be told from "missing".
+/// The policy ConfigMap's summary: from the cache of labelled ones when it was summarized for the
+/// binding's key, else straight from the API (so that "not labelled" can be told from "missing",
+/// and a key a new binding references is not reported missing before the cache fetched it).
 async fn policy_config_map(
     ctx: &Context,
     binding: &ConfidentialKeyBinding,
-) -> Result<Option<Arc<ConfigMap>>, Error> {
+) -> Result<Option<Arc<PolicySummary>>, Error> {
     let ns = binding.namespace().ok_or(Error::Unnamed)?;
-    let name = &binding.spec.policy.config_map_ref.name;
-    // The cache leaves out a policy over the annotation budget: read it once to say how large.
-    if let Some(cm) = ctx.config_maps.get(&ObjectRef::new(name).within(&ns))
-        && !super::runtime::omitted(&cm, &binding.spec.policy.config_map_ref.key)
+    let r = &binding.spec.policy.config_map_ref;
+    if let Some(s) = ctx.config_maps.get(&ObjectRef::new(&r.name).within(&ns))
+        && s.keys.contains_key(&r.key)
     {
-        return Ok(Some(cm));
+        return Ok(Some(s));
     }
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    api.get_opt(name)
+    api.get_opt(&r.name)
         .await
-        .map(|o| o.map(Arc::new))
+        .map(|o| o.map(|cm| Arc::new(PolicySummary::of(&cm, [&r.key]))))
         .map_err(Error::Kube)
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ckb_crds::{ConfidentialKeyBinding, ConfidentialKeyBindingStatus, FIELD_MANAGER};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,6 +20,7 @@ use super::hashes::remember_retired;
 use super::plan::PlanConfig;
 use super::plan::PlannedEvent;
 use super::reconcile::{Error, Timing};
+use crate::caches::PolicySummary;
 use crate::keyvault::{KeyVault, VaultKey};
 use crate::telemetry::ControllerMetrics;
 
@@ -45,8 +46,8 @@ pub struct Context {
     pub config: PlanConfig,
     /// Timings.
     pub timing: Timing,
-    /// Policy ConfigMaps (labelled `ckb.dev/policy=true`).
-    pub config_maps: Store<ConfigMap>,
+    /// The referenced policy ConfigMaps (labelled `ckb.dev/policy=true`), summarized.
+    pub config_maps: Store<PolicySummary>,
     /// Injected pods (slimmed, see `index::slim_pod`).
     pub pods: Store<Pod>,
     /// Event recorder.
@@ -76,7 +77,7 @@ impl Context {
         vault: Arc<dyn KeyVault>,
         config: PlanConfig,
         timing: Timing,
-        config_maps: Store<ConfigMap>,
+        config_maps: Store<PolicySummary>,
         pods: Store<Pod>,
         recorder: Recorder,
         metrics: ControllerMetrics,

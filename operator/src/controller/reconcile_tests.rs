@@ -20,6 +20,7 @@ use super::index::INJECTED_LABEL;
 use super::plan::{PlanConfig, owner_tags};
 use super::reconcile::{Context, Error, Timing, error_policy, reconcile, retry_delay};
 use super::testing::{FakeVault, MockApi, Op};
+use crate::caches::PolicySummary;
 use crate::keyvault::{KeyVault, KeyVaultError, VaultUrl};
 use crate::policy::{ReleasePolicy, hash_rego};
 use crate::telemetry::{ControllerMetrics, registry};
@@ -33,11 +34,16 @@ const EVENT_PATH: &str = "POST /apis/events.k8s.io/v1/namespaces/payments/events
 const BINDING_PATH: &str =
     "PATCH /apis/ckb.dev/v1alpha1/namespaces/payments/confidentialkeybindings/orders";
 
+/// What the policy cache holds of `cm` for the binding's key.
+fn summary(cm: &ConfigMap) -> PolicySummary {
+    PolicySummary::of(cm, [&"policy.rego".to_string()])
+}
+
 pub(super) struct Harness {
     pub(super) api: MockApi,
     fake: Option<FakeVault>,
     pub(super) ctx: Arc<Context>,
-    pub(super) config_maps: Writer<ConfigMap>,
+    pub(super) config_maps: Writer<PolicySummary>,
     pods: Writer<Pod>,
     /// The ConfidentialKeyGrant cache the controller reads.
     pub(super) grants: Writer<ckb_crds::grant::ConfidentialKeyGrant>,
@@ -77,7 +83,7 @@ impl Harness {
     ) -> Self {
         let api = MockApi::default();
         let client = api.client();
-        let (cm_store, config_maps) = reflector::store::<ConfigMap>();
+        let (cm_store, config_maps) = reflector::store::<PolicySummary>();
         let (pod_store, pods) = reflector::store::<Pod>();
         let (grant_store, grants) = reflector::store();
         let (namespace_store, namespaces) = reflector::store();
@@ -143,7 +149,7 @@ impl Harness {
             ..Default::default()
         };
         self.config_maps
-            .apply_watcher_event(&watcher::Event::Apply(cm));
+            .apply_watcher_event(&watcher::Event::Apply(summary(&cm)));
     }
 
     /// An injected confidential pod of the binding running `rego`, created now, as the cache
@@ -360,14 +366,14 @@ async fn run(s: Scenario) {
         }
         Scenario::PolicyMissing => {
             h.config_maps
-                .apply_watcher_event(&watcher::Event::Delete(ConfigMap {
+                .apply_watcher_event(&watcher::Event::Delete(summary(&ConfigMap {
                     metadata: ObjectMeta {
                         name: Some("orders-policy".into()),
                         namespace: Some("payments".into()),
                         ..Default::default()
                     },
                     ..Default::default()
-                }));
+                })));
             Expect {
                 api: vec![
                     "GET /api/v1/namespaces/payments/configmaps/orders-policy",
@@ -390,7 +396,7 @@ async fn run(s: Scenario) {
                 ..Default::default()
             };
             h.config_maps
-                .apply_watcher_event(&watcher::Event::Delete(cm.clone()));
+                .apply_watcher_event(&watcher::Event::Delete(summary(&cm)));
             h.api.serve_config_map(&cm);
             Expect {
                 api: vec![

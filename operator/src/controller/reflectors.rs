@@ -9,21 +9,23 @@
 //!
 //! Anyone who may write ConfigMaps in any namespace may label them `ckb.dev/policy=true`, so the
 //! policy cache must not grow with what they write. It holds only the ConfigMaps that bindings
-//! reference (writing bindings is a deliberate RBAC grant), and of those only the referenced keys,
-//! each only up to [`POLICY_CACHE_LIMIT`] (a policy that cannot fit a pod's annotations is never
-//! useful; the reconcile then reads it once, directly, to say how large it is). Labelled
-//! ConfigMaps are watched by *metadata only* (`PartialObjectMeta`: names and resource versions,
-//! never the data), and a referenced one is fetched by a GET when it appears or its resource
-//! version changes. Grants and namespaces are watched the same way: grants are small and
-//! cluster-admin-written, namespaces by metadata only (their labels, for grant selectors).
+//! reference (writing bindings is a deliberate RBAC grant), and of those never the text: per
+//! referenced key its SHA-256, length and presence ([`PolicySummary`], a few hundred bytes
+//! whatever the ConfigMap holds; the reconcile decides on that alone). Labelled ConfigMaps are
+//! watched by *metadata only* (`PartialObjectMeta`: names and resource versions, never the data),
+//! and a referenced one is fetched by a GET when it appears or its resource version changes,
+//! summarized, and dropped. The webhook fetches the text of a policy when a pod needs it, into a
+//! cache bounded in bytes ([`crate::webhook::sources`]). Grants and namespaces are watched the
+//! same way: grants are small and cluster-admin-written, namespaces by metadata only (their
+//! labels, for grant selectors).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ckb_crds::ConfidentialKeyBinding;
 use ckb_crds::grant::ConfidentialKeyGrant;
-use ckb_crds::{ConfidentialKeyBinding, labels};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::core::PartialObjectMeta;
@@ -37,7 +39,8 @@ use tracing::{debug, warn};
 use super::grant_watch::{bindings_to_replan, tolerate_missing_crd};
 use super::index::{INJECTED_LABEL, bindings_for_config_map, bindings_for_pod, slim_pod};
 use crate::caches::{
-    Caches, GrantStores, Triggers, policy_view, referenced_config_maps, store_ready,
+    Caches, GrantStores, PolicySummary, Triggers, is_policy_config_map, policy_label_selector,
+    referenced_config_maps, store_ready,
 };
 
 const TRIGGER_BUFFER: usize = 8192;
@@ -79,11 +82,11 @@ async fn policy_cache(
     client: Client,
     bindings: Store<ConfidentialKeyBinding>,
     references_changed: Arc<Notify>,
-    mut writer: Writer<ConfigMap>,
+    mut writer: Writer<PolicySummary>,
     tx: Triggers,
 ) {
     let meta_api = Api::<PartialObjectMeta<ConfigMap>>::all(client.clone());
-    let cfg = watcher::Config::default().labels(&format!("{}=true", labels::POLICY));
+    let cfg = watcher::Config::default().labels(&policy_label_selector());
     let mut meta = pin!(watcher::watcher(meta_api, cfg).default_backoff());
     if !store_ready(&bindings).await {
         return;
@@ -118,25 +121,25 @@ struct PolicyCache {
     client: Client,
     bindings: Store<ConfidentialKeyBinding>,
     tx: Triggers,
-    /// What the writer holds: resource version and the keys kept.
-    held: HashMap<ObjectRef<ConfigMap>, (String, BTreeSet<String>)>,
+    /// What the writer holds: resource version and the keys summarized.
+    held: HashMap<ObjectRef<PolicySummary>, (String, BTreeSet<String>)>,
     /// What bindings reference.
-    wanted: HashMap<ObjectRef<ConfigMap>, BTreeSet<String>>,
+    wanted: HashMap<ObjectRef<PolicySummary>, BTreeSet<String>>,
     /// Referenced ConfigMaps whose fetch failed.
-    pending: HashSet<ObjectRef<ConfigMap>>,
+    pending: HashSet<ObjectRef<PolicySummary>>,
     /// During a (re)listing: the referenced ones listed so far, with their resource versions.
-    listing: Option<HashMap<ObjectRef<ConfigMap>, String>>,
+    listing: Option<HashMap<ObjectRef<PolicySummary>, String>>,
     /// Whether the writer has had its first full listing.
     ready: bool,
 }
 
-fn meta_ref(m: &PartialObjectMeta<ConfigMap>) -> ObjectRef<ConfigMap> {
+fn meta_ref(m: &PartialObjectMeta<ConfigMap>) -> ObjectRef<PolicySummary> {
     ObjectRef::new(m.metadata.name.as_deref().unwrap_or_default())
         .within(m.metadata.namespace.as_deref().unwrap_or_default())
 }
 
 impl PolicyCache {
-    fn trigger(&self, r: &ObjectRef<ConfigMap>) {
+    fn trigger(&self, r: &ObjectRef<PolicySummary>) {
         let probe = ConfigMap {
             metadata: kube::api::ObjectMeta {
                 name: Some(r.name.clone()),
@@ -151,7 +154,7 @@ impl PolicyCache {
         }
     }
 
-    fn drop_held(&mut self, writer: &mut Writer<ConfigMap>, r: &ObjectRef<ConfigMap>) {
+    fn drop_held(&mut self, writer: &mut Writer<PolicySummary>, r: &ObjectRef<PolicySummary>) {
         if self.held.remove(r).is_some() {
             if let Some(cm) = writer.as_reader().get(r) {
                 writer.apply_watcher_event(&Event::Delete((*cm).clone()));
@@ -160,12 +163,13 @@ impl PolicyCache {
         }
     }
 
-    /// GETs a referenced ConfigMap and holds its policy view (or drops it when it is gone or no
-    /// longer labelled); `seen_version` skips the GET when that version is held already.
+    /// GETs a referenced ConfigMap and holds its summary (or drops it when it is gone or no
+    /// longer labelled); `seen_version` skips the GET when that version is held already. The
+    /// ConfigMap itself is dropped as soon as it is summarized.
     async fn fetch(
         &mut self,
-        writer: &mut Writer<ConfigMap>,
-        r: &ObjectRef<ConfigMap>,
+        writer: &mut Writer<PolicySummary>,
+        r: &ObjectRef<PolicySummary>,
         seen_version: Option<&str>,
     ) {
         let Some(keys) = self.wanted.get(r).cloned() else {
@@ -182,13 +186,14 @@ impl PolicyCache {
         match api.get_opt(&r.name).await {
             Ok(Some(cm)) => {
                 self.pending.remove(r);
-                if !super::plan::is_policy_config_map(&cm) {
+                if !is_policy_config_map(&cm.metadata) {
                     self.drop_held(writer, r);
                     return;
                 }
-                let version = cm.metadata.resource_version.clone().unwrap_or_default();
-                let view = policy_view(cm, &keys);
-                self.held.insert(r.clone(), (version, keys));
+                let view = PolicySummary::of(&cm, &keys);
+                drop(cm);
+                self.held
+                    .insert(r.clone(), (view.version().to_string(), keys));
                 if self.ready {
                     writer.apply_watcher_event(&Event::Apply(view));
                     self.trigger(r);
@@ -209,7 +214,7 @@ impl PolicyCache {
 
     async fn on_meta(
         &mut self,
-        writer: &mut Writer<ConfigMap>,
+        writer: &mut Writer<PolicySummary>,
         ev: Event<PartialObjectMeta<ConfigMap>>,
     ) {
         match ev {
@@ -272,7 +277,7 @@ impl PolicyCache {
         }
     }
 
-    async fn on_bindings(&mut self, writer: &mut Writer<ConfigMap>) {
+    async fn on_bindings(&mut self, writer: &mut Writer<PolicySummary>) {
         self.wanted = referenced_config_maps(self.bindings.state().iter().map(|b| b.as_ref()));
         let unwanted: Vec<_> = self
             .held
@@ -300,7 +305,7 @@ impl PolicyCache {
         }
     }
 
-    async fn retry(&mut self, writer: &mut Writer<ConfigMap>) {
+    async fn retry(&mut self, writer: &mut Writer<PolicySummary>) {
         let pending: Vec<_> = self.pending.iter().cloned().collect();
         for r in pending {
             self.fetch(writer, &r, None).await;
@@ -384,7 +389,7 @@ pub fn reflectors(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (bindings, bindings_w) = reflector::store::<ConfidentialKeyBinding>();
-    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
+    let (config_maps, config_maps_w) = reflector::store::<PolicySummary>();
     let (pods, pods_w) = reflector::store::<Pod>();
     let (tx, _) = broadcast::channel(TRIGGER_BUFFER);
 

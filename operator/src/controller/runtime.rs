@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 use super::reconcile::{Context, count_ready, error_policy, reconcile};
 pub use super::reflectors::reflectors;
 pub use crate::caches::{
-    Caches, GrantStores, OMITTED_ANNOTATION, POLICY_CACHE_LIMIT, Triggers, omitted, policy_view,
-    referenced_config_maps, store_ready,
+    Caches, GrantStores, POLICY_CACHE_LIMIT, PolicySummary, Triggers, referenced_config_maps,
+    store_ready,
 };
 
 impl GrantStores {

@@ -4,7 +4,8 @@
 //!   its steps are in `inject`, binding selection in [`select`].
 //! - [`policy`]: the agent policy prepared once per ConfigMap version (hash, annotation, encoding).
 //! - [`review`]: the AdmissionReview wire format (parse, answer), pure.
-//! - [`sources`]: where bindings and policies come from (reflector stores; no API call per admission).
+//! - [`sources`]: where bindings and policies come from (reflector stores; a policy's text fetched
+//!   once per ConfigMap version and kept in a cache bounded in bytes).
 //! - [`server`]: the axum router and the TLS server; readiness ([`WebhookState`]).
 //! - [`certs`]: self-managed CA + serving certificate in a Secret, `caBundle`, rotation; or mounted
 //!   certificates (cert-manager).
@@ -13,7 +14,7 @@
 //! Entry point for `ckb-operator run`: [`serve`], wired like this (every replica):
 //!
 //! ```text
-//! let sources = Arc::new(StoreSources::new(caches.bindings.clone(), caches.config_maps.clone()));
+//! let sources = Arc::new(StoreSources::new(caches.bindings.clone(), caches.config_maps.clone(), client.clone()));
 //! let metrics = WebhookMetrics::default();
 //! metrics.register(&mut registry);            // unprefixed registry: names carry `ckb_`
 //! let state = WebhookState::new();            // the probe server's /readyz asks state.is_ready()

@@ -1,14 +1,11 @@
 //! The prepared policy: the spliced patch encoding means the same patch as the plain one, the
-//! answer sent in parts is the answer, the prepared cache follows the ConfigMap's version, and
-//! the webhook and `ckb-operator hash --annotation` agree on wrapped base64.
+//! answer sent in parts is the answer, and the webhook and `ckb-operator hash --annotation` agree
+//! on wrapped base64. (The cache of prepared policies is tested in `sources_tests`.)
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector;
-use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use super::mutate::{
@@ -16,7 +13,6 @@ use super::mutate::{
 };
 use super::policy::{PreparedPolicy, annotation_policy_hash, encode_plain};
 use super::review;
-use super::sources::{Sources, StoreSources};
 use crate::policy::hash_rego;
 
 const REVIEW: &str = include_str!("../../tests/data/admission/pod-create-confidential.json");
@@ -288,38 +284,4 @@ fn webhook_and_hash_cli_agree_on_a_wrapped_annotation() {
     let spaced = format!("{} {}", &flat[..8], &flat[8..]);
     assert!(annotation_policy_hash(&spaced).is_err());
     assert!(crate::cli::hash::hash_of(spaced.as_bytes(), true, "stdin").is_err());
-}
-
-fn policy_config_map(version: &str, rego: &str) -> ConfigMap {
-    serde_json::from_value(json!({
-        "metadata": {"name": "orders-policy", "namespace": "payments", "resourceVersion": version},
-        "data": {"policy.rego": rego}
-    }))
-    .unwrap()
-}
-
-#[tokio::test]
-async fn the_store_sources_prepare_a_policy_once_per_configmap_version() {
-    let (bindings, _bindings_writer) = reflector::store();
-    let (config_maps, mut writer) = reflector::store::<ConfigMap>();
-    let sources = StoreSources::new(bindings, config_maps);
-    let lookup = || sources.policy("payments", "orders-policy", "policy.rego");
-    assert!(lookup().is_none(), "nothing cached yet");
-
-    writer.apply_watcher_event(&Event::Apply(policy_config_map("10", "package a\n")));
-    let first = lookup().expect("cached");
-    assert_eq!(first.hash(), &hash_rego(b"package a\n"));
-    assert!(
-        Arc::ptr_eq(&first, &lookup().unwrap()),
-        "the same version is prepared once"
-    );
-
-    // A new version of the ConfigMap: the new policy, not the prepared old one.
-    writer.apply_watcher_event(&Event::Apply(policy_config_map("11", "package b\n")));
-    let second = lookup().expect("cached");
-    assert_eq!(second.hash(), &hash_rego(b"package b\n"));
-    assert_eq!(second.annotation(), STANDARD.encode("package b\n"));
-
-    writer.apply_watcher_event(&Event::Delete(policy_config_map("11", "package b\n")));
-    assert!(lookup().is_none(), "a deleted ConfigMap has no policy");
 }

@@ -402,7 +402,7 @@ pub fn answer(uid: &str, decision: Decision) -> Answer {
 
 /// Parses a body and answers it with `decide` (called only for a usable pod CREATE). The whole
 /// admission path minus transport and caches: this is what the fuzz target drives.
-pub fn handle(body: &[u8], decide: impl FnOnce(&PodRequest) -> Decision) -> Answer {
+pub async fn handle(body: &[u8], decide: impl AsyncFnOnce(&PodRequest) -> Decision) -> Answer {
     match parse(body) {
         Err((uid, e)) => invalid(uid, &e.to_string(), 400),
         Ok(req) => {
@@ -411,7 +411,7 @@ pub fn handle(body: &[u8], decide: impl FnOnce(&PodRequest) -> Decision) -> Answ
             if req.operation != "CREATE" || req.sub_resource.is_some() {
                 return answer(&req.uid, Decision::Allow { warnings: vec![] });
             }
-            let decision = decide(&req);
+            let decision = decide(&req).await;
             answer(&req.uid, decision)
         }
     }

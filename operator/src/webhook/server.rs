@@ -200,13 +200,14 @@ async fn admission(adm: Arc<Admission>, body: Body, psa_refuses: bool) -> Respon
         Ok(Err(e)) => review::invalid(None, &format!("cannot read the request body: {e}"), 400),
         Ok(Ok(collected)) => {
             let bytes = collected.to_bytes();
-            review::handle(&bytes, |req| {
+            review::handle(&bytes, async |req| {
                 let d = sources::admit(
                     adm.sources.as_ref(),
                     &adm.defaults,
                     &adm.confidential_runtime_classes,
                     req,
-                );
+                )
+                .await;
                 let d = if psa_refuses {
                     super::psa::refuse_injection(d, &req.namespace)
                 } else {
@@ -224,6 +225,7 @@ async fn admission(adm: Arc<Admission>, body: Body, psa_refuses: bool) -> Respon
                 );
                 d
             })
+            .await
         }
     };
     if answer.outcome == review::Outcome::Invalid {
@@ -340,9 +342,10 @@ mod tests {
             map = map.with_binding(b);
         }
         let classes = vec!["kata-cc-isolation".to_string()];
-        let expected = review::handle(REVIEW.as_bytes(), |req| {
-            sources::admit(&map, &SidecarDefaults::default(), &classes, req)
-        });
+        let expected = review::handle(REVIEW.as_bytes(), async |req| {
+            sources::admit(&map, &SidecarDefaults::default(), &classes, req).await
+        })
+        .await;
         assert_eq!(expected.outcome, review::Outcome::Patched);
         assert_eq!(expected.body.chunks().len(), 3, "sent in parts");
         let admission = Arc::new(Admission {
