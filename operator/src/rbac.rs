@@ -5,7 +5,9 @@
 //! (`operator/tests/chart.rs`) renders `charts/ckb-operator/templates/rbac.yaml` with helm and
 //! compares the granted rules with this table both ways: a call missing from the chart fails the
 //! test, and so does a grant the table does not justify. The end-to-end suite then runs the
-//! operator with exactly the chart's RBAC, so a call missing here fails there.
+//! operator with exactly the chart's RBAC, so a call missing here fails there, and
+//! `e2e/tests/rbac_audit_e2e.rs` reads the API server's audit log of a real run: a grant the
+//! operator never uses fails there (unless that test names the rare path that needs it).
 //!
 //! Verbs are the authorizer's verbs, not HTTP methods: a watch is `list` + `watch`, server-side
 //! apply is `patch`, a GET by name is `get`. `create` cannot be limited by `resourceNames` (the
