@@ -8,12 +8,8 @@ use std::time::Duration;
 
 use ckb_doubles::{Config, Fault, KeyVaultDouble, LogEntry};
 use ckb_operator::keyvault::client::ClientConfig;
-use ckb_operator::keyvault::credential::{
-    CredentialKind, CredentialSettings, WorkloadIdentitySettings,
-};
-use ckb_operator::keyvault::transport::TransportSettings;
 use ckb_operator::keyvault::{AzureKeyVault, KeyVault, KeyVaultError, RateLimits, VaultUrl};
-use keyvault_common::{Capabilities, new_key};
+use keyvault_common::{Capabilities, new_key, static_token, transport_to, workload_identity};
 
 const DOUBLE: Capabilities = Capabilities {
     release_policy: true,
@@ -52,27 +48,14 @@ async fn setup(options: Options, config: Config) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, options.token).expect("token file");
-    let addr = double.addr();
     let kv = AzureKeyVault::new(ClientConfig {
-        credential: CredentialSettings {
-            kind: CredentialKind::StaticToken,
-            static_token_file: Some(token_file),
-            authority_host: None,
-            managed_identity_client_id: None,
-            workload_identity: Default::default(),
-        },
-        transport: TransportSettings {
-            resolve: vec![
-                format!(".vault.azure.net={addr}")
-                    .parse()
-                    .expect("override"),
-                format!(".managedhsm.azure.net={addr}")
-                    .parse()
-                    .expect("override"),
-            ],
-            ca_pem: Some(double.ca_pem().into_bytes()),
-            timeout: Some(options.timeout),
-        },
+        credential: static_token(token_file),
+        transport: transport_to(
+            double.addr(),
+            &[".vault.azure.net", ".managedhsm.azure.net"],
+            double.ca_pem(),
+            options.timeout,
+        ),
         limits: options.limits,
         read_retries: 2,
         read_retry_delay: Duration::from_millis(20),
@@ -686,31 +669,25 @@ async fn workload_identity_gets_its_token_from_the_authority_host() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sa_token = dir.path().join("azure-identity-token");
     std::fs::write(&sa_token, "service-account-jwt").expect("write");
-    let addr = double.addr();
+    let mut transport = transport_to(
+        double.addr(),
+        &[".vault.azure.net"],
+        format!("{}\n{token_ca}", double.ca_pem()),
+        Duration::from_secs(10),
+    );
+    transport.resolve.push(
+        format!("login.ckb.test={token_addr}")
+            .parse()
+            .expect("override"),
+    );
     let kv = AzureKeyVault::new(ClientConfig {
-        credential: CredentialSettings {
-            kind: CredentialKind::WorkloadIdentity,
-            static_token_file: None,
-            authority_host: Some("https://login.ckb.test".into()),
-            managed_identity_client_id: None,
-            workload_identity: WorkloadIdentitySettings {
-                tenant_id: Some("72f988bf-0000-4000-8000-00000000c4b0".into()),
-                client_id: Some("3c5a1f3e-0000-4000-8000-0000000000aa".into()),
-                token_file: Some(sa_token),
-            },
-        },
-        transport: TransportSettings {
-            resolve: vec![
-                format!(".vault.azure.net={addr}")
-                    .parse()
-                    .expect("override"),
-                format!("login.ckb.test={token_addr}")
-                    .parse()
-                    .expect("override"),
-            ],
-            ca_pem: Some(format!("{}\n{token_ca}", double.ca_pem()).into_bytes()),
-            timeout: Some(Duration::from_secs(10)),
-        },
+        credential: workload_identity(
+            "https://login.ckb.test",
+            "72f988bf-0000-4000-8000-00000000c4b0",
+            "3c5a1f3e-0000-4000-8000-0000000000aa",
+            sa_token,
+        ),
+        transport,
         limits: RateLimits::default(),
         read_retries: 0,
         read_retry_delay: Duration::ZERO,

@@ -13,12 +13,8 @@ use std::time::Duration;
 use ckb_doubles::entra::{AssertionSigner, FederatedCredential};
 use ckb_doubles::{Config, KeyVaultDouble};
 use ckb_operator::keyvault::client::ClientConfig;
-use ckb_operator::keyvault::credential::{
-    CredentialKind, CredentialSettings, WorkloadIdentitySettings,
-};
-use ckb_operator::keyvault::transport::TransportSettings;
 use ckb_operator::keyvault::{AzureKeyVault, KeyVault, KeyVaultError, RateLimits, VaultUrl};
-use keyvault_common::{Capabilities, new_key};
+use keyvault_common::{Capabilities, new_key, transport_to, workload_identity};
 
 const DOUBLE: Capabilities = Capabilities {
     release_policy: true,
@@ -80,31 +76,19 @@ async fn setup(federated_subject_sa: &str, token_lifetime: Duration) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("azure-identity-token");
     let setup_k8s = k8s;
-    let addr = double.addr();
     let kv = AzureKeyVault::new(ClientConfig {
-        credential: CredentialSettings {
-            kind: CredentialKind::WorkloadIdentity,
-            static_token_file: None,
-            authority_host: Some("https://login.microsoftonline.com/".into()),
-            managed_identity_client_id: None,
-            workload_identity: WorkloadIdentitySettings {
-                tenant_id: Some(TENANT.into()),
-                client_id: Some(CLIENT.into()),
-                token_file: Some(token_file.clone()),
-            },
-        },
-        transport: TransportSettings {
-            resolve: vec![
-                format!(".vault.azure.net={addr}")
-                    .parse()
-                    .expect("override"),
-                format!("login.microsoftonline.com={addr}")
-                    .parse()
-                    .expect("override"),
-            ],
-            ca_pem: Some(double.ca_pem().into_bytes()),
-            timeout: Some(Duration::from_secs(10)),
-        },
+        credential: workload_identity(
+            "https://login.microsoftonline.com/",
+            TENANT,
+            CLIENT,
+            token_file.clone(),
+        ),
+        transport: transport_to(
+            double.addr(),
+            &[".vault.azure.net", "login.microsoftonline.com"],
+            double.ca_pem(),
+            Duration::from_secs(10),
+        ),
         limits: RateLimits::default(),
         read_retries: 0,
         read_retry_delay: Duration::ZERO,

@@ -19,10 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ckb_operator::keyvault::client::ClientConfig;
-use ckb_operator::keyvault::credential::{CredentialKind, CredentialSettings};
 use ckb_operator::keyvault::transport::TransportSettings;
 use ckb_operator::keyvault::{AzureKeyVault, KeyVault, KeyVaultError, RateLimits, VaultUrl};
-use keyvault_common::Capabilities;
+use keyvault_common::{Capabilities, static_token};
 
 const LOWKEY: Capabilities = Capabilities {
     release_policy: false,
@@ -190,13 +189,7 @@ async fn lowkey_suite() {
     // Lowkey's `resource` is not a parent domain of `localhost`).
     let port = lowkey.port;
     let kv = AzureKeyVault::new(ClientConfig {
-        credential: CredentialSettings {
-            kind: CredentialKind::StaticToken,
-            static_token_file: Some(token_file),
-            authority_host: None,
-            managed_identity_client_id: None,
-            workload_identity: Default::default(),
-        },
+        credential: static_token(token_file),
         transport: TransportSettings {
             resolve: vec![
                 format!("localhost=127.0.0.1:{port}")

@@ -4,8 +4,64 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use ckb_operator::keyvault::credential::{
+    CredentialKind, CredentialSettings, WorkloadIdentitySettings,
+};
+use ckb_operator::keyvault::transport::TransportSettings;
 use ckb_operator::keyvault::{AzureKeyVault, KeyVault, KeyVaultError, NewKey, VaultUrl};
+
+/// A credential that sends the content of `token_file` as the bearer token (tests only).
+pub fn static_token(token_file: PathBuf) -> CredentialSettings {
+    CredentialSettings {
+        kind: CredentialKind::StaticToken,
+        static_token_file: Some(token_file),
+        authority_host: None,
+        managed_identity_client_id: None,
+        workload_identity: Default::default(),
+    }
+}
+
+/// A workload identity credential: application `client_id` of `tenant_id`, its federated token
+/// read from `token_file`, exchanged at `authority_host`.
+pub fn workload_identity(
+    authority_host: &str,
+    tenant_id: &str,
+    client_id: &str,
+    token_file: PathBuf,
+) -> CredentialSettings {
+    CredentialSettings {
+        kind: CredentialKind::WorkloadIdentity,
+        static_token_file: None,
+        authority_host: Some(authority_host.into()),
+        managed_identity_client_id: None,
+        workload_identity: WorkloadIdentitySettings {
+            tenant_id: Some(tenant_id.into()),
+            client_id: Some(client_id.into()),
+            token_file: Some(token_file),
+        },
+    }
+}
+
+/// A transport that reaches each host pattern of `hosts` at `addr`, trusting `ca_pem`.
+pub fn transport_to(
+    addr: SocketAddr,
+    hosts: &[&str],
+    ca_pem: String,
+    timeout: Duration,
+) -> TransportSettings {
+    TransportSettings {
+        resolve: hosts
+            .iter()
+            .map(|h| format!("{h}={addr}").parse().expect("override"))
+            .collect(),
+        ca_pem: Some(ca_pem.into_bytes()),
+        timeout: Some(timeout),
+    }
+}
 
 /// What a target implements beyond the general key API.
 #[derive(Debug, Clone, Copy)]
