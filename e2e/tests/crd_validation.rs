@@ -515,6 +515,44 @@ async fn kubectl_apply_enforces_the_binding_schema() -> Result<()> {
         }
         covered.extend(c.expect.iter().cloned());
     }
+    // Status hash fields have the spec's hash schema: even a writer with status rights (here the
+    // cluster admin) cannot store anything else there; a real hash is stored.
+    let status_patch = |hash: &str| -> Result<(bool, String)> {
+        let body = json!({"status": {"policy": {
+            "currentHash": hash,
+            "boundHashes": [{"hash": hash, "reason": "Current", "since": "2026-01-01T00:00:00Z"}]
+        }}});
+        let out = cp.kubectl([
+            "patch",
+            "ckb",
+            "immutable",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &body.to_string(),
+        ])?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    for bad in ["not-a-hash", &"A".repeat(64), &"a".repeat(63)] {
+        let (ok, out) = status_patch(bad)?;
+        if ok || !out.contains("status.policy.currentHash") || !out.contains("boundHashes") {
+            failures.push(format!(
+                "status hash {bad:?}: expected a refusal naming both fields:\n{out}"
+            ));
+        }
+    }
+    let (ok, out) = status_patch(&"a".repeat(64))?;
+    if !ok {
+        failures.push(format!("a valid status hash refused:\n{out}"));
+    }
+
     // A trailing slash or case change of the same vault is not a change.
     let same_vault = with(
         stored.clone(),
