@@ -564,7 +564,7 @@ fn flags_have_the_documented_defaults() {
     );
     assert_eq!(w.max_body_bytes, 4 * 1024 * 1024);
     assert_eq!(
-        w.mutation.confidential_runtime_classes,
+        w.mutation.runtime.confidential_runtime_classes,
         vec!["kata-cc-isolation".to_string()]
     );
     assert_eq!(w.mutation.defaults(), SidecarDefaults::default());
@@ -577,7 +577,14 @@ fn flags_have_the_documented_defaults() {
         "--webhook-cert-hosts",
         "127.0.0.1,localhost",
     ]);
-    assert_eq!(cli.webhook.mutation.confidential_runtime_classes.len(), 2);
+    assert_eq!(
+        cli.webhook
+            .mutation
+            .runtime
+            .confidential_runtime_classes
+            .len(),
+        2
+    );
     assert_eq!(cli.webhook.mutation.sidecar_log_level.as_str(), "debug");
     assert_eq!(
         cli.webhook.hosts(),

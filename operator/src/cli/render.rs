@@ -340,7 +340,7 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
         &bindings,
         &args.namespace.namespace,
         &args.mutation.defaults(),
-        &args.mutation.confidential_runtime_classes,
+        &args.mutation.runtime.confidential_runtime_classes,
     )?;
     for note in &rendered.notes {
         eprintln!("ckb-operator render: {note}");

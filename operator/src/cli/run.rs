@@ -321,7 +321,7 @@ fn controller_context(
     id: &str,
 ) -> Arc<Context> {
     let c = &args.controller;
-    let runtime_classes = &args.webhook.mutation.confidential_runtime_classes;
+    let runtime_classes = &args.webhook.mutation.runtime.confidential_runtime_classes;
     let ctx = Context::new(
         client.clone(),
         vault,

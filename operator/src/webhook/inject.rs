@@ -1,24 +1,28 @@
-//! The steps of [`super::mutate::mutate`], each a small function over the raw JSON pod, and the
-//! JSON helpers they share. Every step checks before it inserts (a re-invocation adds nothing) and
-//! refuses with a [`Denial`] naming the bindings and the cause.
+//! The steps of [`super::mutate::mutate`], each a small function over the raw JSON pod: the checks
+//! that refuse a pod, then the insertions. Every step checks before it inserts (a re-invocation adds
+//! nothing) and refuses with a [`Denial`] naming the bindings and the cause. What is inserted is
+//! built in [`super::injected`]; the JSON plumbing is [`super::pod_json`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
+use super::injected::{reference_info_volume, sidecar_container};
 use super::mutate::*;
+use super::pod_json::{
+    array_mut, container_name, contains, is_native_sidecar, object_mut, ports_of,
+};
 use super::policy::{PLACEHOLDER, PreparedPolicy, annotation_policy_hash};
-use crate::crds::SidecarSpec;
 use crate::crds::labels::{AGENT_POLICY, BINDINGS, POLICY_SHA256};
 use crate::policy::PolicyHash;
 
+/// The first 12 hex digits of a hash, as messages show it.
 pub(super) fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
+/// How messages name the pod: `pod <name>`, `pod <generateName>*`, or `pod`.
 pub(super) fn pod_label(pod: &Value) -> String {
     let meta = pod.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
@@ -40,6 +44,7 @@ fn names(bindings: &[&MatchedBinding]) -> String {
         .join(", ")
 }
 
+/// A refusal naming the bindings and what is wrong.
 pub(super) fn deny(bindings: &[&MatchedBinding], what: impl std::fmt::Display) -> Denial {
     let label = if bindings.len() == 1 {
         "binding"
@@ -49,175 +54,6 @@ pub(super) fn deny(bindings: &[&MatchedBinding], what: impl std::fmt::Display) -
     Denial {
         message: format!("ckb-operator ({label} {}): {what}", names(bindings)),
     }
-}
-
-/// The effective sidecar settings: defaults, overridden by the bindings; two bindings that set the
-/// same field differently are refused.
-pub(super) fn effective_sidecar(
-    bindings: &[&MatchedBinding],
-    defaults: &SidecarDefaults,
-) -> Result<SidecarDefaults, Denial> {
-    fn pick<T: PartialEq + Clone + std::fmt::Debug>(
-        bindings: &[&MatchedBinding],
-        field: &str,
-        get: impl Fn(&SidecarSpec) -> Option<T>,
-        default: T,
-    ) -> Result<T, Denial> {
-        let set: Vec<(&MatchedBinding, T)> = bindings
-            .iter()
-            .filter_map(|b| get(&b.sidecar).map(|v| (*b, v)))
-            .collect();
-        match set.first() {
-            None => Ok(default),
-            Some((_, first)) => {
-                if set.iter().all(|(_, v)| v == first) {
-                    Ok(first.clone())
-                } else {
-                    let detail = set
-                        .iter()
-                        .map(|(b, v)| format!("{} sets {v:?}", b.name))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Err(deny(
-                        bindings,
-                        format!(
-                            "the bindings disagree on sidecar {field} ({detail}); one sidecar serves them all"
-                        ),
-                    ))
-                }
-            }
-        }
-    }
-    Ok(SidecarDefaults {
-        image: pick(
-            bindings,
-            "image",
-            |s| s.image.clone(),
-            defaults.image.clone(),
-        )?,
-        port: pick(bindings, "port", |s| s.port, defaults.port)?,
-        log_level: pick(bindings, "logLevel", |s| s.log_level, defaults.log_level)?,
-        resources: pick(
-            bindings,
-            "resources",
-            |s| s.resources.clone().map(Some),
-            defaults.resources.clone(),
-        )?,
-    })
-}
-
-/// The sidecar container as JSON.
-pub fn sidecar_container(sidecar: &SidecarDefaults) -> Value {
-    let mut c = json!({
-        "name": SIDECAR_NAME,
-        "image": sidecar.image,
-        "command": [SIDECAR_COMMAND],
-        "env": [
-            {"name": "SkrSideCarArgs", "value": STANDARD.encode(SKR_SIDECAR_ARGS_JSON)},
-            {"name": "Port", "value": sidecar.port.to_string()},
-            {"name": "LogLevel", "value": sidecar.log_level.as_str()},
-        ],
-        "volumeMounts": [
-            {"name": REFERENCE_INFO_VOLUME, "mountPath": REFERENCE_INFO_PATH, "readOnly": true},
-        ],
-    });
-    if let Some(r) = &sidecar.resources
-        && let Ok(v) = serde_json::to_value(r)
-    {
-        c["resources"] = v;
-    }
-    c
-}
-
-/// The hostPath volume of the reference info.
-pub fn reference_info_volume() -> Value {
-    json!({"name": REFERENCE_INFO_VOLUME, "hostPath": {"path": REFERENCE_INFO_PATH}})
-}
-
-/// The env the app containers get, in order.
-pub fn app_env(bindings: &[&MatchedBinding], port: u16) -> Vec<(String, String)> {
-    let endpoint = format!("http://localhost:{port}");
-    let mut env = vec![(ENV_ENDPOINT.to_string(), endpoint.clone())];
-    let one = bindings.len() == 1;
-    for b in bindings {
-        let sfx = if one {
-            String::new()
-        } else {
-            format!("_{}", env_suffix(&b.name))
-        };
-        if !one {
-            env.push((format!("{ENV_ENDPOINT}{sfx}"), endpoint.clone()));
-        }
-        env.push((
-            format!("{ENV_MAA_ENDPOINT}{sfx}"),
-            host_of(&b.authority).to_string(),
-        ));
-        env.push((
-            format!("{ENV_AKV_ENDPOINT}{sfx}"),
-            host_of(&b.vault).to_string(),
-        ));
-        env.push((format!("{ENV_KEY_NAME}{sfx}"), b.key_name.clone()));
-    }
-    env
-}
-
-/// Whether `have` contains everything `want` says: objects by key (extra keys allowed, e.g. fields
-/// the API server defaulted), arrays of objects element-wise in any order, everything else equal.
-fn contains(have: &Value, want: &Value) -> bool {
-    match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
-        (Value::Array(h), Value::Array(w)) if w.iter().all(Value::is_object) => {
-            w.iter().all(|wv| h.iter().any(|hv| contains(hv, wv)))
-        }
-        _ => have == want,
-    }
-}
-
-pub(super) fn object_mut<'a>(
-    parent: &'a mut Map<String, Value>,
-    key: &str,
-) -> &'a mut Map<String, Value> {
-    let slot = parent
-        .entry(key.to_string())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
-    }
-    match slot {
-        Value::Object(m) => m,
-        _ => unreachable!("just made an object"),
-    }
-}
-
-fn array_mut<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = parent
-        .entry(key.to_string())
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !slot.is_array() {
-        *slot = Value::Array(Vec::new());
-    }
-    match slot {
-        Value::Array(a) => a,
-        _ => unreachable!("just made an array"),
-    }
-}
-
-fn container_name(c: &Value) -> &str {
-    c.get("name").and_then(Value::as_str).unwrap_or("")
-}
-
-fn is_native_sidecar(c: &Value) -> bool {
-    c.get("restartPolicy").and_then(Value::as_str) == Some("Always")
-}
-
-fn ports_of(c: &Value) -> impl Iterator<Item = i64> + '_ {
-    c.get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.get("containerPort").and_then(Value::as_i64))
 }
 
 /// Step 1 (admission only): the one agent policy every binding resolves to. Refused when a

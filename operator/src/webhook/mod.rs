@@ -46,8 +46,10 @@ use crate::crds::SidecarLogLevel;
 pub mod certs;
 pub mod identity;
 mod inject;
+mod injected;
 pub mod metrics;
 pub mod mutate;
+mod pod_json;
 pub mod policy;
 pub mod psa;
 pub mod review;
@@ -99,9 +101,10 @@ fn parse_log_level(s: &str) -> Result<SidecarLogLevel, String> {
         .map_err(|_| format!("{s:?}: expected trace, debug, info, warning, error, fatal or panic"))
 }
 
-/// What the mutation injects; shared by `run` (the webhook) and `render`.
+/// `--confidential-runtime-class`, declared once for `run`, `render` and `doctor` (which gives it
+/// its own variable with `mut_arg`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct MutationArgs {
+pub struct RuntimeClassArgs {
     /// Runtime classes that mark a confidential pod; only such pods are ever changed.
     #[arg(
         long = "confidential-runtime-class",
@@ -110,6 +113,14 @@ pub struct MutationArgs {
         default_value = mutate::DEFAULT_CONFIDENTIAL_RUNTIME_CLASS
     )]
     pub confidential_runtime_classes: Vec<String>,
+}
+
+/// What the mutation injects; shared by `run` (the webhook) and `render`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MutationArgs {
+    /// Which pods are confidential.
+    #[command(flatten)]
+    pub runtime: RuntimeClassArgs,
     /// SKR sidecar image (pin a digest in production).
     #[arg(long = "sidecar-image", env = "CKB_SIDECAR_IMAGE", default_value = mutate::DEFAULT_SIDECAR_IMAGE)]
     pub sidecar_image: String,
@@ -288,7 +299,7 @@ pub async fn serve(
     let admission = Arc::new(server::Admission {
         sources,
         defaults: args.mutation.defaults(),
-        confidential_runtime_classes: args.mutation.confidential_runtime_classes.clone(),
+        confidential_runtime_classes: args.mutation.runtime.confidential_runtime_classes.clone(),
         metrics,
         state: state.clone(),
         max_body_bytes: args.max_body_bytes,

@@ -39,8 +39,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde_json::Value;
 
-use super::inject::{self, object_mut};
-pub use super::inject::{app_env, reference_info_volume, sidecar_container};
+use super::inject;
+pub use super::injected::{app_env, reference_info_volume, sidecar_container};
+use super::pod_json::object_mut;
 pub use super::policy::{AdmissionPatch, PreparedPolicy};
 pub use super::select::{pod_labels, select_bindings, selector_matches};
 use crate::crds::{ConfidentialKeyBinding, SidecarLogLevel, SidecarSpec};
@@ -353,7 +354,7 @@ fn mutate_with(
         Mode::Admission => inject::one_policy(bs, &who)?,
         Mode::Render => None,
     };
-    let sidecar = inject::effective_sidecar(bs, defaults)?;
+    let sidecar = super::injected::effective_sidecar(bs, defaults)?;
     inject::check_env_suffixes(bs)?;
     let env = app_env(bs, sidecar.port);
 

@@ -113,7 +113,7 @@ pub async fn gather(client: &Client, args: &DoctorArgs) -> anyhow::Result<Facts>
         service_account,
         runtime_class_exists,
         webhook,
-        confidential_runtime_classes: args.confidential_runtime_classes.clone(),
+        confidential_runtime_classes: args.runtime.confidential_runtime_classes.clone(),
         create_failures: target.create_failures,
     })
 }

@@ -29,7 +29,7 @@
 use anyhow::bail;
 
 use crate::cli::{NamespaceArg, cluster};
-use crate::webhook::mutate::DEFAULT_CONFIDENTIAL_RUNTIME_CLASS;
+use crate::webhook::RuntimeClassArgs;
 
 mod checks;
 mod facts;
@@ -61,7 +61,12 @@ pub const CHECKS: [&str; 11] = [
 
 /// Arguments of `ckb-operator doctor`.
 #[derive(Debug, clap::Args)]
-#[command(mut_arg("namespace", |a| a.env("CKB_DOCTOR_NAMESPACE").help("Namespace of the target")))]
+#[command(
+    mut_arg("namespace", |a| a.env("CKB_DOCTOR_NAMESPACE").help("Namespace of the target")),
+    mut_arg("confidential_runtime_classes", |a| a
+        .env("CKB_DOCTOR_CONFIDENTIAL_RUNTIME_CLASSES")
+        .help("Runtime classes of confidential pods (as the operator is configured)"))
+)]
 pub struct DoctorArgs {
     /// What to examine: `<pod>`, `pod/<name>` or `deployment/<name>`.
     pub target: String,
@@ -76,13 +81,8 @@ pub struct DoctorArgs {
     )]
     pub webhook_configuration: String,
     /// Runtime classes of confidential pods (as the operator is configured).
-    #[arg(
-        long = "confidential-runtime-class",
-        env = "CKB_DOCTOR_CONFIDENTIAL_RUNTIME_CLASSES",
-        value_delimiter = ',',
-        default_value = DEFAULT_CONFIDENTIAL_RUNTIME_CLASS
-    )]
-    pub confidential_runtime_classes: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeClassArgs,
     /// Checks to leave out (the possible values below), e.g. `workload-identity-env`
     /// on a cluster without the workload-identity webhook.
     #[arg(long = "skip", env = "CKB_DOCTOR_SKIP", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(CHECKS))]

@@ -1,9 +1,11 @@
 //! The [`KeyVault`] contract on the SDK client.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::http::RequestContent;
+use azure_security_keyvault_keys::KeyClient;
 use azure_security_keyvault_keys::models::{KeyReleasePolicy, UpdateKeyPropertiesParameters};
 
 use super::sdk::{deleted_vault_key, vault_key};
@@ -65,14 +67,9 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<DeletedVaultKey, KeyVaultError> {
-        self.call_named(
-            vault,
-            Op::Delete,
-            name,
-            |c, name| async move { c.delete_key(&name, None).await },
-            deleted_vault_key,
-        )
-        .await
+        let send = |c: Arc<KeyClient>, name: String| async move { c.delete_key(&name, None).await };
+        self.call_named(vault, Op::Delete, name, send, deleted_vault_key)
+            .await
     }
 
     async fn get_deleted_key(
@@ -80,14 +77,10 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<DeletedVaultKey, KeyVaultError> {
-        self.call_named(
-            vault,
-            Op::GetDeleted,
-            name,
-            |c, name| async move { c.get_deleted_key(&name, None).await },
-            deleted_vault_key,
-        )
-        .await
+        let send =
+            |c: Arc<KeyClient>, name: String| async move { c.get_deleted_key(&name, None).await };
+        self.call_named(vault, Op::GetDeleted, name, send, deleted_vault_key)
+            .await
     }
 
     async fn recover_deleted_key(
@@ -95,13 +88,10 @@ impl KeyVault for AzureKeyVault {
         vault: &VaultUrl,
         name: &str,
     ) -> Result<VaultKey, KeyVaultError> {
-        self.call_named(
-            vault,
-            Op::Recover,
-            name,
-            |c, name| async move { c.recover_deleted_key(&name, None).await },
-            vault_key,
-        )
-        .await
+        let send = |c: Arc<KeyClient>, name: String| async move {
+            c.recover_deleted_key(&name, None).await
+        };
+        self.call_named(vault, Op::Recover, name, send, vault_key)
+            .await
     }
 }
