@@ -40,6 +40,13 @@ use tokio::time::Instant;
 
 use super::KeyVaultError;
 
+mod share;
+mod window;
+
+use share::{NamespaceShare, current_share};
+pub use share::{share_of, with_namespace_share};
+use window::{Entry, Slot, Window, Windows};
+
 /// Which limit a call counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallClass {
@@ -73,77 +80,6 @@ impl Default for RateLimits {
             margin: Duration::from_millis(200),
             max_wait: Duration::from_secs(30),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    id: u64,
-    /// Start while in flight, completion once done.
-    at: Instant,
-    in_flight: bool,
-}
-
-/// When the next call may start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Now,
-    At(Instant),
-    /// The call that decides is still in flight (or, for a call beyond its namespace's share, a
-    /// caller it yields to has still to take its slot): wait for the vault's state to change.
-    AfterChange,
-}
-
-#[derive(Debug, Default)]
-struct Window {
-    entries: Vec<Entry>,
-}
-
-impl Window {
-    fn prune(&mut self, now: Instant, span: Duration) {
-        self.entries.retain(|e| e.in_flight || e.at + span > now);
-    }
-
-    fn next_slot(&self, now: Instant, limit: u32, span: Duration) -> Slot {
-        let limit = limit.max(1) as usize;
-        if self.entries.len() < limit {
-            return Slot::Now;
-        }
-        // The `limit`-th most recent call (in-flight ones count as the most recent) must have left
-        // the window.
-        let mut done: Vec<Instant> = self
-            .entries
-            .iter()
-            .filter(|e| !e.in_flight)
-            .map(|e| e.at)
-            .collect();
-        let in_flight = self.entries.len() - done.len();
-        if in_flight >= limit {
-            return Slot::AfterChange;
-        }
-        done.sort();
-        let blocking = done[done.len() - (limit - in_flight)];
-        let at = blocking + span;
-        if at <= now { Slot::Now } else { Slot::At(at) }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Windows {
-    creates: Window,
-    other: Window,
-}
-
-impl Windows {
-    fn window(&mut self, class: CallClass) -> &mut Window {
-        match class {
-            CallClass::Create => &mut self.creates,
-            CallClass::Other => &mut self.other,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.creates.entries.is_empty() && self.other.entries.is_empty()
     }
 }
 
@@ -189,56 +125,14 @@ impl VaultState {
                     None => true,
                     Some(ns) if ns == mine => false,
                     Some(ns) => self.namespaces.get(ns).is_none_or(|windows| {
-                        let window = match class {
-                            CallClass::Create => &windows.creates,
-                            CallClass::Other => &windows.other,
-                        };
-                        window.next_slot(now, share_of(limit, w.percent), span) == Slot::Now
+                        windows
+                            .get(class)
+                            .next_slot(now, share_of(limit, w.percent), span)
+                            == Slot::Now
                     }),
                 }
         })
     }
-}
-
-/// The namespace a call is made for, and its share (percent) of the operator's limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NamespaceShare {
-    namespace: String,
-    percent: u32,
-}
-
-tokio::task_local! {
-    static NAMESPACE_SHARE: NamespaceShare;
-}
-
-/// Runs `fut` with its Key Vault calls counted against `namespace`'s share (`percent` of the
-/// operator's per-vault limits, at least one call per window).
-///
-/// NB: a task-local rather than a parameter of every [`super::KeyVault`] method: the share is a
-/// property of who the reconcile works for, not of the call, and the client stays unaware of it.
-pub async fn with_namespace_share<F: std::future::Future>(
-    namespace: &str,
-    percent: u32,
-    fut: F,
-) -> F::Output {
-    NAMESPACE_SHARE
-        .scope(
-            NamespaceShare {
-                namespace: namespace.to_owned(),
-                percent: percent.clamp(1, 100),
-            },
-            fut,
-        )
-        .await
-}
-
-fn current_share() -> Option<NamespaceShare> {
-    NAMESPACE_SHARE.try_with(Clone::clone).ok()
-}
-
-/// A namespace's part of `limit`: `percent` of it, at least 1.
-pub fn share_of(limit: u32, percent: u32) -> u32 {
-    ((u64::from(limit) * u64::from(percent.min(100))) / 100).max(1) as u32
 }
 
 #[derive(Debug, Default)]
@@ -434,8 +328,7 @@ impl RateLimiter {
         let state = vaults.entry(host.to_owned()).or_default();
         let backoff = state.backoff_until.filter(|&b| b > now);
         state.namespaces.retain(|_, w| {
-            w.creates.prune(now, span);
-            w.other.prune(now, span);
+            w.prune(now, span);
             !w.is_empty()
         });
         let window = state.window(class);
