@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,11 +119,17 @@ fn sources(kib: usize) -> Result<MapSources> {
         .with_binding(binding))
 }
 
+/// The confidential runtime classes, as the webhook's configuration lists them.
+fn classes() -> Vec<String> {
+    CLASSES.iter().map(|c| c.to_string()).collect()
+}
+
+/// The webhook's state over `sources`, configured as the operator's defaults configure it.
 fn admission(sources: MapSources) -> Arc<Admission> {
     Arc::new(Admission {
         sources: Arc::new(sources),
         defaults: SidecarDefaults::default(),
-        confidential_runtime_classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        confidential_runtime_classes: classes(),
         metrics: WebhookMetrics::default(),
         state: WebhookState::new(),
         max_body_bytes: 4 * 1024 * 1024,
@@ -141,10 +147,10 @@ fn handle(sources: &MapSources, classes: &[String], body: &[u8]) -> review::Answ
 
 /// The webhook's answer to `body` in one buffer, as the baseline will replay it.
 fn answer(sources: &MapSources, body: &[u8]) -> Vec<u8> {
-    let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
-    handle(sources, &classes, body).body.to_vec()
+    handle(sources, &classes(), body).body.to_vec()
 }
 
+/// The baseline's handler: the answer recorded for the body, or 400 for any other body.
 async fn replay(State(answers): State<Arc<HashMap<Bytes, Bytes>>>, body: Bytes) -> Response {
     match answers.get(&body) {
         Some(a) => (
@@ -155,6 +161,14 @@ async fn replay(State(answers): State<Arc<HashMap<Bytes, Bytes>>>, body: Bytes) 
             .into_response(),
         None => StatusCode::BAD_REQUEST.into_response(),
     }
+}
+
+/// The webhook's answers to the two requests, computed once at start.
+struct Answers {
+    /// To the confidential pod: the policy patch.
+    patch: Vec<u8>,
+    /// To the pod that needs no change: an allow without a patch.
+    allow: Vec<u8>,
 }
 
 #[tokio::main]
@@ -168,9 +182,29 @@ async fn main() -> Result<()> {
             .init();
     }
     let sources = sources(args.policy_kib)?;
-    // Check the two cases are what they claim before anything is measured.
-    let patch = answer(&sources, CONFIDENTIAL.as_bytes());
-    let allow = answer(&sources, RUNC.as_bytes());
+    let answers = checked_answers(&sources)?;
+    if args.mode == Mode::Profile {
+        profile(&sources, args.case, args.iterations);
+        return Ok(());
+    }
+    write_requests(&args.out, &answers)?;
+    let tls = self_signed_tls().await?;
+    let listener = std::net::TcpListener::bind(args.addr)?;
+    listener.set_nonblocking(true)?;
+    println!("port={}", listener.local_addr()?.port());
+    match args.mode {
+        Mode::Webhook => serve_webhook(listener, tls, sources).await,
+        Mode::WebhookNoNodelay => serve_without_nodelay(listener, tls, sources).await,
+        Mode::Baseline => serve_baseline(listener, tls, answers).await,
+        Mode::Profile => unreachable!("returned above"),
+    }
+}
+
+/// The answers to the two requests, checked to be what they claim (a patch and a plain allow)
+/// before anything is measured.
+fn checked_answers(sources: &MapSources) -> Result<Answers> {
+    let patch = answer(sources, CONFIDENTIAL.as_bytes());
+    let allow = answer(sources, RUNC.as_bytes());
     let patch_json: serde_json::Value = serde_json::from_slice(&patch)?;
     let allow_json: serde_json::Value = serde_json::from_slice(&allow)?;
     if patch_json["response"]["patch"].as_str().is_none()
@@ -179,86 +213,111 @@ async fn main() -> Result<()> {
     {
         bail!("the benchmark requests no longer produce a patch and an allow");
     }
-    if args.mode == Mode::Profile {
-        let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
-        let body = match args.case {
-            Case::Patch => CONFIDENTIAL,
-            Case::Allow => RUNC,
-        };
-        let start = std::time::Instant::now();
-        for _ in 0..args.iterations {
-            std::hint::black_box(handle(
-                &sources,
-                &classes,
-                std::hint::black_box(body.as_bytes()),
-            ));
-        }
-        eprintln!(
-            "bench-webhook: {} admissions ({:?}) in {:?}",
-            args.iterations,
-            args.case,
-            start.elapsed()
-        );
-        return Ok(());
+    Ok(Answers { patch, allow })
+}
+
+/// Answers the request of `case` `iterations` times in this process and reports how long that
+/// took.
+fn profile(sources: &MapSources, case: Case, iterations: usize) {
+    let classes = classes();
+    let body = match case {
+        Case::Patch => CONFIDENTIAL,
+        Case::Allow => RUNC,
+    };
+    let start = std::time::Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(handle(
+            sources,
+            &classes,
+            std::hint::black_box(body.as_bytes()),
+        ));
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("patch.json"), CONFIDENTIAL)?;
-    std::fs::write(args.out.join("allow.json"), RUNC)?;
+    eprintln!(
+        "bench-webhook: {iterations} admissions ({case:?}) in {:?}",
+        start.elapsed()
+    );
+}
+
+/// Writes the two request bodies into `out` for the load generator.
+fn write_requests(out: &Path, answers: &Answers) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("patch.json"), CONFIDENTIAL)?;
+    std::fs::write(out.join("allow.json"), RUNC)?;
     eprintln!(
         "bench-webhook: response bytes: patch {}, allow {}",
-        patch.len(),
-        allow.len()
+        answers.patch.len(),
+        answers.allow.len()
     );
+    Ok(())
+}
 
+/// TLS with a fresh self-signed certificate for `localhost` (the load generator does not verify).
+async fn self_signed_tls() -> Result<RustlsConfig> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let tls = RustlsConfig::from_pem(
+    RustlsConfig::from_pem(
         cert.cert.pem().into_bytes(),
         cert.signing_key.serialize_pem().into_bytes(),
     )
     .await
-    .context("TLS configuration")?;
-    let listener = std::net::TcpListener::bind(args.addr)?;
-    listener.set_nonblocking(true)?;
-    println!("port={}", listener.local_addr()?.port());
+    .context("TLS configuration")
+}
 
-    match args.mode {
-        Mode::Webhook => {
-            let adm = admission(sources);
-            let state = adm.state.clone();
-            state.set_tls_loaded();
-            server::serve_tls(
-                listener,
-                server::router(adm),
-                tls,
-                state,
-                std::future::pending(),
-            )
-            .await?;
-        }
-        Mode::WebhookNoNodelay => {
-            let router = server::router(admission(sources));
-            axum_server::from_tcp_rustls(listener, tls)?
-                .serve(router.into_make_service())
-                .await?;
-        }
-        Mode::Profile => unreachable!("returned above"),
-        Mode::Baseline => {
-            let answers: HashMap<Bytes, Bytes> = [
-                (
-                    Bytes::from_static(CONFIDENTIAL.as_bytes()),
-                    Bytes::from(patch),
-                ),
-                (Bytes::from_static(RUNC.as_bytes()), Bytes::from(allow)),
-            ]
-            .into();
-            let router: Router = Router::new()
-                .route("/mutate", post(replay))
-                .with_state(Arc::new(answers));
-            axum_server::from_tcp(listener)?
-                .acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()))
-                .serve(router.into_make_service())
-                .await?;
-        }
-    }
+/// `--mode webhook`: the operator's router on its own accept loop.
+async fn serve_webhook(
+    listener: std::net::TcpListener,
+    tls: RustlsConfig,
+    sources: MapSources,
+) -> Result<()> {
+    let adm = admission(sources);
+    let state = adm.state.clone();
+    state.set_tls_loaded();
+    server::serve_tls(
+        listener,
+        server::router(adm),
+        tls,
+        state,
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `--mode webhook-no-nodelay`: the operator's router on axum-server's default accept loop.
+async fn serve_without_nodelay(
+    listener: std::net::TcpListener,
+    tls: RustlsConfig,
+    sources: MapSources,
+) -> Result<()> {
+    let router = server::router(admission(sources));
+    axum_server::from_tcp_rustls(listener, tls)?
+        .serve(router.into_make_service())
+        .await?;
+    Ok(())
+}
+
+/// `--mode baseline`: replays the recorded answers on the same stack, `TCP_NODELAY` on.
+async fn serve_baseline(
+    listener: std::net::TcpListener,
+    tls: RustlsConfig,
+    answers: Answers,
+) -> Result<()> {
+    let answers: HashMap<Bytes, Bytes> = [
+        (
+            Bytes::from_static(CONFIDENTIAL.as_bytes()),
+            Bytes::from(answers.patch),
+        ),
+        (
+            Bytes::from_static(RUNC.as_bytes()),
+            Bytes::from(answers.allow),
+        ),
+    ]
+    .into();
+    let router: Router = Router::new()
+        .route("/mutate", post(replay))
+        .with_state(Arc::new(answers));
+    axum_server::from_tcp(listener)?
+        .acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()))
+        .serve(router.into_make_service())
+        .await?;
     Ok(())
 }
