@@ -1,11 +1,11 @@
 //! The test-only admin API under `/_double/`: health, CA, request log, faults, vault state,
 //! attestation tokens.
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::http::{is_attestation_host, json_response, now_secs};
+use super::http::{Call, is_attestation_host, json_response, now_secs};
 use super::{Shared, lock};
 use crate::attestation::TokenRequest;
 use crate::faults::Fault;
@@ -19,15 +19,8 @@ pub(super) fn dump(shared: &Shared) -> Value {
     Value::Object(map)
 }
 
-pub(super) fn admin(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    host: &str,
-    body: &[u8],
-) -> Response {
-    let bad = |m: String| json_response(400, &json!({"error": m}));
-    match (method.as_str(), path) {
+pub(super) fn admin(shared: &Shared, call: &Call<'_>) -> Response {
+    match (call.method.as_str(), call.path) {
         ("GET", "/_double/health") => json_response(200, &json!({"status": "ok"})),
         ("GET", "/_double/ca") => (StatusCode::OK, shared.pki.ca_pem().to_owned()).into_response(),
         ("GET", "/_double/log") => json_response(200, &json!(*lock(&shared.log))),
@@ -54,36 +47,45 @@ pub(super) fn admin(
             lock(&shared.faults).clear();
             json_response(204, &Value::Null)
         }
-        ("POST", "/_double/faults") => match serde_json::from_slice::<Fault>(body) {
+        ("POST", "/_double/faults") => match serde_json::from_slice::<Fault>(call.body) {
             Ok(f) => match lock(&shared.faults).add(f) {
                 Ok(id) => json_response(201, &json!({"id": id})),
-                Err(e) => bad(e.to_string()),
+                Err(e) => bad_request(&e.to_string()),
             },
-            Err(e) => bad(format!("fault: {e}")),
+            Err(e) => bad_request(&format!("fault: {e}")),
         },
-        ("POST", "/_double/token") => {
-            let mut raw: Value = if body.is_empty() {
-                json!({})
-            } else {
-                match serde_json::from_slice(body) {
-                    Ok(v) => v,
-                    Err(e) => return bad(format!("token request: {e}")),
-                }
-            };
-            if raw.get("issuer_host").is_none() && is_attestation_host(host) {
-                raw["issuer_host"] = host.into();
-            }
-            match serde_json::from_value::<TokenRequest>(raw) {
-                Ok(req) => match shared.attestation.mint(&req, now_secs()) {
-                    Ok(token) => json_response(200, &json!({"token": token})),
-                    Err(e) => json_response(500, &json!({"error": e.to_string()})),
-                },
-                Err(e) => bad(format!("token request: {e}")),
-            }
-        }
+        ("POST", "/_double/token") => mint_token(shared, call),
         _ => json_response(
             404,
-            &json!({"error": format!("no admin route {method} {path}")}),
+            &json!({"error": format!("no admin route {} {}", call.method, call.path)}),
         ),
+    }
+}
+
+/// 400 with the message in the admin API's error shape.
+fn bad_request(message: &str) -> Response {
+    json_response(400, &json!({"error": message}))
+}
+
+/// `POST /_double/token`: a token for the request in the body (all defaults when empty), issued
+/// by the attestation host it was sent to unless the request names one.
+fn mint_token(shared: &Shared, call: &Call<'_>) -> Response {
+    let mut raw: Value = if call.body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(call.body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("token request: {e}")),
+        }
+    };
+    if raw.get("issuer_host").is_none() && is_attestation_host(call.host) {
+        raw["issuer_host"] = call.host.into();
+    }
+    match serde_json::from_value::<TokenRequest>(raw) {
+        Ok(req) => match shared.attestation.mint(&req, now_secs()) {
+            Ok(token) => json_response(200, &json!({"token": token})),
+            Err(e) => json_response(500, &json!({"error": e.to_string()})),
+        },
+        Err(e) => bad_request(&format!("token request: {e}")),
     }
 }

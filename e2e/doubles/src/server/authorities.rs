@@ -8,19 +8,20 @@ use axum::http::{HeaderValue, Method, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::http::{json_response, now_secs};
+use super::http::{Call, json_response, now_secs};
 use super::{Shared, lock};
 use crate::attestation::Attestation;
 
 /// `POST /{tenant}/oauth2/v2.0/token` on the authority host.
-pub(super) fn entra_handler(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Response {
-    let tenant = path
+pub(super) fn entra_handler(shared: &Shared, call: &Call<'_>) -> Response {
+    let tenant = call
+        .path
         .strip_prefix('/')
         .and_then(|p| p.strip_suffix("/oauth2/v2.0/token"))
         .filter(|t| !t.is_empty() && !t.contains('/'));
-    match (method.as_str(), tenant) {
+    match (call.method.as_str(), tenant) {
         ("POST", Some(tenant)) => {
-            let (status, answer) = shared.entra.token(tenant, body, now_secs());
+            let (status, answer) = shared.entra.token(tenant, call.body, now_secs());
             tracing::info!(tenant, status, "entra token request");
             let mut r = json_response(status, &answer);
             r.headers_mut()
@@ -29,23 +30,17 @@ pub(super) fn entra_handler(shared: &Shared, method: &Method, path: &str, body: 
         }
         _ => json_response(
             404,
-            &json!({"error": "not_found", "error_description": format!("{method} {path} is not served by the Entra double")}),
+            &json!({"error": "not_found", "error_description": format!("{} {} is not served by the Entra double", call.method, call.path)}),
         ),
     }
 }
 
-pub(super) fn attestation_handler(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    host: &str,
-    body: &[u8],
-) -> Response {
+pub(super) fn attestation_handler(shared: &Shared, call: &Call<'_>) -> Response {
     // The sidecar writes `SevSnpVM`, the REST reference `SevSnpVm`.
-    if method == Method::POST && path.eq_ignore_ascii_case("/attest/SevSnpVm") {
-        let req = serde_json::from_slice::<Value>(body)
+    if call.method == Method::POST && call.path.eq_ignore_ascii_case("/attest/SevSnpVm") {
+        let req = serde_json::from_slice::<Value>(call.body)
             .map_err(|e| format!("body is not JSON: {e}"))
-            .and_then(|b| crate::attestation::token_request_for_attest(&b, host));
+            .and_then(|b| crate::attestation::token_request_for_attest(&b, call.host));
         return match req {
             Ok(req) => match shared.attestation.mint(&req, now_secs()) {
                 Ok(token) => json_response(200, &json!({"token": token})),
@@ -60,14 +55,14 @@ pub(super) fn attestation_handler(
             ),
         };
     }
-    match (method.as_str(), path) {
+    match (call.method.as_str(), call.path) {
         ("GET", "/certs") => json_response(200, &shared.attestation.jwks()),
         ("GET", "/.well-known/openid-configuration") => {
-            json_response(200, &Attestation::openid_configuration(host))
+            json_response(200, &Attestation::openid_configuration(call.host))
         }
         _ => json_response(
             404,
-            &json!({"error": {"code": "NotFound", "message": format!("{method} {path} is not served by the attestation double")}}),
+            &json!({"error": {"code": "NotFound", "message": format!("{} {} is not served by the attestation double", call.method, call.path)}}),
         ),
     }
 }

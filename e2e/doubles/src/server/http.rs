@@ -3,11 +3,20 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::keyvault::ServiceError;
+
+/// What the admin API and the authorities' handlers read of a request.
+pub(super) struct Call<'a> {
+    pub(super) method: &'a Method,
+    pub(super) path: &'a str,
+    /// Host without port.
+    pub(super) host: &'a str,
+    pub(super) body: &'a [u8],
+}
 
 pub(super) fn now_secs() -> i64 {
     SystemTime::now()
