@@ -107,6 +107,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let config = config(&args)?;
+    let double = KeyVaultDouble::start(config).await?;
+    announce_ready(&double, &args)?;
+    wait_for_signal().await?;
+    double.shutdown().await;
+    Ok(())
+}
+
+/// The doubles' configuration from the command line.
+fn config(args: &Args) -> anyhow::Result<Config> {
     let mut config = Config {
         listen: args.listen,
         strict_auth: args.strict_auth,
@@ -118,52 +128,68 @@ async fn main() -> anyhow::Result<()> {
         },
         ..Config::default()
     };
-    if let Some(t) = args.tenant {
-        config.tenant = t;
+    if let Some(t) = &args.tenant {
+        config.tenant = t.clone();
     }
     config.entra.tenant = config.tenant.clone();
     config.entra.token_lifetime = std::time::Duration::from_secs(args.entra_token_lifetime);
     for spec in &args.entra_trust_issuers {
-        let Some((issuer, pem_file)) = spec.rsplit_once('=') else {
-            bail!("--entra-trust-issuer {spec}: expected ISSUER=PUBLIC_KEY_PEM_FILE");
-        };
-        let public_key_pem = std::fs::read_to_string(pem_file)
-            .with_context(|| format!("reading the public key of {issuer} from {pem_file}"))?;
-        config.entra.issuers.push(ckb_doubles::TrustedIssuer {
-            issuer: issuer.to_owned(),
-            public_key_pem,
-        });
+        config.entra.issuers.push(parse_trusted_issuer(spec)?);
     }
     for spec in &args.entra_credentials {
-        let parts: Vec<&str> = spec.split('|').collect();
-        let [client_id, issuer, subject] = parts[..] else {
-            bail!("--entra-federated-credential {spec}: expected CLIENT_ID|ISSUER|SUBJECT");
-        };
-        config
-            .entra
-            .credentials
-            .push(ckb_doubles::FederatedCredential {
-                client_id: client_id.to_owned(),
-                issuer: issuer.to_owned(),
-                subject: subject.to_owned(),
-                audience: ckb_doubles::entra::TOKEN_EXCHANGE_AUDIENCE.to_owned(),
-            });
+        config.entra.credentials.push(parse_credential(spec)?);
     }
     for spec in &args.tokens {
         let (token, perms) = parse_token(spec)?;
         config.tokens.insert(token, perms);
     }
     for spec in &args.authority_resolve {
-        let Some((suffix, addr)) = spec.split_once('=') else {
-            bail!("--authority-resolve {spec}: expected SUFFIX=IP:PORT");
-        };
-        config.authority_resolve.push((
-            suffix.to_owned(),
-            addr.parse().context("authority address")?,
-        ));
+        config.authority_resolve.push(parse_authority(spec)?);
     }
+    Ok(config)
+}
 
-    let double = KeyVaultDouble::start(config).await?;
+/// `ISSUER=PUBLIC_KEY_PEM_FILE`, the key read from the file.
+fn parse_trusted_issuer(spec: &str) -> anyhow::Result<ckb_doubles::TrustedIssuer> {
+    let Some((issuer, pem_file)) = spec.rsplit_once('=') else {
+        bail!("--entra-trust-issuer {spec}: expected ISSUER=PUBLIC_KEY_PEM_FILE");
+    };
+    let public_key_pem = std::fs::read_to_string(pem_file)
+        .with_context(|| format!("reading the public key of {issuer} from {pem_file}"))?;
+    Ok(ckb_doubles::TrustedIssuer {
+        issuer: issuer.to_owned(),
+        public_key_pem,
+    })
+}
+
+/// `CLIENT_ID|ISSUER|SUBJECT`, for the token exchange audience.
+fn parse_credential(spec: &str) -> anyhow::Result<ckb_doubles::FederatedCredential> {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [client_id, issuer, subject] = parts[..] else {
+        bail!("--entra-federated-credential {spec}: expected CLIENT_ID|ISSUER|SUBJECT");
+    };
+    Ok(ckb_doubles::FederatedCredential {
+        client_id: client_id.to_owned(),
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+        audience: ckb_doubles::entra::TOKEN_EXCHANGE_AUDIENCE.to_owned(),
+    })
+}
+
+/// `SUFFIX=IP:PORT`.
+fn parse_authority(spec: &str) -> anyhow::Result<(String, SocketAddr)> {
+    let Some((suffix, addr)) = spec.split_once('=') else {
+        bail!("--authority-resolve {spec}: expected SUFFIX=IP:PORT");
+    };
+    Ok((
+        suffix.to_owned(),
+        addr.parse().context("authority address")?,
+    ))
+}
+
+/// Writes the CA file, then prints the ready JSON and writes it to the ready file: a reader that
+/// sees the ready file finds the CA already there.
+fn announce_ready(double: &KeyVaultDouble, args: &Args) -> anyhow::Result<()> {
     if let Some(path) = &args.ca_out {
         write_atomically(path, double.ca_pem().as_bytes())?;
     }
@@ -177,12 +203,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.ready_file {
         write_atomically(path, ready.to_string().as_bytes())?;
     }
+    Ok(())
+}
 
+/// Returns on SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    double.shutdown().await;
     Ok(())
 }
