@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 use super::super::material::{Curve, Kty, Material};
 use super::super::{ServiceError, VaultKind};
 use super::Vault;
-use super::model::{Answer, Key, KeyVersion, StoredPolicy, new_version_id, valid_key_name};
+use super::model::{
+    Answer, KEY_OPS, Key, KeyVersion, StoredPolicy, new_version_id, valid_key_name,
+};
 use super::params::{
     attributes_object, immutable_error, opt_bool, opt_i64, parse_key_ops, parse_policy, parse_tags,
 };
@@ -143,14 +145,8 @@ impl Vault {
 /// The operations a key gets when the request names none.
 fn default_key_ops(kty: Kty) -> &'static [&'static str] {
     match kty {
-        Kty::Rsa | Kty::RsaHsm => &[
-            "encrypt",
-            "decrypt",
-            "sign",
-            "verify",
-            "wrapKey",
-            "unwrapKey",
-        ],
+        // Every operation the API knows but import and export.
+        Kty::Rsa | Kty::RsaHsm => &KEY_OPS[..6],
         Kty::Ec | Kty::EcHsm => &["sign", "verify"],
         Kty::Oct | Kty::OctHsm => &["encrypt", "decrypt", "wrapKey", "unwrapKey"],
     }

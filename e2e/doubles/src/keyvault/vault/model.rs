@@ -12,7 +12,8 @@ use crate::jose::b64url;
 pub const RECOVERABLE_DAYS: i64 = 90;
 /// The recovery level of a vault with soft delete and no purge protection.
 pub const RECOVERY_LEVEL: &str = "Recoverable+Purgeable";
-/// Key operations the API knows (`JsonWebKeyOperation`).
+/// Key operations the API knows (`JsonWebKeyOperation`); an RSA key created without `key_ops`
+/// gets the first six.
 pub const KEY_OPS: &[&str] = &[
     "encrypt",
     "decrypt",
