@@ -414,6 +414,9 @@ fn assert_refused_with(
     }
 }
 
+// Long by design: mostly a table of the workloads that must not get the key, then the two cases
+// whose token is built by hand, and at the end the one check that every refusal was a 403 and
+// nothing was written; split, that check would be repeated in every part.
 #[tokio::test]
 async fn the_binding_refuses_every_other_workload() {
     let s = Setup::new().await;

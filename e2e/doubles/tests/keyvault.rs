@@ -139,6 +139,8 @@ async fn requests_without_token_get_the_challenge_the_sdk_expects() {
     );
 }
 
+// Long by design: the default tokens' permissions, then the same calls against a strict double,
+// side by side so that the difference between the two modes reads in one place.
 #[tokio::test]
 async fn permissions_and_strict_tokens() {
     let env = Env::start().await;
@@ -257,6 +259,8 @@ async fn api_versions_other_than_7_4_and_2025_07_01_are_refused() {
     assert_eq!(status, 400);
 }
 
+// Long by design: one key through its versions (create, new version, update, reads by empty
+// segment and by version); each step reads the state the previous ones left.
 #[tokio::test]
 async fn empty_path_segments_versions_and_patch() {
     let env = Env::start().await;
@@ -340,6 +344,8 @@ async fn empty_path_segments_versions_and_patch() {
     assert_eq!(old["release_policy"]["data"], encode_policy(&policy));
 }
 
+// Long by design: a table of requests the service refuses, then the ones it allows, on one
+// double, ending with the check that nothing refused exists.
 #[tokio::test]
 async fn validation_rules_of_the_service() {
     // Many creates in a row: lift the create budget so throttling does not mask validation.
@@ -690,6 +696,8 @@ async fn throttled_requests_do_not_count_and_the_budget_comes_back() {
     );
 }
 
+// Long by design: the fault kinds one after another on one double (status, reset, apply then
+// fail, apply then reset), each read back from the same request log.
 #[tokio::test]
 async fn injected_faults_status_reset_and_apply_then_fail() {
     let env = Env::start().await;

@@ -49,6 +49,8 @@ fn client(env: &Env, token: &'static str) -> KeyClient {
     KeyClient::new(&env.url(VAULT), Arc::new(FixedToken(token)), Some(options)).unwrap()
 }
 
+// Long by design: one key's life through the official SDK, in the order a client lives it; each
+// step needs the state the previous one left.
 #[tokio::test]
 async fn the_official_sdk_creates_reads_updates_deletes_recovers_and_releases() {
     let env = Env::start().await;
