@@ -124,31 +124,33 @@ fn rss_rows(section: &Section<'_>, args: &Args, r: &Readings) -> Result<()> {
 
 /// The RSS growth per object of each step against the JSON size of what the caches keep of it.
 fn growth_rows(section: &Section<'_>, args: &Args, r: &Readings, payload: &Payload) -> Result<()> {
-    // One row: the growth in KiB per object against `json_kib`, the JSON size of one object.
-    let growth = |figure: &str, grown_kib: u64, objects: usize, json_kib: String| {
-        let per = grown_kib as f64 / objects.max(1) as f64;
-        section.row(figure, &format!("{per:.1}"), &json_kib, "")
-    };
     let kib_each = |bytes: usize, n: usize| bytes as f64 / 1024.0 / n.max(1) as f64;
-    let cms = &payload.config_maps;
-    growth(
-        "growth per policy ConfigMap no binding references yet (watched by metadata only): KiB (vs its JSON size)",
-        r.config_maps.saturating_sub(r.rest),
-        args.bindings,
-        format!("{:.1}", kib_each(json_bytes(cms), cms.len())),
-    )?;
-    let binding_bytes = json_bytes(&payload.bindings) + json_bytes(&payload.summaries);
-    growth(
-        "growth per binding, its policy ConfigMap now fetched and summarized: KiB (vs the JSON size of the binding and the summary)",
-        r.bindings.saturating_sub(r.config_maps),
-        args.bindings,
-        format!("{:.1}", kib_each(binding_bytes, payload.bindings.len())),
-    )?;
-    let pods = &payload.pods;
-    growth(
-        "growth per pod: KiB (vs its slimmed JSON size)",
-        r.pods.saturating_sub(r.bindings),
-        args.pods,
-        format!("{:.2}", kib_each(json_bytes(pods), pods.len())),
-    )
+    let (cms, bindings, pods) = (&payload.config_maps, &payload.bindings, &payload.pods);
+    let binding_bytes = json_bytes(bindings) + json_bytes(&payload.summaries);
+    // Figure, RSS growth (KiB), objects it is shared by, JSON size of one object (KiB).
+    let table = [
+        (
+            "growth per policy ConfigMap no binding references yet (watched by metadata only): KiB (vs its JSON size)",
+            r.config_maps.saturating_sub(r.rest),
+            args.bindings,
+            format!("{:.1}", kib_each(json_bytes(cms), cms.len())),
+        ),
+        (
+            "growth per binding, its policy ConfigMap now fetched and summarized: KiB (vs the JSON size of the binding and the summary)",
+            r.bindings.saturating_sub(r.config_maps),
+            args.bindings,
+            format!("{:.1}", kib_each(binding_bytes, bindings.len())),
+        ),
+        (
+            "growth per pod: KiB (vs its slimmed JSON size)",
+            r.pods.saturating_sub(r.bindings),
+            args.pods,
+            format!("{:.2}", kib_each(json_bytes(pods), pods.len())),
+        ),
+    ];
+    for (figure, grown_kib, objects, json_kib) in table {
+        let per = grown_kib as f64 / objects.max(1) as f64;
+        section.row(figure, &format!("{per:.1}"), &json_kib, "")?;
+    }
+    Ok(())
 }
