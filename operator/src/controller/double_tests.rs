@@ -392,6 +392,196 @@ async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttl
     );
 }
 
+/// Creates allowed per throttling window in the throughput figure (time scaled by 10).
+const PER_WINDOW: u32 = 10;
+/// Resyncs in one simulated hour (one every 10 minutes).
+const RESYNCS: usize = 6;
+/// The throttling window of the throughput figure (10 s scaled by 10).
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// The double throttling on a 1 s window, and a harness whose real client is allowed `vaults`
+/// bench vaults and keeps the same limits with its margin scaled alike.
+async fn throttled_harness(vaults: usize) -> (KeyVaultDouble, Harness, tempfile::TempDir) {
+    let config = Config {
+        throttle: ckb_doubles::keyvault::throttle::ThrottleLimits {
+            window_ms: 1000,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let double = KeyVaultDouble::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = RateLimits::default();
+    let limits = RateLimits {
+        creates: PER_WINDOW,
+        window: WINDOW,
+        // Time scaled by 10: the margin too (200 ms on a 10 s window).
+        margin: defaults.margin / 10,
+        ..defaults
+    };
+    let kv = client_with(&double, &dir, limits);
+    let allowed = (0..vaults)
+        .map(|v| VaultUrl::parse(&format!("https://bench{v}.vault.azure.net")).unwrap())
+        .collect();
+    let h = Harness::with_vault(allowed, quick(), Arc::new(kv));
+    (double, h, dir)
+}
+
+/// `n` bindings spread round-robin over `vaults` bench vaults.
+fn bench_bindings(n: usize, vaults: usize) -> Vec<ConfidentialKeyBinding> {
+    (0..n)
+        .map(|i| {
+            let mut b = binding();
+            b.metadata.name = Some(format!("b{i}"));
+            b.spec.key.name = format!("key-{i}");
+            // EC keys: the double generates them in microseconds, so the figure measures
+            // the controller and the throttling, not RSA key generation (100+ ms of CPU per
+            // RSA-3072 key) on the same two cores.
+            b.spec.key.key_type = ckb_crds::KeyType::EcHsm;
+            b.spec.key.size = None;
+            b.spec.key.curve = Some(ckb_crds::Curve::P256);
+            b.spec.key.vault = format!("https://bench{}.vault.azure.net", i % vaults);
+            b
+        })
+        .collect()
+}
+
+/// Reconciles every binding, 16 at a time per vault, retrying the failed ones (up to 50 rounds)
+/// until all succeed; returns them and the seconds it took.
+async fn reconcile_until_all_succeed(
+    h: &Harness,
+    mut pending: Vec<ConfidentialKeyBinding>,
+    vaults: usize,
+) -> (Vec<ConfidentialKeyBinding>, f64) {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let mut done = Vec::new();
+    for _ in 0..50 {
+        let results: Vec<(ConfidentialKeyBinding, bool)> = futures::stream::iter(pending)
+            .map(|mut b| async move {
+                let ok = h.reconcile(&mut b).await.is_ok();
+                (b, ok)
+            })
+            .buffer_unordered(16 * vaults)
+            .collect()
+            .await;
+        pending = Vec::new();
+        for (b, ok) in results {
+            if ok { done.push(b) } else { pending.push(b) }
+        }
+        if pending.is_empty() {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        pending.is_empty(),
+        "{} bindings never converged",
+        pending.len()
+    );
+    (done, elapsed)
+}
+
+/// Every bench key has exactly one version, one create was made per binding and none was
+/// refused with 429; prints the busiest window of any one vault.
+fn check_one_create_per_binding_within_the_limit(double: &KeyVaultDouble, n: usize, vaults: usize) {
+    let keys = double.keys();
+    for v in 0..vaults {
+        let host = format!("bench{v}.vault.azure.net");
+        for (name, versions) in keys[&host]["keys"].as_object().unwrap() {
+            assert_eq!(versions.as_array().unwrap().len(), 1, "{host}/{name}");
+        }
+    }
+    let log = double.log();
+    let creates = writes(&log).len();
+    assert_eq!(creates, n, "one create per binding");
+    // The double answers 429 to any create over the service's limit (it does not count the
+    // refusal): none means the client never sent more than the limit in any window.
+    let refused = log.iter().filter(|e| e.status == Some(429)).count();
+    assert_eq!(refused, 0, "the client exceeded the service's limit");
+    let busiest = (0..vaults)
+        .map(|v| busiest_window(&log, &format!("bench{v}.vault.azure.net"), WINDOW))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "throughput: {vaults} vault(s): at most {busiest} creates in any {WINDOW:?} window of \
+         one vault (the double's request log; limit {PER_WINDOW}), {refused} answered 429"
+    );
+}
+
+/// Prints the rate to Ready of `n` bindings in `elapsed` seconds and its ratio to the limit.
+fn report_throughput(n: usize, vaults: usize, elapsed: f64) -> f64 {
+    let rate = n as f64 / elapsed;
+    let limit = f64::from(PER_WINDOW) / WINDOW.as_secs_f64() * vaults as f64;
+    println!(
+        "throughput: {n} bindings over {vaults} vault(s) Ready in {elapsed:.1} s: \
+         {rate:.1} bindings/s, limit {limit:.0} creates/s, ratio {:.2}",
+        rate / limit
+    );
+    println!(
+        "BENCH\tcontroller\t{n} bindings over {vaults} vault(s) to Ready: bindings/s \
+         (vs the limit, time x10)\t{rate:.2}\t{limit:.0}\t{:.2}",
+        rate / limit
+    );
+    rate
+}
+
+/// One simulated hour of resyncs (every 10 min), every binding reconciled once per resync:
+/// asserts no write and one GET per binding per resync, and prints the figures.
+async fn steady_state_hour(
+    h: &Harness,
+    double: &KeyVaultDouble,
+    done: &mut [ConfidentialKeyBinding],
+    vaults: usize,
+) {
+    use futures::StreamExt;
+    let n = done.len();
+    double.clear_log();
+    let started = Instant::now();
+    for _ in 0..RESYNCS {
+        h.advance(600);
+        let results: Vec<bool> = futures::stream::iter(done.iter_mut())
+            .map(|b| async move { h.reconcile(b).await.is_ok() })
+            .buffer_unordered(16 * vaults)
+            .collect()
+            .await;
+        assert!(
+            results.iter().all(|ok| *ok),
+            "a steady-state reconcile failed"
+        );
+    }
+    let steady_secs = started.elapsed().as_secs_f64();
+    let log = double.log();
+    let steady_writes = writes(&log).len();
+    let gets = calls(&log).iter().filter(|c| c.starts_with("GET ")).count();
+    let all_calls = calls(&log).len();
+    assert_eq!(steady_writes, 0, "no write in steady state");
+    assert_eq!(
+        all_calls,
+        n * RESYNCS,
+        "only GETs, one per binding per resync"
+    );
+    let per_binding_resync = gets as f64 / (n * RESYNCS) as f64;
+    println!(
+        "steady: {vaults} vault(s), {n} bindings, one simulated hour ({RESYNCS} resyncs): \
+         {steady_writes} writes, {gets} GETs ({per_binding_resync:.2} per binding per \
+         resync), {:.0} reconciles/s",
+        (n * RESYNCS) as f64 / steady_secs
+    );
+    println!(
+        "BENCH\tcontroller\tsteady state, {vaults} vault(s), 1 simulated hour: Key Vault \
+         writes\t{steady_writes}\t0\t"
+    );
+    println!(
+        "BENCH\tcontroller\tsteady state, {vaults} vault(s): GETs per binding per resync \
+         (vs at most 1)\t{per_binding_resync:.2}\t1\t{per_binding_resync:.2}"
+    );
+    println!(
+        "BENCH\tcontroller\tsteady state, {vaults} vault(s): reconciles/s\t{:.0}\t\t",
+        (n * RESYNCS) as f64 / steady_secs
+    );
+}
+
 /// Figures more than a test (it prints them): bindings per second to Ready for a batch over 1 and
 /// over 10 vaults, against the double throttling at Key Vault's limits with time scaled by 10 (a
 /// 1 s window instead of 10 s, so the limit is 10 creates/s per vault instead of 1; the client's
@@ -405,168 +595,20 @@ async fn a_429_storm_converges_with_one_key_version_and_status_shows_the_throttl
 /// release mode and reads the `BENCH` lines).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_to_ready_under_real_throttling() {
-    use futures::StreamExt;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let n: usize = std::env::var("CKB_BENCH_BINDINGS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    const PER_WINDOW: u32 = 10;
-    const RESYNCS: usize = 6;
-    let window = Duration::from_secs(1);
     let mut rates: Vec<f64> = Vec::new();
     for vaults in [1usize, 10] {
-        let config = Config {
-            throttle: ckb_doubles::keyvault::throttle::ThrottleLimits {
-                window_ms: 1000,
-                ..Default::default()
-            },
-            ..Config::default()
-        };
-        let double = KeyVaultDouble::start(config).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let defaults = RateLimits::default();
-        let limits = RateLimits {
-            creates: PER_WINDOW,
-            window,
-            // Time scaled by 10: the margin too (200 ms on a 10 s window).
-            margin: defaults.margin / 10,
-            ..defaults
-        };
-        let kv = client_with(&double, &dir, limits);
-        let allowed = (0..vaults)
-            .map(|v| VaultUrl::parse(&format!("https://bench{v}.vault.azure.net")).unwrap())
-            .collect();
-        let h = Harness::with_vault(allowed, quick(), Arc::new(kv));
-        let mut pending: Vec<ConfidentialKeyBinding> = (0..n)
-            .map(|i| {
-                let mut b = binding();
-                b.metadata.name = Some(format!("b{i}"));
-                b.spec.key.name = format!("key-{i}");
-                // EC keys: the double generates them in microseconds, so the figure measures
-                // the controller and the throttling, not RSA key generation (100+ ms of CPU per
-                // RSA-3072 key) on the same two cores.
-                b.spec.key.key_type = ckb_crds::KeyType::EcHsm;
-                b.spec.key.size = None;
-                b.spec.key.curve = Some(ckb_crds::Curve::P256);
-                b.spec.key.vault = format!("https://bench{}.vault.azure.net", i % vaults);
-                b
-            })
-            .collect();
-        let started = Instant::now();
-        let mut done = Vec::new();
-        for _ in 0..50 {
-            let results: Vec<(ConfidentialKeyBinding, bool)> = futures::stream::iter(pending)
-                .map(|mut b| {
-                    let h = &h;
-                    async move {
-                        let ok = h.reconcile(&mut b).await.is_ok();
-                        (b, ok)
-                    }
-                })
-                .buffer_unordered(16 * vaults)
-                .collect()
-                .await;
-            pending = Vec::new();
-            for (b, ok) in results {
-                if ok { done.push(b) } else { pending.push(b) }
-            }
-            if pending.is_empty() {
-                break;
-            }
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        assert!(
-            pending.is_empty(),
-            "{} bindings never converged",
-            pending.len()
-        );
+        let (double, h, _dir) = throttled_harness(vaults).await;
+        let (mut done, elapsed) =
+            reconcile_until_all_succeed(&h, bench_bindings(n, vaults), vaults).await;
         assert!(done.iter().all(|b| cond(b, types::READY).0 == "True"));
-        let keys = double.keys();
-        for v in 0..vaults {
-            let host = format!("bench{v}.vault.azure.net");
-            for (name, versions) in keys[&host]["keys"].as_object().unwrap() {
-                assert_eq!(versions.as_array().unwrap().len(), 1, "{host}/{name}");
-            }
-        }
-        let log = double.log();
-        let creates = writes(&log).len();
-        assert_eq!(creates, n, "one create per binding");
-        // The double answers 429 to any create over the service's limit (it does not count the
-        // refusal): none means the client never sent more than the limit in any window.
-        let refused = log.iter().filter(|e| e.status == Some(429)).count();
-        assert_eq!(refused, 0, "the client exceeded the service's limit");
-        let busiest = (0..vaults)
-            .map(|v| busiest_window(&log, &format!("bench{v}.vault.azure.net"), window))
-            .max()
-            .unwrap_or(0);
-        println!(
-            "throughput: {vaults} vault(s): at most {busiest} creates in any {window:?} window of \
-             one vault (the double's request log; limit {PER_WINDOW}), {refused} answered 429"
-        );
-        let rate = n as f64 / elapsed;
-        let limit = f64::from(PER_WINDOW) / window.as_secs_f64() * vaults as f64;
-        println!(
-            "throughput: {n} bindings over {vaults} vault(s) Ready in {elapsed:.1} s: \
-             {rate:.1} bindings/s, limit {limit:.0} creates/s, ratio {:.2}",
-            rate / limit
-        );
-        println!(
-            "BENCH\tcontroller\t{n} bindings over {vaults} vault(s) to Ready: bindings/s \
-             (vs the limit, time x10)\t{rate:.2}\t{limit:.0}\t{:.2}",
-            rate / limit
-        );
-        rates.push(rate);
-
-        // Steady state: one simulated hour of resyncs (every 10 min), every binding reconciled
-        // once per resync.
-        double.clear_log();
-        let started = Instant::now();
-        for _ in 0..RESYNCS {
-            h.advance(600);
-            let results: Vec<bool> = futures::stream::iter(done.iter_mut())
-                .map(|b| {
-                    let h = &h;
-                    async move { h.reconcile(b).await.is_ok() }
-                })
-                .buffer_unordered(16 * vaults)
-                .collect()
-                .await;
-            assert!(
-                results.iter().all(|ok| *ok),
-                "a steady-state reconcile failed"
-            );
-        }
-        let steady_secs = started.elapsed().as_secs_f64();
-        let log = double.log();
-        let steady_writes = writes(&log).len();
-        let gets = calls(&log).iter().filter(|c| c.starts_with("GET ")).count();
-        let all_calls = calls(&log).len();
-        assert_eq!(steady_writes, 0, "no write in steady state");
-        assert_eq!(
-            all_calls,
-            n * RESYNCS,
-            "only GETs, one per binding per resync"
-        );
-        let per_binding_resync = gets as f64 / (n * RESYNCS) as f64;
-        println!(
-            "steady: {vaults} vault(s), {n} bindings, one simulated hour ({RESYNCS} resyncs): \
-             {steady_writes} writes, {gets} GETs ({per_binding_resync:.2} per binding per \
-             resync), {:.0} reconciles/s",
-            (n * RESYNCS) as f64 / steady_secs
-        );
-        println!(
-            "BENCH\tcontroller\tsteady state, {vaults} vault(s), 1 simulated hour: Key Vault \
-             writes\t{steady_writes}\t0\t"
-        );
-        println!(
-            "BENCH\tcontroller\tsteady state, {vaults} vault(s): GETs per binding per resync \
-             (vs at most 1)\t{per_binding_resync:.2}\t1\t{per_binding_resync:.2}"
-        );
-        println!(
-            "BENCH\tcontroller\tsteady state, {vaults} vault(s): reconciles/s\t{:.0}\t\t",
-            (n * RESYNCS) as f64 / steady_secs
-        );
+        check_one_create_per_binding_within_the_limit(&double, n, vaults);
+        rates.push(report_throughput(n, vaults, elapsed));
+        steady_state_hour(&h, &double, &mut done, vaults).await;
     }
     assert!(
         rates[1] > 1.5 * rates[0],

@@ -100,6 +100,15 @@ fn observed(policy: Result<ResolvedPolicy, PolicyProblem>, key: KeyObservation) 
     }
 }
 
+/// The plan for `b` while its policy resolves to A and Key Vault holds `k`.
+fn plan_with_key(b: &ConfidentialKeyBinding, k: VaultKey) -> Plan {
+    plan(
+        b,
+        &observed(resolved(REGO_A), KeyObservation::Present(k)),
+        &config(),
+    )
+}
+
 fn policy_json(b: &ConfidentialKeyBinding, regos: &[&str]) -> String {
     let set = regos.iter().map(|r| hash_rego(r.as_bytes())).collect();
     ReleasePolicy::for_binding(&b.spec, &set).unwrap().to_json()
@@ -443,11 +452,7 @@ fn failed_create_reports_the_reason_and_binds_nothing() {
 fn steady_state_writes_nothing_and_status_is_stable() {
     let b = binding();
     let existing = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
-    let p1 = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(existing.clone())),
-        &config(),
-    );
+    let p1 = plan_with_key(&b, existing.clone());
     assert_eq!(p1.action, KeyAction::None);
     assert_eq!(cond(&p1.status, types::READY).0, "True");
     let b2 = with_status(b, p1.status.clone());
@@ -471,11 +476,7 @@ fn policy_compared_by_meaning_not_bytes() {
         .reverse();
     let text = serde_json::to_string_pretty(&reordered).unwrap();
     let existing = key(our_tags(), Some(&text));
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(existing)),
-        &config(),
-    );
+    let p = plan_with_key(&b, existing);
     assert_eq!(p.action, KeyAction::None);
 }
 
@@ -484,11 +485,7 @@ fn out_of_band_edit_is_patched_back() {
     let b = binding();
     let tampered = policy_json(&b, &[REGO_A, REGO_B]);
     let existing = key(our_tags(), Some(&tampered));
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(existing.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, existing.clone());
     assert_eq!(
         p.action,
         KeyAction::UpdatePolicy {
@@ -506,11 +503,7 @@ fn out_of_band_edit_is_patched_back() {
 fn policy_change_binds_old_and_new_then_prunes_old_after_grace_when_pods_are_gone() {
     let b = binding();
     let with_a = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
-    let p1 = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(with_a.clone())),
-        &config(),
-    );
+    let p1 = plan_with_key(&b, with_a.clone());
     let b = with_status(b, p1.status);
     // The ConfigMap now holds B; a pod still runs A.
     let mut o = observed(resolved(REGO_B), KeyObservation::Present(with_a.clone()));
@@ -593,11 +586,7 @@ fn immutable_differing_policy_is_a_condition_not_a_write() {
     let b = binding();
     let mut existing = key(our_tags(), Some(&policy_json(&b, &[REGO_B])));
     existing.release_policy.as_mut().unwrap().immutable = true;
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(existing)),
-        &config(),
-    );
+    let p = plan_with_key(&b, existing);
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(
         cond(&p.status, types::RELEASE_POLICY_SYNCED),
@@ -617,14 +606,7 @@ fn foreign_tags_are_never_touched_even_with_adopt() {
         b.spec.key.adopt = adopt;
         let mut foreign = our_tags();
         foreign.insert(tags::BINDING.into(), "other/binding".into());
-        let p = plan(
-            &b,
-            &observed(
-                resolved(REGO_A),
-                KeyObservation::Present(key(foreign, None)),
-            ),
-            &config(),
-        );
+        let p = plan_with_key(&b, key(foreign, None));
         assert_eq!(p.action, KeyAction::None);
         assert_eq!(
             cond(&p.status, types::KEY_READY),
@@ -641,14 +623,7 @@ fn foreign_tags_are_never_touched_even_with_adopt() {
         // Another cluster.
         let mut other_cluster = our_tags();
         other_cluster.insert(tags::CLUSTER.into(), "another-uid".into());
-        let p = plan(
-            &b,
-            &observed(
-                resolved(REGO_A),
-                KeyObservation::Present(key(other_cluster, None)),
-            ),
-            &config(),
-        );
+        let p = plan_with_key(&b, key(other_cluster, None));
         assert_eq!(p.action, KeyAction::None);
         assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
     }
@@ -658,11 +633,7 @@ fn foreign_tags_are_never_touched_even_with_adopt() {
 fn untagged_key_is_taken_only_with_adopt_and_the_owner_s_consent_tag() {
     let b = binding();
     let untagged = key(BTreeMap::from([("team".into(), "payments".into())]), None);
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(untagged.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, untagged.clone());
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
     assert!(message(&p.status, types::KEY_READY).contains("ckb-adopt=payments/orders"));
@@ -670,11 +641,7 @@ fn untagged_key_is_taken_only_with_adopt_and_the_owner_s_consent_tag() {
     let mut b = binding();
     b.spec.key.adopt = true;
     // adopt alone is not enough: the key's owner has not consented.
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(untagged.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, untagged.clone());
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(
         cond(&p.status, types::KEY_READY),
@@ -695,11 +662,7 @@ fn untagged_key_is_taken_only_with_adopt_and_the_owner_s_consent_tag() {
     elsewhere
         .tags
         .insert(tags::ADOPT.into(), "other-team/orders".into());
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(elsewhere)),
-        &config(),
-    );
+    let p = plan_with_key(&b, elsewhere);
     assert_eq!(
         cond(&p.status, types::KEY_READY).1,
         reasons::ADOPT_CONSENT_MISSING
@@ -709,11 +672,7 @@ fn untagged_key_is_taken_only_with_adopt_and_the_owner_s_consent_tag() {
     untagged
         .tags
         .insert(tags::ADOPT.into(), "payments/orders".into());
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(untagged.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, untagged.clone());
     let KeyAction::Adopt {
         version,
         policy_json: pj,
@@ -748,11 +707,7 @@ fn mismatched_key_says_what_differs_and_is_not_written() {
     k.size = None;
     k.curve = Some("P-256".into());
     k.exportable = false;
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(k)),
-        &config(),
-    );
+    let p = plan_with_key(&b, k);
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_MISMATCH);
     let msg = &p
@@ -768,11 +723,7 @@ fn mismatched_key_says_what_differs_and_is_not_written() {
     );
     let mut k = key(our_tags(), None);
     k.size = Some(2048);
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(k)),
-        &config(),
-    );
+    let p = plan_with_key(&b, k);
     let msg = &p
         .status
         .conditions
@@ -1042,11 +993,7 @@ fn rollout_by_the_binding_author_pin_both_then_prune() {
 fn a_status_patch_cannot_add_a_hash_or_keep_one_forever() {
     let b = binding();
     let with_a = key(our_tags(), Some(&policy_json(&b, &[REGO_A])));
-    let p1 = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(with_a.clone())),
-        &config(),
-    );
+    let p1 = plan_with_key(&b, with_a.clone());
     // A status patch adds B as Grace until 2099: Key Vault does not hold B, so it stays out.
     let mut s = p1.status.clone();
     s.policy.as_mut().unwrap().bound_hashes.push(BoundHash {
@@ -1055,21 +1002,13 @@ fn a_status_patch_cannot_add_a_hash_or_keep_one_forever() {
         since: "2099-01-01T00:00:00Z".into(),
     });
     let b2 = with_status(b.clone(), s);
-    let p2 = plan(
-        &b2,
-        &observed(resolved(REGO_A), KeyObservation::Present(with_a)),
-        &config(),
-    );
+    let p2 = plan_with_key(&b2, with_a);
     assert_eq!(p2.action, KeyAction::None);
     assert_eq!(p2.status.policy.as_ref().unwrap().bound_hashes.len(), 1);
     // A hash Key Vault does hold (retired B) with a `since` in 2099 counts from now: it is gone
     // after the grace period, and its recorded `since` is never in the future.
     let with_both = key(our_tags(), Some(&policy_json(&b, &[REGO_A, REGO_B])));
-    let p3 = plan(
-        &b2,
-        &observed(resolved(REGO_A), KeyObservation::Present(with_both.clone())),
-        &config(),
-    );
+    let p3 = plan_with_key(&b2, with_both.clone());
     let since = &p3.status.policy.as_ref().unwrap().bound_hashes;
     assert!(
         since
@@ -1105,11 +1044,7 @@ fn earlier_binding_tags() -> BTreeMap<String, String> {
 fn a_re_created_binding_of_the_same_name_does_not_inherit_the_key() {
     let b = binding();
     let left = key(earlier_binding_tags(), Some(&policy_json(&b, &[REGO_B])));
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(left.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, left.clone());
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(
         cond(&p.status, types::KEY_READY),
@@ -1125,22 +1060,14 @@ fn a_re_created_binding_of_the_same_name_does_not_inherit_the_key() {
     // The documented claim: adopt: true and the owner's tag.
     let mut claiming = binding();
     claiming.spec.key.adopt = true;
-    let p = plan(
-        &claiming,
-        &observed(resolved(REGO_A), KeyObservation::Present(left.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&claiming, left.clone());
     assert_eq!(
         cond(&p.status, types::KEY_READY).1,
         reasons::ADOPT_CONSENT_MISSING
     );
     let mut consented = left;
     consented.tags.insert(tags::ADOPT.into(), UID.into());
-    let p = plan(
-        &claiming,
-        &observed(resolved(REGO_A), KeyObservation::Present(consented)),
-        &config(),
-    );
+    let p = plan_with_key(&claiming, consented);
     let KeyAction::Adopt { tags: t, .. } = &p.action else {
         panic!("{:?}", p.action)
     };
@@ -1166,11 +1093,7 @@ fn a_key_tagged_by_the_previous_version_is_migrated_only_by_the_binding_that_had
         ..Default::default()
     });
     assert!(owns(&had, &legacy, CLUSTER));
-    let p = plan(
-        &had,
-        &observed(resolved(REGO_A), KeyObservation::Present(legacy.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&had, legacy.clone());
     let KeyAction::Retag {
         tags: t,
         policy_json: pj,
@@ -1184,11 +1107,7 @@ fn a_key_tagged_by_the_previous_version_is_migrated_only_by_the_binding_that_had
     let (_, events) = settle(&had, &p, Some(&Ok(legacy.clone())), now());
     assert_eq!(events[0].reason, "KeyTagsMigrated");
     // A binding without that history (re-created) does not get it.
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Present(legacy.clone())),
-        &config(),
-    );
+    let p = plan_with_key(&b, legacy.clone());
     assert_eq!(p.action, KeyAction::None);
     assert_eq!(cond(&p.status, types::KEY_READY).1, reasons::KEY_NOT_OWNED);
     assert!(!owns(&b, &legacy, CLUSTER));
@@ -1357,165 +1276,218 @@ mod property {
         ReleasePolicy::parse_json(json).unwrap().hostdata_hashes()
     }
 
-    fn run(events: Vec<Ev>) -> Result<(), TestCaseError> {
-        let cfg = PlanConfig {
-            hash_grace: GRACE,
-            retention_ceiling: CEILING,
-            ..pinned_config()
-        };
-        let mut b = binding();
-        let mut cm: Option<usize> = Some(0);
-        let mut pods: Vec<FakePod> = Vec::new();
-        let mut now = now();
-        let mut vault: Option<BTreeSet<String>> = None;
-        let mut vault_tags: BTreeMap<String, String> = BTreeMap::new();
-        let mut seen: BTreeMap<String, Timestamp> = BTreeMap::new();
-        // The truth the operator must respect: when each hash held by Key Vault stopped being
-        // approved (observed at a reconcile).
-        let mut retired_at: BTreeMap<String, Timestamp> = BTreeMap::new();
-        for (n, e) in events.iter().enumerate() {
+    /// What one generated history drives: the binding, its ConfigMap, the pods, what Key Vault
+    /// holds and what the operator remembers, plus the truth the oracle keeps beside them.
+    struct World {
+        cfg: PlanConfig,
+        b: ConfidentialKeyBinding,
+        cm: Option<usize>,
+        pods: Vec<FakePod>,
+        now: Timestamp,
+        vault: Option<BTreeSet<String>>,
+        vault_tags: BTreeMap<String, String>,
+        seen: BTreeMap<String, Timestamp>,
+        /// The truth the operator must respect: when each hash held by Key Vault stopped being
+        /// approved (observed at a reconcile).
+        retired_at: BTreeMap<String, Timestamp>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                cfg: PlanConfig {
+                    hash_grace: GRACE,
+                    retention_ceiling: CEILING,
+                    ..pinned_config()
+                },
+                b: binding(),
+                cm: Some(0),
+                pods: Vec::new(),
+                now: now(),
+                vault: None,
+                vault_tags: BTreeMap::new(),
+                seen: BTreeMap::new(),
+                retired_at: BTreeMap::new(),
+            }
+        }
+
+        /// Applies the `n`-th event of the history.
+        fn apply(&mut self, n: usize, e: &Ev) -> Result<(), TestCaseError> {
             match e {
-                Ev::ConfigMap(c) => cm = *c,
-                Ev::Pins(bits) => b.spec.policy.sha256 = subset(*bits),
+                Ev::ConfigMap(c) => self.cm = *c,
+                Ev::Pins(bits) => self.b.spec.policy.sha256 = subset(*bits),
                 Ev::Follow(f) => {
-                    b.spec.policy.source = Some(if *f {
+                    self.b.spec.policy.source = Some(if *f {
                         PolicySource::ConfigMap
                     } else {
                         PolicySource::Pinned
                     })
                 }
-                Ev::Additional(bits) => b.spec.policy.additional_hashes = subset(*bits),
-                Ev::Pod { .. } => pods.push(make_pod(n, e, now)),
+                Ev::Additional(bits) => self.b.spec.policy.additional_hashes = subset(*bits),
+                Ev::Pod { .. } => self.pods.push(make_pod(n, e, self.now)),
                 Ev::PodGone(i) => {
-                    if !pods.is_empty() {
-                        let i = i % pods.len();
-                        pods.remove(i);
+                    if !self.pods.is_empty() {
+                        let i = i % self.pods.len();
+                        self.pods.remove(i);
                     }
                 }
                 Ev::StatusPatch {
                     hash,
                     reason,
                     offset_secs,
-                } => {
-                    let reason = [
-                        BoundHashReason::Current,
-                        BoundHashReason::Pinned,
-                        BoundHashReason::Additional,
-                        BoundHashReason::Grace,
-                        BoundHashReason::InUse,
-                    ][*reason as usize];
-                    let since = now
-                        .checked_add(jiff::SignedDuration::from_secs(*offset_secs))
-                        .unwrap_or(now);
-                    let mut s = b.status.clone().unwrap_or_default();
-                    let p = s.policy.get_or_insert_with(Default::default);
-                    p.bound_hashes.retain(|x| x.hash != h(REGOS[*hash]));
-                    p.bound_hashes.push(BoundHash {
-                        hash: h(REGOS[*hash]),
-                        reason,
-                        since: since.to_string(),
-                    });
-                    b.status = Some(s);
-                }
-                Ev::Advance(secs) => now += jiff::SignedDuration::from_secs(i64::from(*secs)),
-                Ev::Restart => seen.clear(),
-                Ev::Reconcile => {
-                    let policy = match cm {
-                        Some(i) => resolved(REGOS[i]),
-                        None => resolve_policy(&b, PolicyConfigMap::Missing),
-                    };
-                    let live: Vec<&Pod> = pods.iter().map(|p| &p.pod).collect();
-                    let found = pod_policies(live, &b, &cfg.confidential_runtime_classes);
-                    let o = Observed {
-                        policy,
-                        key: match &vault {
-                            None => KeyObservation::Absent,
-                            Some(set) => KeyObservation::Present(vault_key(&b, set, &vault_tags)),
-                        },
-                        pod_policies: found.earliest,
-                        seen_retired: seen.clone(),
-                        injected_pods: found.count,
-                        now,
-                        grant: Default::default(),
-                    };
-                    let p = plan(&b, &o, &cfg);
-                    // Without a hash to bind (no pin, not following) the key is left alone.
-                    let contacted = p.contact_vault;
-                    // Key Vault after the write.
-                    match &p.action {
-                        KeyAction::Create(new) => {
-                            vault = Some(hashes_of(new.release_policy_json.as_deref().unwrap()));
-                            vault_tags = new.tags.clone();
-                        }
-                        KeyAction::UpdatePolicy {
-                            policy_json, tags, ..
-                        } => {
-                            vault = Some(hashes_of(policy_json));
-                            if let Some(t) = tags {
-                                vault_tags = t.clone();
-                            }
-                        }
-                        KeyAction::RecordRetired { tags, .. } => vault_tags = tags.clone(),
-                        KeyAction::None => {}
-                        other => prop_assert!(false, "unexpected action {other:?}"),
-                    }
-                    let bound = p
-                        .status
-                        .policy
-                        .as_ref()
-                        .map(|x| x.bound_hashes.clone())
-                        .unwrap_or_default();
-                    seen = remember_retired(&seen, &bound, now);
-                    b.status = Some(p.status);
-                    if !contacted {
-                        prop_assert_eq!(&p.action, &KeyAction::None);
-                        continue;
-                    }
+                } => self.patch_status(*hash, *reason, *offset_secs),
+                Ev::Advance(secs) => self.now += jiff::SignedDuration::from_secs(i64::from(*secs)),
+                Ev::Restart => self.seen.clear(),
+                Ev::Reconcile => self.reconcile()?,
+            }
+            Ok(())
+        }
 
-                    // The oracle, from the spec, the ConfigMap and the pods only.
-                    let follows = b.spec.policy.source == Some(PolicySource::ConfigMap)
-                        && b.spec.policy.sha256.is_empty();
-                    let mut approved: BTreeSet<String> =
-                        b.spec.policy.sha256.iter().map(|x| x.to_string()).collect();
-                    approved.extend(
-                        b.spec
-                            .policy
-                            .additional_hashes
-                            .iter()
-                            .map(|x| x.to_string()),
-                    );
-                    if let Some(i) = cm
-                        && (follows || b.spec.policy.sha256.contains(&h(REGOS[i])))
-                    {
-                        approved.insert(h(REGOS[i]).to_string());
+        /// Someone with status rights writes a bound hash of their choosing.
+        fn patch_status(&mut self, hash: usize, reason: u8, offset_secs: i64) {
+            let reason = [
+                BoundHashReason::Current,
+                BoundHashReason::Pinned,
+                BoundHashReason::Additional,
+                BoundHashReason::Grace,
+                BoundHashReason::InUse,
+            ][reason as usize];
+            let since = self
+                .now
+                .checked_add(jiff::SignedDuration::from_secs(offset_secs))
+                .unwrap_or(self.now);
+            let mut s = self.b.status.clone().unwrap_or_default();
+            let p = s.policy.get_or_insert_with(Default::default);
+            p.bound_hashes.retain(|x| x.hash != h(REGOS[hash]));
+            p.bound_hashes.push(BoundHash {
+                hash: h(REGOS[hash]),
+                reason,
+                since: since.to_string(),
+            });
+            self.b.status = Some(s);
+        }
+
+        /// What the operator sees at a reconcile.
+        fn observe(&self) -> Observed {
+            let policy = match self.cm {
+                Some(i) => resolved(REGOS[i]),
+                None => resolve_policy(&self.b, PolicyConfigMap::Missing),
+            };
+            let live: Vec<&Pod> = self.pods.iter().map(|p| &p.pod).collect();
+            let found = pod_policies(live, &self.b, &self.cfg.confidential_runtime_classes);
+            Observed {
+                policy,
+                key: match &self.vault {
+                    None => KeyObservation::Absent,
+                    Some(set) => KeyObservation::Present(vault_key(&self.b, set, &self.vault_tags)),
+                },
+                pod_policies: found.earliest,
+                seen_retired: self.seen.clone(),
+                injected_pods: found.count,
+                now: self.now,
+                grant: Default::default(),
+            }
+        }
+
+        /// Plans, applies the write to Key Vault and the status to the binding, then checks the
+        /// key against the oracle.
+        fn reconcile(&mut self) -> Result<(), TestCaseError> {
+            let p = plan(&self.b, &self.observe(), &self.cfg);
+            // Without a hash to bind (no pin, not following) the key is left alone.
+            let contacted = p.contact_vault;
+            self.write_to_vault(&p.action)?;
+            let bound = p
+                .status
+                .policy
+                .as_ref()
+                .map(|x| x.bound_hashes.clone())
+                .unwrap_or_default();
+            self.seen = remember_retired(&self.seen, &bound, self.now);
+            self.b.status = Some(p.status);
+            if !contacted {
+                prop_assert_eq!(&p.action, &KeyAction::None);
+                return Ok(());
+            }
+            self.check_held_hashes()
+        }
+
+        /// Key Vault after the write.
+        fn write_to_vault(&mut self, action: &KeyAction) -> Result<(), TestCaseError> {
+            match action {
+                KeyAction::Create(new) => {
+                    self.vault = Some(hashes_of(new.release_policy_json.as_deref().unwrap()));
+                    self.vault_tags = new.tags.clone();
+                }
+                KeyAction::UpdatePolicy {
+                    policy_json, tags, ..
+                } => {
+                    self.vault = Some(hashes_of(policy_json));
+                    if let Some(t) = tags {
+                        self.vault_tags = t.clone();
                     }
-                    let held = vault.clone().unwrap_or_default();
-                    retired_at.retain(|x, _| held.contains(x) && !approved.contains(x));
-                    for x in &held {
-                        if !approved.contains(x) {
-                            retired_at.entry(x.clone()).or_insert(now);
-                        }
-                    }
-                    for x in &held {
-                        if approved.contains(x) {
-                            continue;
-                        }
-                        let r = retired_at[x];
-                        let age = Duration::try_from(now.duration_since(r)).unwrap();
-                        let pod_keeps = pods
-                            .iter()
-                            .any(|p| p.qualifies && &p.runs == x && p.created <= r);
-                        prop_assert!(
-                            age < CEILING,
-                            "{x} bound {age:?} after its retirement (ceiling {CEILING:?})"
-                        );
-                        prop_assert!(
-                            age < GRACE || pod_keeps,
-                            "{x} bound {age:?} after its retirement without a qualifying pod"
-                        );
-                    }
+                }
+                KeyAction::RecordRetired { tags, .. } => self.vault_tags = tags.clone(),
+                KeyAction::None => {}
+                other => prop_assert!(false, "unexpected action {other:?}"),
+            }
+            Ok(())
+        }
+
+        /// The oracle, from the spec, the ConfigMap and the pods only.
+        fn approved(&self) -> BTreeSet<String> {
+            let policy = &self.b.spec.policy;
+            let follows =
+                policy.source == Some(PolicySource::ConfigMap) && policy.sha256.is_empty();
+            let mut approved: BTreeSet<String> =
+                policy.sha256.iter().map(|x| x.to_string()).collect();
+            approved.extend(policy.additional_hashes.iter().map(|x| x.to_string()));
+            if let Some(i) = self.cm
+                && (follows || policy.sha256.contains(&h(REGOS[i])))
+            {
+                approved.insert(h(REGOS[i]).to_string());
+            }
+            approved
+        }
+
+        /// Every hash Key Vault holds is approved, or retired for less than the ceiling and
+        /// either within its grace or kept by a qualifying pod that ran it before it retired.
+        fn check_held_hashes(&mut self) -> Result<(), TestCaseError> {
+            let approved = self.approved();
+            let held = self.vault.clone().unwrap_or_default();
+            self.retired_at
+                .retain(|x, _| held.contains(x) && !approved.contains(x));
+            for x in &held {
+                if !approved.contains(x) {
+                    self.retired_at.entry(x.clone()).or_insert(self.now);
                 }
             }
+            for x in &held {
+                if approved.contains(x) {
+                    continue;
+                }
+                let r = self.retired_at[x];
+                let age = Duration::try_from(self.now.duration_since(r)).unwrap();
+                let pod_keeps = self
+                    .pods
+                    .iter()
+                    .any(|p| p.qualifies && &p.runs == x && p.created <= r);
+                prop_assert!(
+                    age < CEILING,
+                    "{x} bound {age:?} after its retirement (ceiling {CEILING:?})"
+                );
+                prop_assert!(
+                    age < GRACE || pod_keeps,
+                    "{x} bound {age:?} after its retirement without a qualifying pod"
+                );
+            }
+            Ok(())
+        }
+    }
+
+    fn run(events: Vec<Ev>) -> Result<(), TestCaseError> {
+        let mut world = World::new();
+        for (n, e) in events.iter().enumerate() {
+            world.apply(n, e)?;
         }
         Ok(())
     }

@@ -138,16 +138,7 @@ impl Harness {
     }
 
     pub(super) fn set_policy(&mut self, rego: &str) {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("orders-policy".into()),
-                namespace: Some("payments".into()),
-                labels: Some(BTreeMap::from([(labels::POLICY.into(), "true".into())])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([("policy.rego".into(), rego.into())])),
-            ..Default::default()
-        };
+        let cm = orders_policy(true, Some(rego));
         self.config_maps
             .apply_watcher_event(&watcher::Event::Apply(summary(&cm)));
     }
@@ -212,6 +203,21 @@ impl Harness {
             b.status = Some(serde_json::from_value(statuses.last().unwrap().clone()).unwrap());
         }
         r
+    }
+}
+
+/// The binding's policy ConfigMap `payments/orders-policy`, with the policy label or without, and
+/// `rego` under `policy.rego` if given.
+fn orders_policy(labelled: bool, rego: Option<&str>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("orders-policy".into()),
+            namespace: Some("payments".into()),
+            labels: labelled.then(|| BTreeMap::from([(labels::POLICY.into(), "true".into())])),
+            ..Default::default()
+        },
+        data: rego.map(|r| BTreeMap::from([("policy.rego".into(), r.into())])),
+        ..Default::default()
     }
 }
 
@@ -304,17 +310,51 @@ struct Expect {
     events: Vec<&'static str>,
 }
 
-async fn run(s: Scenario) {
-    let allowed = !matches!(s, Scenario::VaultNotAllowed);
-    let mut h = Harness::new(allowed, quick());
-    let mut b = binding();
-    let expect = match s {
-        Scenario::Create => Expect {
+impl Expect {
+    /// The binding is refused with `reason` after the Key Vault calls `vault`: its status and
+    /// one Warning of the same reason, nothing written.
+    fn refused(vault: Vec<Op>, reason: &'static str) -> Self {
+        Expect {
             api: vec![STATUS_PATH, EVENT_PATH],
-            vault: vec![Op::Get, Op::GetDeleted, Op::Create],
+            vault,
+            key_ready: Some(reason),
+            events: vec![reason],
+        }
+    }
+
+    /// The key is ready after the Key Vault calls `vault`, announced by the events `events`.
+    fn available(vault: Vec<Op>, events: Vec<&'static str>) -> Self {
+        Expect {
+            api: vec![STATUS_PATH, EVENT_PATH],
+            vault,
             key_ready: Some(reasons::KEY_AVAILABLE),
-            events: vec!["KeyCreated"],
-        },
+            events,
+        }
+    }
+
+    /// The policy cache lacks the ConfigMap, the direct read of it finds it wanting (`event`):
+    /// no Key Vault call.
+    fn waiting_for_policy(event: &'static str) -> Self {
+        Expect {
+            api: vec![
+                "GET /api/v1/namespaces/payments/configmaps/orders-policy",
+                STATUS_PATH,
+                EVENT_PATH,
+            ],
+            vault: vec![],
+            key_ready: Some(reasons::WAITING_FOR_POLICY),
+            events: vec![event],
+        }
+    }
+}
+
+/// Sets up the harness and the binding for `s` and says what one reconcile must then do.
+async fn arrange(s: Scenario, h: &mut Harness, b: &mut ConfidentialKeyBinding) -> Expect {
+    match s {
+        Scenario::Create => Expect::available(
+            vec![Op::Get, Op::GetDeleted, Op::Create],
+            vec!["KeyCreated"],
+        ),
         Scenario::AddFinalizer => {
             b.metadata.finalizers = None;
             Expect {
@@ -324,94 +364,43 @@ async fn run(s: Scenario) {
                 events: vec![],
             }
         }
-        Scenario::VaultNotAllowed => Expect {
-            api: vec![STATUS_PATH, EVENT_PATH],
-            vault: vec![],
-            key_ready: Some(reasons::VAULT_NOT_ALLOWED),
-            events: vec![reasons::VAULT_NOT_ALLOWED],
-        },
+        Scenario::VaultNotAllowed => Expect::refused(vec![], reasons::VAULT_NOT_ALLOWED),
         Scenario::ForeignTags => {
-            let mut k = untagged_key(&b);
-            k.tags = owner_tags(&b, CLUSTER);
+            let mut k = untagged_key(b);
+            k.tags = owner_tags(b, CLUSTER);
             k.tags.insert(tags::BINDING.into(), "other/orders".into());
             h.fake().put(k);
-            Expect {
-                api: vec![STATUS_PATH, EVENT_PATH],
-                vault: vec![Op::Get],
-                key_ready: Some(reasons::KEY_NOT_OWNED),
-                events: vec![reasons::KEY_NOT_OWNED],
-            }
+            Expect::refused(vec![Op::Get], reasons::KEY_NOT_OWNED)
         }
         Scenario::UntaggedNoAdopt => {
-            h.fake().put(untagged_key(&b));
-            Expect {
-                api: vec![STATUS_PATH, EVENT_PATH],
-                vault: vec![Op::Get],
-                key_ready: Some(reasons::KEY_NOT_OWNED),
-                events: vec![reasons::KEY_NOT_OWNED],
-            }
+            h.fake().put(untagged_key(b));
+            Expect::refused(vec![Op::Get], reasons::KEY_NOT_OWNED)
         }
         Scenario::Adopt => {
             b.spec.key.adopt = true;
             // With the key owner's consent (set with Key Vault rights).
-            let mut k = untagged_key(&b);
+            let mut k = untagged_key(b);
             k.tags.insert(tags::ADOPT.into(), "payments/orders".into());
             h.fake().put(k);
-            Expect {
-                api: vec![STATUS_PATH, EVENT_PATH],
-                vault: vec![Op::Get, Op::Update],
-                key_ready: Some(reasons::KEY_AVAILABLE),
-                events: vec!["KeyAdopted"],
-            }
+            Expect::available(vec![Op::Get, Op::Update], vec!["KeyAdopted"])
         }
         Scenario::PolicyMissing => {
             h.config_maps
-                .apply_watcher_event(&watcher::Event::Delete(summary(&ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some("orders-policy".into()),
-                        namespace: Some("payments".into()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                })));
-            Expect {
-                api: vec![
-                    "GET /api/v1/namespaces/payments/configmaps/orders-policy",
-                    STATUS_PATH,
-                    EVENT_PATH,
-                ],
-                vault: vec![],
-                key_ready: Some(reasons::WAITING_FOR_POLICY),
-                events: vec![reasons::CONFIG_MAP_NOT_FOUND],
-            }
+                .apply_watcher_event(&watcher::Event::Delete(summary(&orders_policy(
+                    false, None,
+                ))));
+            Expect::waiting_for_policy(reasons::CONFIG_MAP_NOT_FOUND)
         }
         Scenario::PolicyNotLabelled => {
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some("orders-policy".into()),
-                    namespace: Some("payments".into()),
-                    ..Default::default()
-                },
-                data: Some(BTreeMap::from([("policy.rego".into(), REGO_A.into())])),
-                ..Default::default()
-            };
+            let cm = orders_policy(false, Some(REGO_A));
             h.config_maps
                 .apply_watcher_event(&watcher::Event::Delete(summary(&cm)));
             h.api.serve_config_map(&cm);
-            Expect {
-                api: vec![
-                    "GET /api/v1/namespaces/payments/configmaps/orders-policy",
-                    STATUS_PATH,
-                    EVENT_PATH,
-                ],
-                vault: vec![],
-                key_ready: Some(reasons::WAITING_FOR_POLICY),
-                events: vec![reasons::CONFIG_MAP_NOT_LABELLED],
-            }
+            Expect::waiting_for_policy(reasons::CONFIG_MAP_NOT_LABELLED)
         }
         Scenario::RecoverOurs => {
-            let mut k = untagged_key(&b);
-            k.tags = owner_tags(&b, CLUSTER);
+            let mut k = untagged_key(b);
+            k.tags = owner_tags(b, CLUSTER);
             h.fake().put(k);
             let url = VaultUrl::parse("https://demo.vault.azure.net").unwrap();
             crate::keyvault::KeyVault::delete_key(h.fake(), &url, "orders-key")
@@ -425,17 +414,19 @@ async fn run(s: Scenario) {
                 events: vec!["KeyRecovered", "ReleasePolicyUpdated"],
             }
         }
-    };
-    let r = h.reconcile(&mut b).await;
-    assert!(r.is_ok(), "{s:?}: {r:?}");
+    }
+}
+
+/// Checks what the reconcile of `s` did against `expect`.
+fn check(s: Scenario, h: &Harness, b: &ConfidentialKeyBinding, expect: Expect) {
     assert_eq!(h.api.lines(), expect.api, "{s:?}: API requests");
     assert_eq!(h.fake().log(), expect.vault, "{s:?}: Key Vault calls");
     let events: Vec<String> = h.api.events().into_iter().map(|(_, r)| r).collect();
     assert_eq!(events, expect.events, "{s:?}: events");
     if let Some(reason) = expect.key_ready {
-        assert_eq!(cond(&b, types::KEY_READY).1, reason, "{s:?}");
+        assert_eq!(cond(b, types::KEY_READY).1, reason, "{s:?}");
         let ready = reason == reasons::KEY_AVAILABLE;
-        assert_eq!(cond(&b, types::READY).0 == "True", ready, "{s:?}");
+        assert_eq!(cond(b, types::READY).0 == "True", ready, "{s:?}");
     }
     // The status is applied with our field manager, forced.
     for c in h.api.calls().iter().filter(|c| c.path.ends_with("/status")) {
@@ -444,50 +435,38 @@ async fn run(s: Scenario) {
     }
 }
 
+async fn run(s: Scenario) {
+    let allowed = !matches!(s, Scenario::VaultNotAllowed);
+    let mut h = Harness::new(allowed, quick());
+    let mut b = binding();
+    let expect = arrange(s, &mut h, &mut b).await;
+    let r = h.reconcile(&mut b).await;
+    assert!(r.is_ok(), "{s:?}: {r:?}");
+    check(s, &h, &b, expect);
+}
+
 // One test per scenario, so that a failure names its scenario and the others still run.
-#[tokio::test]
-async fn scenario_create() {
-    run(Scenario::Create).await;
+macro_rules! scenario_tests {
+    ($($test:ident => $scenario:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                run(Scenario::$scenario).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn scenario_add_finalizer() {
-    run(Scenario::AddFinalizer).await;
-}
-
-#[tokio::test]
-async fn scenario_vault_not_allowed() {
-    run(Scenario::VaultNotAllowed).await;
-}
-
-#[tokio::test]
-async fn scenario_foreign_tags() {
-    run(Scenario::ForeignTags).await;
-}
-
-#[tokio::test]
-async fn scenario_untagged_no_adopt() {
-    run(Scenario::UntaggedNoAdopt).await;
-}
-
-#[tokio::test]
-async fn scenario_adopt() {
-    run(Scenario::Adopt).await;
-}
-
-#[tokio::test]
-async fn scenario_policy_missing() {
-    run(Scenario::PolicyMissing).await;
-}
-
-#[tokio::test]
-async fn scenario_policy_not_labelled() {
-    run(Scenario::PolicyNotLabelled).await;
-}
-
-#[tokio::test]
-async fn scenario_recover_ours() {
-    run(Scenario::RecoverOurs).await;
+scenario_tests! {
+    scenario_create => Create,
+    scenario_add_finalizer => AddFinalizer,
+    scenario_vault_not_allowed => VaultNotAllowed,
+    scenario_foreign_tags => ForeignTags,
+    scenario_untagged_no_adopt => UntaggedNoAdopt,
+    scenario_adopt => Adopt,
+    scenario_policy_missing => PolicyMissing,
+    scenario_policy_not_labelled => PolicyNotLabelled,
+    scenario_recover_ours => RecoverOurs,
 }
 
 #[tokio::test]

@@ -328,6 +328,8 @@ impl MockApi {
             ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
                 (200, body.clone())
             }
+            // A patch of the binding itself answers without status; one of its status
+            // subresource echoes the status it was sent.
             (
                 "PATCH",
                 [
@@ -338,21 +340,14 @@ impl MockApi {
                     ns,
                     "confidentialkeybindings",
                     name,
-                    "status",
+                    subresource @ ..,
                 ],
-            ) => (200, binding_json(ns, name, body.get("status").cloned())),
-            (
-                "PATCH",
-                [
-                    "apis",
-                    "ckb.dev",
-                    "v1alpha1",
-                    "namespaces",
-                    ns,
-                    "confidentialkeybindings",
-                    name,
-                ],
-            ) => (200, binding_json(ns, name, None)),
+            ) if subresource.is_empty() || subresource == ["status"] => {
+                let status = (!subresource.is_empty())
+                    .then(|| body.get("status").cloned())
+                    .flatten();
+                (200, binding_json(ns, name, status))
+            }
             _ => (404, not_found_status(path)),
         }
     }
