@@ -413,10 +413,16 @@ fn builder_refuses_what_would_break_the_invariants() {
     );
 }
 
-#[test]
-fn validate_refuses_policies_missing_a_pin() {
+/// A valid policy for the typical binding, to break one way at a time.
+fn valid_policy() -> ReleasePolicy {
     let good = ReleasePolicy::for_binding(&typical_spec(), &hashes(&["p", "q"])).unwrap();
     good.validate().unwrap();
+    good
+}
+
+#[test]
+fn validate_refuses_policies_missing_a_pin() {
+    let good = valid_policy();
 
     let drop_claim = |claim: &str| {
         let mut p = good.clone();
@@ -439,7 +445,11 @@ fn validate_refuses_policies_missing_a_pin() {
     }
     // Debuggable is optional (allowDebuggable).
     drop_claim(CLAIM_IS_DEBUGGABLE).validate().unwrap();
+}
 
+#[test]
+fn validate_refuses_a_policy_of_the_wrong_shape() {
+    let good = valid_policy();
     let mut p = good.clone();
     p.any_of.clear();
     assert!(matches!(p.validate(), Err(ReleasePolicyError::EmptyAnyOf)));
@@ -466,6 +476,17 @@ fn validate_refuses_policies_missing_a_pin() {
         Err(ReleasePolicyError::MissingClaim { index: 0, .. })
     ));
 
+    let mut p = good.clone();
+    p.version = Some("0.2".into());
+    assert!(matches!(
+        p.validate(),
+        Err(ReleasePolicyError::WrongVersion { .. })
+    ));
+}
+
+#[test]
+fn validate_refuses_wrong_claim_values() {
+    let good = valid_policy();
     let set = |claim: &str, v: ClaimValue| {
         let mut p = good.clone();
         if let Conditions::AllOf(c) = &mut p.any_of[0].conditions {
@@ -494,13 +515,6 @@ fn validate_refuses_policies_missing_a_pin() {
             claim: CLAIM_ATTESTATION_TYPE,
             ..
         })
-    ));
-
-    let mut p = good.clone();
-    p.version = Some("0.2".into());
-    assert!(matches!(
-        p.validate(),
-        Err(ReleasePolicyError::WrongVersion { .. })
     ));
 }
 

@@ -289,31 +289,26 @@ fn output_does_not_depend_on_binding_order() {
     assert_eq!(apply(&p, &d1), apply(&p, &d2));
 }
 
+/// The refusal of the typical confidential pod under the bindings `bs`.
+fn denial_of_pod(bs: &[MatchedBinding]) -> String {
+    deny_message(decide(&pod(), bs, &SidecarDefaults::default(), &classes()))
+}
+
 #[test]
 fn env_suffix_collision_is_refused() {
-    let m = deny_message(decide(
-        &pod(),
-        &[
-            binding("a-b", "k1", Some(POLICY_A)),
-            binding("a.b", "k2", Some(POLICY_A)),
-        ],
-        &SidecarDefaults::default(),
-        &classes(),
-    ));
+    let m = denial_of_pod(&[
+        binding("a-b", "k1", Some(POLICY_A)),
+        binding("a.b", "k2", Some(POLICY_A)),
+    ]);
     assert!(m.contains("_A_B"), "{m}");
 }
 
 #[test]
 fn bindings_with_different_policies_are_refused_by_name() {
-    let m = deny_message(decide(
-        &pod(),
-        &[
-            binding("orders-key", "orders", Some(POLICY_A)),
-            binding("audit-key", "audit", Some(POLICY_B)),
-        ],
-        &SidecarDefaults::default(),
-        &classes(),
-    ));
+    let m = denial_of_pod(&[
+        binding("orders-key", "orders", Some(POLICY_A)),
+        binding("audit-key", "audit", Some(POLICY_B)),
+    ]);
     assert!(m.contains("different agent policies"), "{m}");
     assert!(m.contains("orders-key") && m.contains("audit-key"), "{m}");
     assert!(
@@ -324,12 +319,7 @@ fn bindings_with_different_policies_are_refused_by_name() {
 
 #[test]
 fn missing_policy_is_refused_naming_the_configmap() {
-    let m = deny_message(decide(
-        &pod(),
-        &[binding("orders-key", "orders", None)],
-        &SidecarDefaults::default(),
-        &classes(),
-    ));
+    let m = denial_of_pod(&[binding("orders-key", "orders", None)]);
     assert!(m.contains("orders-key-policy"), "{m}");
 }
 
@@ -629,6 +619,42 @@ enum Want {
     Injected,
 }
 
+/// Case `i`: the patch `d` of pod `p` adds one sidecar and the bindings' policy, annotations and
+/// label, and its output is a fixed point (sent again, it passes unchanged).
+fn assert_injected_and_stable(i: usize, p: &Value, d: &Decision, bs: &[MatchedBinding]) {
+    let out = apply(p, d);
+    let containers = out["spec"]["containers"].as_array().unwrap();
+    assert_eq!(
+        containers.iter().filter(|c| c["name"] == "skr").count(),
+        1,
+        "case {i} {p}: {out}"
+    );
+    let ann = &out["metadata"]["annotations"];
+    assert_eq!(
+        ann["io.katacontainers.config.agent.policy"],
+        json!(STANDARD.encode(POLICY_A)),
+        "case {i} {p}"
+    );
+    assert_eq!(
+        ann["ckb.dev/policy-sha256"],
+        json!(sha(POLICY_A)),
+        "case {i}"
+    );
+    assert_eq!(ann["ckb.dev/bindings"], "orders-key", "case {i}");
+    assert_eq!(
+        out["metadata"]["labels"]["ckb.dev/injected"], "true",
+        "case {i}"
+    );
+    // The output is a fixed point: sent again, it passes unchanged.
+    assert!(
+        matches!(
+            decide(&out, bs, &SidecarDefaults::default(), &classes()),
+            Decision::Allow { .. }
+        ),
+        "case {i}: the injected output is not stable"
+    );
+}
+
 #[test]
 fn garbage_shapes_get_a_definite_decision() {
     // A confidential pod selected by a binding is never admitted as it came: it is either
@@ -693,39 +719,7 @@ fn garbage_shapes_get_a_definite_decision() {
                 assert!(message.contains(words), "case {i} {p}: {message}");
             }
             (Want::Allow, Decision::Allow { .. }) => {}
-            (Want::Injected, Decision::Patch { .. }) => {
-                let out = apply(&p, &d);
-                let containers = out["spec"]["containers"].as_array().unwrap();
-                assert_eq!(
-                    containers.iter().filter(|c| c["name"] == "skr").count(),
-                    1,
-                    "case {i} {p}: {out}"
-                );
-                let ann = &out["metadata"]["annotations"];
-                assert_eq!(
-                    ann["io.katacontainers.config.agent.policy"],
-                    json!(STANDARD.encode(POLICY_A)),
-                    "case {i} {p}"
-                );
-                assert_eq!(
-                    ann["ckb.dev/policy-sha256"],
-                    json!(sha(POLICY_A)),
-                    "case {i}"
-                );
-                assert_eq!(ann["ckb.dev/bindings"], "orders-key", "case {i}");
-                assert_eq!(
-                    out["metadata"]["labels"]["ckb.dev/injected"], "true",
-                    "case {i}"
-                );
-                // The output is a fixed point: sent again, it passes unchanged.
-                assert!(
-                    matches!(
-                        decide(&out, &bs, &SidecarDefaults::default(), &classes()),
-                        Decision::Allow { .. }
-                    ),
-                    "case {i}: the injected output is not stable"
-                );
-            }
+            (Want::Injected, Decision::Patch { .. }) => assert_injected_and_stable(i, &p, &d, &bs),
             (_, other) => panic!("case {i} {p}: unexpected decision {other:?}"),
         }
     }
@@ -748,6 +742,8 @@ fn ckb(ns: &str, name: &str, selector: Value) -> Arc<ConfidentialKeyBinding> {
     )
 }
 
+// Long by design: one table of bindings, each named for the selector case it covers, and one
+// assertion of which of them select the pod.
 #[test]
 fn selection_by_namespace_and_pod_selector() {
     let labels: BTreeMap<String, String> = [("app", "orders"), ("tier", "be")]
@@ -850,12 +846,7 @@ fn a_policy_the_binding_does_not_pin_is_refused_naming_the_expected_hash() {
     // The ConfigMap was rewritten to B; the binding pins A only.
     let mut b = binding("orders", "orders-key", Some(POLICY_B));
     b.pinned = vec![sha(POLICY_A).parse().unwrap()];
-    let msg = deny_message(decide(
-        &pod(),
-        &[b.clone()],
-        &SidecarDefaults::default(),
-        &classes(),
-    ));
+    let msg = denial_of_pod(&[b.clone()]);
     assert!(msg.contains(&sha(POLICY_B)), "{msg}");
     assert!(msg.contains(&format!("expects {}", sha(POLICY_A))), "{msg}");
     assert!(msg.contains("binding orders"), "{msg}");
