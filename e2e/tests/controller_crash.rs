@@ -135,17 +135,10 @@ fn ready(b: &ConfidentialKeyBinding) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_per_binding_all_ready()
--> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let bin = operator_binary()?;
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    install_crd(&client).await?;
-    let double = KeyVaultDouble::start(Config::default()).await?;
-    let files = Files::new(&double)?;
-
+/// Creates the namespace, its policy ConfigMap and the bindings.
+async fn namespace_policy_and_bindings(
+    client: &kube::Client,
+) -> Result<Api<ConfidentialKeyBinding>> {
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -181,109 +174,135 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
     for i in 0..BINDINGS {
         bindings.create(&PostParams::default(), &binding(i)).await?;
     }
+    Ok(bindings)
+}
 
-    // Kill the operator inside creates whose answers are lost. Each round, every key not yet in
-    // the vault gets a create that commits and then holds its answer back; the operator is
-    // killed as soon as one of them has committed.
-    let created = |double: &KeyVaultDouble| -> Vec<String> {
-        (0..BINDINGS)
-            .map(|i| format!("key-{i}"))
-            .filter(|k| double.keys()[HOST]["keys"][k].is_array())
-            .collect()
-    };
-    // A create that committed and was answered (the held ones are logged only when answered).
-    let answered = |double: &KeyVaultDouble, key: &str| {
-        let path = format!("/keys/{key}/create");
-        double
-            .log()
-            .iter()
-            .any(|e| e.path == path && e.write && e.fault.is_none())
-    };
-    let mut lost: Vec<String> = Vec::new();
-    let mut kills = 0;
-    for round in 0..KILLS {
-        double.clear_faults();
-        let before = created(&double);
-        let absent: Vec<String> = (0..BINDINGS)
-            .map(|i| format!("key-{i}"))
-            .filter(|k| !before.contains(k))
-            .collect();
-        if absent.is_empty() {
-            break;
+/// The bindings' keys the vault holds.
+fn created(double: &KeyVaultDouble) -> Vec<String> {
+    (0..BINDINGS)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| double.keys()[HOST]["keys"][k].is_array())
+        .collect()
+}
+
+/// Whether a create of `key` committed and was answered (the held ones are logged only when
+/// answered).
+fn answered(double: &KeyVaultDouble, key: &str) -> bool {
+    let path = format!("/keys/{key}/create");
+    double
+        .log()
+        .iter()
+        .any(|e| e.path == path && e.write && e.fault.is_none())
+}
+
+/// Makes the next create of each key in `absent` commit and then hold its answer back.
+fn hold_the_answers_of_creates(double: &KeyVaultDouble, absent: &[String]) -> Result<()> {
+    for key in absent {
+        let mut fault = Fault {
+            method: Some("POST".into()),
+            path: Some(format!("^/keys/{key}/create$")),
+            vault: Some(HOST.into()),
+            ..Fault::default()
         }
-        for key in &absent {
-            let mut fault = Fault {
-                method: Some("POST".into()),
-                path: Some(format!("^/keys/{key}/create$")),
-                vault: Some(HOST.into()),
-                ..Fault::default()
-            }
-            .after_apply()
-            .delayed(u64::try_from(HELD_ANSWER.as_millis())?);
-            fault.count = Some(1);
-            double.inject(fault)?;
-        }
-        let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), round)?;
-        let log_path = files.path(&format!("operator-{round}.log"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut all_answered = false;
-        loop {
-            if let Some(status) = op.child.try_wait()? {
-                bail!(
-                    "the operator exited by itself ({status}):\n{}",
-                    log_tail(&log_path, 40)
-                );
-            }
-            let held = created(&double)
-                .into_iter()
-                .any(|k| !before.contains(&k) && !answered(&double, &k));
-            if held {
-                break;
-            }
-            // Every remaining key was created with an answer (its held create was used up by an
-            // attempt the double throttled): nothing left to interrupt.
-            let now = created(&double);
-            if absent
-                .iter()
-                .all(|k| now.contains(k) && answered(&double, k))
-            {
-                all_answered = true;
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "round {round}: the operator created no key:\n{}",
+        .after_apply()
+        .delayed(u64::try_from(HELD_ANSWER.as_millis())?);
+        fault.count = Some(1);
+        double.inject(fault)?;
+    }
+    Ok(())
+}
+
+/// How one round of killing ended.
+enum Round {
+    /// Every key already existed: nothing to interrupt.
+    NothingAbsent,
+    /// Every remaining key was created with an answer: nothing left to interrupt.
+    AllAnswered,
+    /// The operator was killed inside these creates: they committed, their answers are lost.
+    Lost(Vec<String>),
+}
+
+/// One round: every key not yet in the vault gets a create that commits and then holds its answer
+/// back; the operator is started and killed as soon as one of them has committed.
+async fn kill_inside_a_held_create(
+    bin: &Path,
+    cp: &ControlPlane,
+    files: &Files,
+    double: &KeyVaultDouble,
+    round: usize,
+) -> Result<Round> {
+    double.clear_faults();
+    let before = created(double);
+    let absent: Vec<String> = (0..BINDINGS)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| !before.contains(k))
+        .collect();
+    if absent.is_empty() {
+        return Ok(Round::NothingAbsent);
+    }
+    hold_the_answers_of_creates(double, &absent)?;
+    let mut op = start_operator(bin, cp.kubeconfig(), files, double.addr(), round)?;
+    let log_path = files.path(&format!("operator-{round}.log"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut all_answered = false;
+    loop {
+        if let Some(status) = op.child.try_wait()? {
+            bail!(
+                "the operator exited by itself ({status}):\n{}",
                 log_tail(&log_path, 40)
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        op.child.start_kill()?;
-        op.child.wait().await?;
-        if all_answered {
+        let held = created(double)
+            .into_iter()
+            .any(|k| !before.contains(&k) && !answered(double, &k));
+        if held {
             break;
         }
-        // The creates that committed this round through a held answer: their outcome is lost.
-        // (A key whose held create was used up by an attempt the double throttled may have
-        // been created by a later, answered attempt: that one is not lost.)
-        let now = created(&double);
-        let lost_now: Vec<String> = now
-            .into_iter()
-            .filter(|k| !before.contains(k) && !answered(&double, k))
-            .collect();
+        // Every remaining key was created with an answer (its held create was used up by an
+        // attempt the double throttled): nothing left to interrupt.
+        let now = created(double);
+        if absent
+            .iter()
+            .all(|k| now.contains(k) && answered(double, k))
+        {
+            all_answered = true;
+            break;
+        }
         ensure!(
-            !lost_now.is_empty(),
-            "round {round}: the kill interrupted no create"
+            Instant::now() < deadline,
+            "round {round}: the operator created no key:\n{}",
+            log_tail(&log_path, 40)
         );
-        eprintln!("round {round}: killed inside the create(s) of {lost_now:?}");
-        kills += 1;
-        lost.extend(lost_now);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    double.clear_faults();
-    ensure!(kills >= 2, "only {kills} kill(s) inside a create");
+    op.child.start_kill()?;
+    op.child.wait().await?;
+    if all_answered {
+        return Ok(Round::AllAnswered);
+    }
+    // The creates that committed this round through a held answer: their outcome is lost.
+    // (A key whose held create was used up by an attempt the double throttled may have
+    // been created by a later, answered attempt: that one is not lost.)
+    let now = created(double);
+    let lost_now: Vec<String> = now
+        .into_iter()
+        .filter(|k| !before.contains(k) && !answered(double, k))
+        .collect();
+    ensure!(
+        !lost_now.is_empty(),
+        "round {round}: the kill interrupted no create"
+    );
+    Ok(Round::Lost(lost_now))
+}
 
-    // The last start runs to the end.
-    let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), KILLS)?;
-    let last_log = files.path(&format!("operator-{KILLS}.log"));
+/// Waits until every binding is Ready under `op`, failing with the logs if it exits or takes over
+/// 180 s.
+async fn wait_all_ready(
+    op: &mut Operator,
+    bindings: &Api<ConfidentialKeyBinding>,
+    cp: &ControlPlane,
+    last_log: &Path,
+) -> Result<kube::core::ObjectList<ConfidentialKeyBinding>> {
     let result = wait_for(
         Duration::from_secs(180),
         "every binding Ready",
@@ -291,7 +310,7 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
             if let Some(status) = op.child.try_wait()? {
                 bail!(
                     "the operator exited ({status}):\n{}",
-                    log_tail(&last_log, 40)
+                    log_tail(last_log, 40)
                 );
             }
             let list = bindings.list(&ListParams::default()).await?;
@@ -299,15 +318,23 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
         },
     )
     .await;
-    let list = match result {
-        Ok(l) => l,
+    match result {
+        Ok(l) => Ok(l),
         Err(e) => {
             cp.print_logs(20);
-            bail!("{e}\noperator log:\n{}", log_tail(&last_log, 40));
+            bail!("{e}\noperator log:\n{}", log_tail(last_log, 40));
         }
-    };
+    }
+}
 
-    // Exactly one key per binding, one version each, tagged for its binding.
+/// Exactly one key per binding, one version each, named in its binding's status; the creates
+/// whose answers were lost were the only creates of their keys; every other key was created
+/// exactly once, with an answer.
+fn check_one_key_version_per_binding(
+    double: &KeyVaultDouble,
+    list: &kube::core::ObjectList<ConfidentialKeyBinding>,
+    lost: &[String],
+) -> Result<()> {
     let keys = double.keys();
     let vault = &keys[HOST]["keys"];
     let names: Vec<&String> = vault
@@ -333,8 +360,6 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
             "{status_key:?}"
         );
     }
-    // The creates whose answers were lost were the only creates of their keys; every other key
-    // was created exactly once, with an answer.
     let log = double.log();
     for key in names {
         let path = format!("/keys/{key}/create");
@@ -349,15 +374,18 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
             answered.len()
         );
     }
+    Ok(())
+}
 
-    // Graceful stop on SIGTERM. The bindings may all be Ready before the last restarted operator
-    // has even installed its handler (they were made Ready by an earlier one): wait for its first
-    // log line, which it writes only after the handler is installed.
+/// Graceful stop on SIGTERM. The bindings may all be Ready before the last restarted operator
+/// has even installed its handler (they were made Ready by an earlier one): waits for its first
+/// log line, which it writes only after the handler is installed.
+async fn stops_cleanly_on_sigterm(op: &mut Operator, last_log: &Path) -> Result<()> {
     wait_for(
         Duration::from_secs(30),
         "the last operator to start (its first log line)",
         async || {
-            let len = std::fs::metadata(&last_log).map(|m| m.len()).unwrap_or(0);
+            let len = std::fs::metadata(last_log).map(|m| m.len()).unwrap_or(0);
             Ok((len > 0).then_some(()))
         },
     )
@@ -372,6 +400,43 @@ async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_
         status.success(),
         "the operator did not stop cleanly: {status}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_creates_whose_answer_is_lost_and_restarted_makes_one_key_per_binding_all_ready()
+-> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let bin = operator_binary()?;
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    install_crd(&client).await?;
+    let double = KeyVaultDouble::start(Config::default()).await?;
+    let files = Files::new(&double)?;
+    let bindings = namespace_policy_and_bindings(&client).await?;
+
+    // Kill the operator inside creates whose answers are lost, round after round.
+    let mut lost: Vec<String> = Vec::new();
+    let mut kills = 0;
+    for round in 0..KILLS {
+        match kill_inside_a_held_create(&bin, &cp, &files, &double, round).await? {
+            Round::NothingAbsent | Round::AllAnswered => break,
+            Round::Lost(lost_now) => {
+                eprintln!("round {round}: killed inside the create(s) of {lost_now:?}");
+                kills += 1;
+                lost.extend(lost_now);
+            }
+        }
+    }
+    double.clear_faults();
+    ensure!(kills >= 2, "only {kills} kill(s) inside a create");
+
+    // The last start runs to the end.
+    let mut op = start_operator(&bin, cp.kubeconfig(), &files, double.addr(), KILLS)?;
+    let last_log = files.path(&format!("operator-{KILLS}.log"));
+    let list = wait_all_ready(&mut op, &bindings, &cp, &last_log).await?;
+    check_one_key_version_per_binding(&double, &list, &lost)?;
+    stops_cleanly_on_sigterm(&mut op, &last_log).await?;
     cp.stop();
     Ok(())
 }

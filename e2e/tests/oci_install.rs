@@ -103,17 +103,22 @@ impl Drop for LocalOperator {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_binding()
--> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let version = release_version();
-    let layout = image_layout()?;
-    let helm = ckb_e2e::suite_env::helm_binary();
+/// What the registry holds after publishing: the image index's digest and the image repository.
+struct Published {
+    digest: String,
+    image_repo: String,
+    chart_digest: String,
+}
 
-    // 1. Publish to the local registry, as the release workflow does to ghcr.io.
-    let registry = LocalRegistry::start().await?;
-    let digest = registry.push_image(&layout, IMAGE_REPOSITORY, version)?;
+/// Step 1: pushes the built image and the packaged chart to the local registry, as the release
+/// workflow does to ghcr.io, and checks it holds the built image for both platforms.
+fn publish(
+    registry: &LocalRegistry,
+    layout: &Path,
+    helm: &Path,
+    version: &str,
+) -> Result<Published> {
+    let digest = registry.push_image(layout, IMAGE_REPOSITORY, version)?;
     let built =
         std::fs::read_to_string(layout.parent().context("layout dir")?.join("index-digest"))
             .context("the build's index-digest")?;
@@ -123,7 +128,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         "the registry holds another image than the one scripts/image.sh built"
     );
     let chart_digest = registry.push_chart(
-        &helm,
+        helm,
         &repo_root().join("charts/ckb-operator"),
         CHART_REPOSITORY,
     )?;
@@ -138,25 +143,40 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         ])?)?;
         assert_eq!(cfg["architecture"], arch, "platform linux/{arch}: {cfg}");
     }
+    Ok(Published {
+        digest,
+        image_repo,
+        chart_digest,
+    })
+}
 
-    // 2. helm install oci://... on a fresh control plane.
-    let cp = ControlPlane::start().await?;
-    let chart_ref = format!("oci://{}/{CHART_REPOSITORY}/ckb-operator", registry.host());
+/// Step 2: `helm install oci://...` of the pushed chart, pointed at the pushed image by digest.
+fn helm_install(
+    registry: &LocalRegistry,
+    helm: &Path,
+    cp: &ControlPlane,
+    chart_ref: &str,
+    version: &str,
+    published: &Published,
+) -> Result<()> {
     let install = run(
         registry
-            .helm_command(&helm)
+            .helm_command(helm)
             .env("KUBECONFIG", cp.kubeconfig())
             .args([
                 "install",
                 RELEASE,
-                &chart_ref,
+                chart_ref,
                 "--plain-http",
                 "--version",
                 version,
             ])
             .args(["--namespace", NAMESPACE, "--create-namespace"])
-            .args(["--set", &format!("image.repository={image_repo}")])
-            .args(["--set", &format!("image.digest={digest}")])
+            .args([
+                "--set",
+                &format!("image.repository={}", published.image_repo),
+            ])
+            .args(["--set", &format!("image.digest={}", published.digest)])
             .args([
                 "--set",
                 "workloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
@@ -165,11 +185,22 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         "helm install oci://",
     )?;
     println!("{install}");
+    Ok(())
+}
 
-    // 3. What was installed: the chart of this version, pulled by digest; its objects exist.
+/// Step 3, from helm's side: the release is this version's chart, deployed, with its objects,
+/// and the chart helm pulls from the registry is the pushed one.
+fn check_helm_release(
+    registry: &LocalRegistry,
+    helm: &Path,
+    cp: &ControlPlane,
+    chart_ref: &str,
+    version: &str,
+    published: &Published,
+) -> Result<()> {
     let list: Value = serde_json::from_str(&run(
         registry
-            .helm_command(&helm)
+            .helm_command(helm)
             .env("KUBECONFIG", cp.kubeconfig())
             .args(["list", "-n", NAMESPACE, "-o", "json"]),
         "helm list",
@@ -184,7 +215,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     assert_eq!(list[0]["status"], "deployed", "{list}");
     let manifest = run(
         registry
-            .helm_command(&helm)
+            .helm_command(helm)
             .env("KUBECONFIG", cp.kubeconfig())
             .args(["get", "manifest", RELEASE, "-n", NAMESPACE]),
         "helm get manifest",
@@ -203,10 +234,10 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     }
     // helm pulled the chart from the registry: the pulled chart's digest is the pushed one.
     let show = run(
-        registry.helm_command(&helm).args([
+        registry.helm_command(helm).args([
             "show",
             "chart",
-            &chart_ref,
+            chart_ref,
             "--plain-http",
             "--version",
             version,
@@ -214,7 +245,16 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         "helm show chart",
     )?;
     assert!(show.contains(&format!("appVersion: {version}")), "{show}");
-    assert!(!chart_digest.is_empty());
+    assert!(!published.chart_digest.is_empty());
+    Ok(())
+}
+
+/// Step 3, from the cluster's side: the CRD is installed and the Deployment runs the pushed image
+/// by digest. Returns the Deployment, its image and the pod's `runAsUser` if it sets one.
+async fn installed_deployment(
+    cp: &ControlPlane,
+    published: &Published,
+) -> Result<(Deployment, String, Option<i64>)> {
     let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
     let crd = crds
         .get("confidentialkeybindings.ckb.dev")
@@ -231,7 +271,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     let image = pod.containers[0].image.clone().unwrap_or_default();
     assert_eq!(
         image,
-        format!("{image_repo}@{digest}"),
+        format!("{}@{}", published.image_repo, published.digest),
         "the Deployment does not run the pushed image by digest"
     );
     let run_as = pod
@@ -244,17 +284,33 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
                 .as_ref()
                 .and_then(|s| s.run_as_user)
         });
+    Ok((deploy, image, run_as))
+}
 
-    // 4. Pull that image back as a node would (linux/amd64), unpack it, read its config.
-    let work = tempfile::tempdir()?;
-    let root = work.path().join("rootfs");
+/// The unpacked image: its root filesystem, the binary its entrypoint names and the entrypoint.
+struct Unpacked {
+    root: PathBuf,
+    binary: PathBuf,
+    entrypoint: Vec<String>,
+}
+
+/// Step 4: pulls `image` back as a node would (linux/amd64), unpacks it under `work` and checks
+/// its user (the chart's `runAsUser` if set) and that its binary is this version.
+fn pull_and_unpack(
+    registry: &LocalRegistry,
+    image: &str,
+    work: &Path,
+    run_as: Option<i64>,
+    version: &str,
+) -> Result<Unpacked> {
+    let root = work.join("rootfs");
     std::fs::create_dir_all(&root)?;
-    let fs_tar = work.path().join("fs.tar");
+    let fs_tar = work.join("fs.tar");
     registry.crane(&[
         "export",
         "--platform",
         "linux/amd64",
-        &image,
+        image,
         &fs_tar.display().to_string(),
     ])?;
     run(
@@ -269,7 +325,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         "config",
         "--platform",
         "linux/amd64",
-        &image,
+        image,
     ])?)?;
     let user = config["config"]["User"].as_str().unwrap_or_default();
     assert_eq!(user, "65532:65532", "image user");
@@ -293,18 +349,29 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         "the image's binary --version",
     )?;
     assert_eq!(out.trim(), format!("ckb-operator {version}"));
+    Ok(Unpacked {
+        root,
+        binary,
+        entrypoint,
+    })
+}
 
-    // 5. Run it as the Deployment says (no kubelet): the image's entrypoint with the container's
-    // environment. Only what a pod gets from its node is replaced: the ServiceAccount token (a
-    // kubeconfig instead of the in-cluster mount), free loopback ports for the two listeners (the
-    // manifest's 0.0.0.0:8080/9443 may be taken on a shared machine), and Key Vault is the double
-    // (static token, its CA, vault hosts resolved to it) instead of Azure with workload identity.
-    let double = KeyVaultDouble::start(DoubleConfig::default())
-        .await
-        .context("Key Vault and Attestation doubles")?;
-    let ca_file = work.path().join("doubles-ca.pem");
+/// Step 5: runs the image's entrypoint as the Deployment says (no kubelet), with the container's
+/// environment. Only what a pod gets from its node is replaced: the ServiceAccount token (a
+/// kubeconfig instead of the in-cluster mount), free loopback ports for the two listeners (the
+/// manifest's 0.0.0.0:8080/9443 may be taken on a shared machine), and Key Vault is the double
+/// (static token, its CA, vault hosts resolved to it) instead of Azure with workload identity.
+/// Returns the process and its metrics port.
+async fn start_as_the_deployment_says(
+    cp: &ControlPlane,
+    deploy: &Deployment,
+    double: &KeyVaultDouble,
+    work: &Path,
+    image: &Unpacked,
+) -> Result<(LocalOperator, u16)> {
+    let ca_file = work.join("doubles-ca.pem");
     std::fs::write(&ca_file, double.ca_pem())?;
-    let token_file = work.path().join("kv-token");
+    let token_file = work.join("kv-token");
     std::fs::write(&token_file, "operator-token")?;
     let token = cp
         .token_for_service_account(NAMESPACE, RELEASE, Duration::from_secs(3600))
@@ -314,7 +381,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         &format!("system:serviceaccount:{NAMESPACE}:{RELEASE}"),
         &token,
     )?;
-    let mut env = container_env(&deploy)?;
+    let mut env = container_env(deploy)?;
     assert_eq!(
         env.get("CKB_ALLOWED_VAULTS").map(String::as_str),
         Some(DEMO_VAULT),
@@ -338,25 +405,28 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     ] {
         env.insert(k.to_string(), v);
     }
-    let log = work.path().join("operator.log");
+    let log = work.join("operator.log");
     let logf = std::fs::File::create(&log)?;
     let child = {
         use std::os::unix::process::CommandExt as _;
-        Command::new(&binary)
-            .args(&entrypoint[1..])
+        Command::new(&image.binary)
+            .args(&image.entrypoint[1..])
             .env_clear()
             .envs(&env)
-            .current_dir(&root)
+            .current_dir(&image.root)
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?
+            .with_context(|| format!("starting {}", image.binary.display()))?
     };
-    let mut operator = LocalOperator { child, log };
+    Ok((LocalOperator { child, log }, metrics_port))
+}
 
-    // Ready: /readyz answers 200.
+/// Waits until the operator's `/readyz` answers 200, failing with its log if it exits or takes
+/// over 120 s.
+async fn wait_until_ready(operator: &mut LocalOperator, metrics_port: u16) -> Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -372,7 +442,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         if let Ok(r) = http.get(&url).send().await
             && r.status().is_success()
         {
-            break;
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
@@ -382,8 +452,14 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
 
-    // 6. The demo binding (the samples) becomes Ready and its key exists in the (double's) vault.
+/// Step 6: applies the samples (namespace, policy ConfigMap, binding) and waits until the demo
+/// binding is Ready for its current generation, failing with the operator's log after 90 s.
+async fn apply_demo_binding_and_wait_ready(
+    cp: &ControlPlane,
+    operator: &LocalOperator,
+) -> Result<()> {
     for f in [
         "00-namespace.yaml",
         "10-policy-configmap.yaml",
@@ -410,7 +486,7 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
                     && b.status.as_ref().and_then(|s| s.observed_generation)
                         == b.metadata.generation
                 {
-                    break;
+                    return Ok(());
                 }
                 last = format!("Ready={} {}: {}", c.status, c.reason, c.message);
             }
@@ -423,6 +499,35 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_binding()
+-> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let version = release_version();
+    let layout = image_layout()?;
+    let helm = ckb_e2e::suite_env::helm_binary();
+
+    let registry = LocalRegistry::start().await?;
+    let published = publish(&registry, &layout, &helm, version)?;
+    let cp = ControlPlane::start().await?;
+    let chart_ref = format!("oci://{}/{CHART_REPOSITORY}/ckb-operator", registry.host());
+    helm_install(&registry, &helm, &cp, &chart_ref, version, &published)?;
+    check_helm_release(&registry, &helm, &cp, &chart_ref, version, &published)?;
+    let (deploy, image, run_as) = installed_deployment(&cp, &published).await?;
+
+    let work = tempfile::tempdir()?;
+    let unpacked = pull_and_unpack(&registry, &image, work.path(), run_as, version)?;
+    let double = KeyVaultDouble::start(DoubleConfig::default())
+        .await
+        .context("Key Vault and Attestation doubles")?;
+    let (mut operator, metrics_port) =
+        start_as_the_deployment_says(&cp, &deploy, &double, work.path(), &unpacked).await?;
+    wait_until_ready(&mut operator, metrics_port).await?;
+
+    apply_demo_binding_and_wait_ready(&cp, &operator).await?;
+    // The demo binding's key exists in the (double's) vault.
     let keys = double.keys();
     assert!(
         keys.pointer("/demo.vault.azure.net/keys/orders-key")

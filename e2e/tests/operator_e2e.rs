@@ -211,19 +211,11 @@ fn assert_refused(result: Result<ckb_doubles::sidecar::ReleasedKey, SidecarError
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_them() -> Result<()>
-{
-    let t0 = Instant::now();
-    let env = Environment::start(EnvOptions::default()).await?;
-    eprintln!("environment up in {:?}", t0.elapsed());
-    let ns = "e2e-inject";
-    let rego = policy_rego("v1");
-    let hash = sha256_hex(&rego);
+/// The same binding and ConfigMap in `ns` and in two places where the webhook must not act: a
+/// namespace not opted in, and kube-system (opted in by label, excluded by the chart).
+fn bind_in_three_namespaces(env: &Environment, ns: &str, rego: &str) -> Result<()> {
     env.create_namespace(ns, true)?;
     env.create_namespace("e2e-not-opted-in", false)?;
-    // The same binding, ConfigMap and pods in three places where the webhook must not act: a
-    // namespace not opted in, and kube-system (opted in by label, excluded by the chart).
     env.kubectl(&[
         "label",
         "namespace",
@@ -235,21 +227,31 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
         ("e2e-not-opted-in", "other-ns-key"),
         ("kube-system", "kube-system-key"),
     ] {
-        env.apply_yaml(&policy_config_map_yaml(n, "orders-policy", &rego))?;
+        env.apply_yaml(&policy_config_map_yaml(n, "orders-policy", rego))?;
         env.apply_yaml(&strict(
             BindingManifest::new(n, "orders", key).deletion("Delete"),
         ))?;
     }
+    Ok(())
+}
 
-    // Ready, with the key created in the double, bound to exactly this policy's hash.
-    let b = env.wait_binding_ready(ns, "orders").await?;
+/// The Ready binding's key in the double: exportable RSA-HSM, tagged for the binding and the
+/// cluster, named in the status, bound to exactly `hash`, and guarded as the grammar says (one
+/// authority entry, every pinned claim compared with `equals` as a string, the extra claim
+/// added). Returns the key id from the status.
+async fn check_the_key_the_binding_made(
+    env: &Environment,
+    ns: &str,
+    b: &ConfidentialKeyBinding,
+    hash: &str,
+) -> Result<String> {
     let status = b.status.clone().unwrap_or_default();
     let policy_status = status.policy.clone().context("status.policy")?;
     assert_eq!(
         policy_status.current_hash.as_ref().map(|h| h.as_str()),
-        Some(hash.as_str())
+        Some(hash)
     );
-    assert_eq!(bound_hashes(&b), BTreeSet::from([hash.to_string()]));
+    assert_eq!(bound_hashes(b), BTreeSet::from([hash.to_string()]));
     let key = env.key(VAULT_HOST, "inject-key").context("key created")?;
     assert_eq!(key["attributes"]["exportable"], json!(true), "{key}");
     assert_eq!(key["key"]["kty"], json!("RSA-HSM"), "{key}");
@@ -264,30 +266,24 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     assert_eq!(key["tags"][tags::CLUSTER], json!(kube_system_uid));
     let status_key = status.key.clone().context("status.key")?;
     assert_eq!(Some(status_key.id.as_str()), key["key"]["kid"].as_str());
-    // The binding's spec, as the grammar says the key must be guarded: one authority entry,
-    // every pinned claim compared with `equals` as a string, the extra claim added.
-    let expected = json!({
-        "version": "1.0.0",
-        "anyOf": [{
-            "authority": "https://sharedeus.eus.attest.azure.net",
-            "allOf": [
-                {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
-                {"claim": "x-ms-sevsnpvm-hostdata", "equals": hash},
-                {"claim": "x-ms-compliance-status", "equals": "azure-signed-katacc-uvm"},
-                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
-                {"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}
-            ]
-        }]
-    });
-    let actual = key_policy(&env, "inject-key")?;
+    let expected = strict_release_policy(&[hash]);
+    let actual = key_policy(env, "inject-key")?;
     assert_eq!(
         canonical(&actual),
         canonical(&expected),
         "release policy in the vault:\n{actual:#}"
     );
+    Ok(status_key.id)
+}
 
-    // Pods: a confidential Deployment's pods (made by the real controller manager) are injected;
-    // a non-confidential pod matching the same selector is not.
+/// A confidential Deployment's pods (made by the real controller manager) are injected, with the
+/// sidecar's environment naming the vault, authority and key; a non-confidential pod matching the
+/// same selector is not. Returns the injected pods.
+async fn only_confidential_pods_are_injected(
+    env: &Environment,
+    ns: &str,
+    rego: &str,
+) -> Result<Vec<Pod>> {
     env.apply_yaml(&deployment_yaml(ns, "orders", 2))?;
     env.apply_yaml(&pod_yaml(ns, "plain", "orders", None))?;
     let pods = env.wait_pods(ns, "app=orders", 3, WAIT, |_| true).await?;
@@ -297,7 +293,7 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
     assert_eq!(injected.len(), 2);
     for p in &injected {
         assert!(
-            injected_with(p, "orders", &rego),
+            injected_with(p, "orders", rego),
             "pod {:?} not injected as expected: {}",
             p.metadata.name,
             serde_json::to_string_pretty(p)?
@@ -322,39 +318,26 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
         "{}",
         serde_json::to_string_pretty(&plain[0])?
     );
+    Ok(injected)
+}
 
-    // The same confidential pod in a namespace not opted in and in kube-system: untouched, even
-    // though a binding there selects it.
-    for n in ["e2e-not-opted-in", "kube-system"] {
-        env.apply_yaml(&pod_yaml(
-            n,
-            "confidential",
-            "orders",
-            Some("kata-cc-isolation"),
-        ))?;
-        let p = get_pod(&env, n, "confidential").await?;
-        assert!(untouched(&p), "{n}: {}", serde_json::to_string_pretty(&p)?);
-    }
-
-    // The binding counts the injected pods.
-    wait_for(WAIT, "status.injectedPods = 2", || async {
-        let b = binding(&env, ns, "orders").await?;
-        Ok((b.status.and_then(|s| s.injected_pods) == Some(2)).then_some(()))
-    })
-    .await?;
-
-    // Release, playing the injected pod's sidecar: the hash comes from the pod's own annotation.
-    let pod = &injected[0];
+/// Release, playing the injected pod's sidecar (the hash comes from the pod's own annotation):
+/// the key `key_id` is released; with any other policy, a debuggable VM, another authority,
+/// another VMPL, compliance status or attestation type it is refused.
+async fn released_to_the_pod_and_to_nothing_else(
+    env: &Environment,
+    pod: &Pod,
+    key_id: &str,
+) -> Result<()> {
     let released = env
         .release_for_pod(pod, |_| {})
         .await?
         .map_err(|e| anyhow::anyhow!("release for the injected pod: {e}"))?;
     // The double names the key by the host it was called at, here with the loopback port.
     let port = format!(":{}", env.double.addr().port());
-    assert_eq!(released.kid.replace(&port, ""), status_key.id.as_str());
+    assert_eq!(released.kid.replace(&port, ""), key_id);
     assert!(!released.key_bytes.is_empty());
 
-    // Any other policy, a debuggable VM, another authority: refused.
     let other = sha256_hex(&policy_rego("tampered"));
     assert_refused(
         env.release_for_pod(pod, |r| r.hostdata = other.clone())
@@ -388,8 +371,114 @@ async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_
             .await?,
         "another attestation type",
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_creates_the_key_injects_confidential_pods_and_releases_only_to_them() -> Result<()>
+{
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    eprintln!("environment up in {:?}", t0.elapsed());
+    let ns = "e2e-inject";
+    let rego = policy_rego("v1");
+    let hash = sha256_hex(&rego);
+    bind_in_three_namespaces(&env, ns, &rego)?;
+
+    // Ready, with the key created in the double, bound to exactly this policy's hash.
+    let b = env.wait_binding_ready(ns, "orders").await?;
+    let key_id = check_the_key_the_binding_made(&env, ns, &b, &hash).await?;
+
+    let injected = only_confidential_pods_are_injected(&env, ns, &rego).await?;
+    // The same confidential pod in a namespace not opted in and in kube-system: untouched, even
+    // though a binding there selects it.
+    for n in ["e2e-not-opted-in", "kube-system"] {
+        env.apply_yaml(&pod_yaml(
+            n,
+            "confidential",
+            "orders",
+            Some("kata-cc-isolation"),
+        ))?;
+        let p = get_pod(&env, n, "confidential").await?;
+        assert!(untouched(&p), "{n}: {}", serde_json::to_string_pretty(&p)?);
+    }
+
+    // The binding counts the injected pods.
+    wait_for(WAIT, "status.injectedPods = 2", || async {
+        let b = binding(&env, ns, "orders").await?;
+        Ok((b.status.and_then(|s| s.injected_pods) == Some(2)).then_some(()))
+    })
+    .await?;
+
+    released_to_the_pod_and_to_nothing_else(&env, &injected[0], &key_id).await?;
     eprintln!("test done in {:?}", t0.elapsed());
     Ok(())
+}
+
+/// The old pods go (their ReplicaSet deleted); after the grace period the old hash is pruned
+/// from the key, and the old pod's policy no longer releases it while the new pod's (`v2`) does.
+async fn old_hash_is_pruned_when_the_old_pods_go(
+    env: &Environment,
+    ns: &str,
+    old_pod: &Pod,
+    new_pod: &Pod,
+    v2: &str,
+) -> Result<()> {
+    let h2 = sha256_hex(v2);
+    let old_rs = old_pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first())
+        .map(|o| o.name.clone())
+        .context("old pod's ReplicaSet")?;
+    let gone_at = Instant::now();
+    Api::<ReplicaSet>::namespaced(env.cp.client(), ns)
+        .delete(&old_rs, &DeleteParams::background())
+        .await?;
+    env.wait_pods(ns, "app=orders", 1, WAIT, |p| {
+        injected_with(p, "orders", v2)
+    })
+    .await?;
+    wait_for(WAIT, "only v2 in the key's release policy", || async {
+        Ok((key_hostdata(env, "rollout-key")? == BTreeSet::from([h2.clone()])).then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "old hash pruned {:?} after the old pods went",
+        gone_at.elapsed()
+    );
+    wait_for(WAIT, "status bound hashes = v2", || async {
+        let b = binding(env, ns, "orders").await?;
+        Ok((bound_hashes(&b) == BTreeSet::from([h2.to_string()])).then_some(()))
+    })
+    .await?;
+    assert_refused(
+        env.release_for_pod(old_pod, |_| {}).await?,
+        "the old policy",
+    );
+    env.release_for_pod(new_pod, |_| {})
+        .await?
+        .map_err(|e| anyhow::anyhow!("release for the new pod after pruning: {e}"))?;
+    Ok(())
+}
+
+/// The release policy a strict binding makes for `hashes`: one authority entry per hash, each
+/// pinning every claim of an AKS confidential pod.
+fn strict_release_policy(hashes: &[&str]) -> Value {
+    let entry = |h: &str| {
+        json!({
+            "authority": "https://sharedeus.eus.attest.azure.net",
+            "allOf": [
+                {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+                {"claim": "x-ms-sevsnpvm-hostdata", "equals": h},
+                {"claim": "x-ms-compliance-status", "equals": "azure-signed-katacc-uvm"},
+                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
+                {"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}
+            ]
+        })
+    };
+    json!({"version": "1.0.0", "anyOf": hashes.iter().map(|h| entry(h)).collect::<Vec<_>>()})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,19 +538,7 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
     })
     .await?;
     // Both hashes, one authority entry each (the grammar has no "any of these values").
-    let entry = |h: &str| {
-        json!({
-            "authority": "https://sharedeus.eus.attest.azure.net",
-            "allOf": [
-                {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
-                {"claim": "x-ms-sevsnpvm-hostdata", "equals": h},
-                {"claim": "x-ms-compliance-status", "equals": "azure-signed-katacc-uvm"},
-                {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
-                {"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}
-            ]
-        })
-    };
-    let expected = json!({"version": "1.0.0", "anyOf": [entry(&h1), entry(&h2)]});
+    let expected = strict_release_policy(&[&h1, &h2]);
     let actual = key_policy(&env, "rollout-key")?;
     assert_eq!(
         canonical(&actual),
@@ -474,64 +551,17 @@ async fn policy_change_and_rollout_bind_both_hashes_then_prune_the_old_one() -> 
             .map_err(|e| anyhow::anyhow!("release for the {what}: {e}"))?;
     }
 
-    // The old pods go (their ReplicaSet deleted); after the grace period the old hash is pruned
-    // from the key, and the old pod's policy no longer releases it.
-    let old_rs = old_pod
-        .metadata
-        .owner_references
-        .as_ref()
-        .and_then(|o| o.first())
-        .map(|o| o.name.clone())
-        .context("old pod's ReplicaSet")?;
-    let gone_at = Instant::now();
-    Api::<ReplicaSet>::namespaced(env.cp.client(), ns)
-        .delete(&old_rs, &DeleteParams::background())
-        .await?;
-    env.wait_pods(ns, "app=orders", 1, WAIT, |p| {
-        injected_with(p, "orders", &v2)
-    })
-    .await?;
-    wait_for(WAIT, "only v2 in the key's release policy", || async {
-        Ok((key_hostdata(&env, "rollout-key")? == BTreeSet::from([h2.clone()])).then_some(()))
-    })
-    .await?;
-    eprintln!(
-        "old hash pruned {:?} after the old pods went",
-        gone_at.elapsed()
-    );
-    wait_for(WAIT, "status bound hashes = v2", || async {
-        let b = binding(&env, ns, "orders").await?;
-        Ok((bound_hashes(&b) == BTreeSet::from([h2.to_string()])).then_some(()))
-    })
-    .await?;
-    assert_refused(
-        env.release_for_pod(&old_pod, |_| {}).await?,
-        "the old policy",
-    );
-    env.release_for_pod(&new_pod, |_| {})
-        .await?
-        .map_err(|e| anyhow::anyhow!("release for the new pod after pruning: {e}"))?;
+    old_hash_is_pruned_when_the_old_pods_go(&env, ns, &old_pod, &new_pod, &v2).await?;
     // One key, one version: policy changes are updates of the release policy, not new keys.
     assert_eq!(env.key_versions(VAULT_HOST, "rollout-key"), 1);
     eprintln!("test done in {:?}", t0.elapsed());
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
-    let t0 = Instant::now();
-    let env = Environment::start(EnvOptions::default()).await?;
-    let ns = "e2e-keys";
-    let rego = policy_rego("v1");
-    env.create_namespace(ns, true)?;
-    for name in ["foreign", "elsewhere", "retain", "delete"] {
-        env.apply_yaml(&policy_config_map_yaml(
-            ns,
-            &format!("{name}-policy"),
-            &rego,
-        ))?;
-    }
-
+/// A key tagged for another binding and cluster, created directly in the double (as another
+/// owner would): its binding is refused with KeyNotOwned and not Ready. A binding naming a vault
+/// outside the allow-list is refused with VaultNotAllowed. Returns the foreign key as it was.
+async fn foreign_key_and_unlisted_vault_are_refused(env: &Environment, ns: &str) -> Result<Value> {
     // A key tagged for another binding and cluster: left alone, with zero writes.
     // Created directly in the double (as another owner would), tagged for another binding.
     let tags = json!({"managed-by": "ckb-operator", "ckb-binding": "someone/else",
@@ -572,32 +602,13 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
     )
     .await?;
 
-    // Retain and Delete.
-    for (name, policy) in [("retain", "Retain"), ("delete", "Delete")] {
-        env.apply_yaml(&strict(
-            BindingManifest::new(ns, name, &format!("{name}-key")).deletion(policy),
-        ))?;
-    }
-    for name in ["retain", "delete"] {
-        let b = env.wait_binding_ready(ns, name).await?;
-        assert!(
-            b.metadata
-                .finalizers
-                .as_ref()
-                .is_some_and(|f| f.iter().any(|f| f == FINALIZER)),
-            "{name} has the cleanup finalizer"
-        );
-    }
-    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(env.cp.client(), ns);
-    for name in ["retain", "delete", "foreign", "elsewhere"] {
-        bindings.delete(name, &DeleteParams::default()).await?;
-    }
-    // Every binding goes: the finalizer is removed in each case.
-    wait_for(WAIT, "every binding deleted", || async {
-        let left = bindings.list(&ListParams::default()).await?.items.len();
-        Ok((left == 0).then_some(()))
-    })
-    .await?;
+    Ok(before)
+}
+
+/// After every binding went: the retained key is kept, enabled and still tagged for its binding;
+/// the deleted one is soft-deleted; the foreign key is unchanged and was never written, not even
+/// on deletion; and the vault outside the allow-list got not one request.
+fn check_the_keys_after_deletion(env: &Environment, ns: &str, before: &Value) -> Result<()> {
     let retained = env.key(VAULT_HOST, "retain-key").context("retained key")?;
     assert_eq!(
         retained["tags"][tags::BINDING],
@@ -624,8 +635,66 @@ async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
         .filter(|e| e.host.starts_with("elsewhere"))
         .collect();
     assert!(elsewhere.is_empty(), "{elsewhere:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_allow_list_and_deletion_policies() -> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-keys";
+    let rego = policy_rego("v1");
+    env.create_namespace(ns, true)?;
+    for name in ["foreign", "elsewhere", "retain", "delete"] {
+        env.apply_yaml(&policy_config_map_yaml(
+            ns,
+            &format!("{name}-policy"),
+            &rego,
+        ))?;
+    }
+
+    let before = foreign_key_and_unlisted_vault_are_refused(&env, ns).await?;
+
+    // Retain and Delete.
+    for (name, policy) in [("retain", "Retain"), ("delete", "Delete")] {
+        env.apply_yaml(&strict(
+            BindingManifest::new(ns, name, &format!("{name}-key")).deletion(policy),
+        ))?;
+    }
+    for name in ["retain", "delete"] {
+        let b = env.wait_binding_ready(ns, name).await?;
+        assert!(
+            b.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == FINALIZER)),
+            "{name} has the cleanup finalizer"
+        );
+    }
+    let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(env.cp.client(), ns);
+    for name in ["retain", "delete", "foreign", "elsewhere"] {
+        bindings.delete(name, &DeleteParams::default()).await?;
+    }
+    // Every binding goes: the finalizer is removed in each case.
+    wait_for(WAIT, "every binding deleted", || async {
+        let left = bindings.list(&ListParams::default()).await?.items.len();
+        Ok((left == 0).then_some(()))
+    })
+    .await?;
+    check_the_keys_after_deletion(&env, ns, &before)?;
     eprintln!("test done in {:?}", t0.elapsed());
     Ok(())
+}
+
+/// `kubectl apply` of `yaml`: whether it succeeded, and what kubectl printed (stdout, stderr).
+fn kubectl_apply(env: &Environment, yaml: &str) -> Result<(bool, String)> {
+    let out = env.kubectl_stdin_output(&["apply", "-f", "-"], yaml)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,16 +727,11 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     for side in ["left", "right"] {
         env.wait_binding_ready(ns, side).await?;
     }
-    let out = env.kubectl_stdin_output(
-        &["apply", "-f", "-"],
+    let (admitted, text) = kubectl_apply(
+        &env,
         &pod_yaml(ns, "clash", "clash", Some("kata-cc-isolation")),
     )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "the pod was admitted: {text}");
+    assert!(!admitted, "the pod was admitted: {text}");
     assert!(
         text.contains("admission webhook \"inject.ckb.dev\" denied the request"),
         "not the webhook's denial: {text}"
@@ -685,16 +749,11 @@ async fn webhook_down_refuses_confidential_pods_and_recovers_after_restart() -> 
     );
 
     env.stop_operator();
-    let out = env.kubectl_stdin_output(
-        &["apply", "-f", "-"],
+    let (admitted, text) = kubectl_apply(
+        &env,
         &pod_yaml(ns, "while-down", "orders", Some("kata-cc-isolation")),
     )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "the pod was admitted: {text}");
+    assert!(!admitted, "the pod was admitted: {text}");
     assert!(
         text.contains("failed calling webhook") && text.contains("inject.ckb.dev"),
         "unclear refusal: {text}"

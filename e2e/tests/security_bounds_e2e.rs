@@ -120,29 +120,139 @@ async fn expect_refused(env: &Environment, ns: &str, name: &str, reason: &str) -
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admin_did_not_allow()
--> Result<()> {
-    let t0 = Instant::now();
-    let env = Environment::start(EnvOptions::default()).await?;
-    let (ns, other_ns) = ("team-a", "team-b");
-    env.create_namespace(ns, true)?;
-    env.create_namespace(other_ns, true)?;
-    let admin = env.cp.client();
-    for n in [ns, other_ns] {
-        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), n);
+/// A refused binding: its name, its key's name, its spec patch and the reason it is refused with.
+type RefusedCase = (&'static str, &'static str, Value, &'static str);
+
+/// The grant the cluster admin makes for team-a.
+fn team_a_grant(ns: &str) -> ConfidentialKeyGrant {
+    let spec = json!({
+        "vault": VAULT,
+        "namespaces": {"names": [ns]},
+        "keyNamePrefix": "{namespace}-",
+        "attestation": {"authorities": [DEMO_AUTHORITY]},
+        "rateLimitPercent": 20
+    });
+    ConfidentialKeyGrant::new("team-a", serde_json::from_value(spec).expect("grant spec"))
+}
+
+/// A binding spec patch naming the team-a grant, with `patch` on top.
+fn granted(patch: Value) -> Value {
+    let mut p = json!({"grantRef": {"name": "team-a"}});
+    merge(&mut p, patch);
+    p
+}
+
+/// Simple mode (no grantRef): what the operator's flags refuse (authorities, compliance values,
+/// debuggable VMs, vaults).
+fn refused_by_the_flags() -> [RefusedCase; 4] {
+    [
+        (
+            "attacker",
+            "attacker-key",
+            json!({"attestation": {"authority": ATTACKER}}),
+            reasons::AUTHORITY_NOT_ALLOWED,
+        ),
+        (
+            "debug",
+            "debug-key",
+            json!({"attestation": {"allowDebuggable": true}}),
+            reasons::DEBUGGABLE_NOT_ALLOWED,
+        ),
+        (
+            "aci",
+            "aci-key",
+            json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}}),
+            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
+        ),
+        (
+            "elsewhere",
+            "elsewhere-key",
+            json!({"key": {"vault": "https://elsewhere.vault.azure.net"}}),
+            reasons::VAULT_NOT_ALLOWED,
+        ),
+    ]
+}
+
+/// Grant mode: what the team-a grant refuses, and a grant nobody made.
+fn refused_by_the_grant() -> [RefusedCase; 8] {
+    [
+        (
+            "g-attacker",
+            "team-a-attacker",
+            granted(json!({"attestation": {"authority": ATTACKER}})),
+            reasons::AUTHORITY_NOT_ALLOWED,
+        ),
+        (
+            "g-debug",
+            "team-a-debug",
+            granted(json!({"attestation": {"allowDebuggable": true}})),
+            reasons::DEBUGGABLE_NOT_ALLOWED,
+        ),
+        (
+            "g-aci",
+            "team-a-aci",
+            granted(json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}})),
+            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
+        ),
+        (
+            "g-vault",
+            "team-a-vault",
+            granted(json!({"key": {"vault": "https://other.vault.azure.net"}})),
+            reasons::VAULT_NOT_ALLOWED,
+        ),
+        (
+            "g-scope",
+            "orders",
+            granted(json!({})),
+            reasons::KEY_NAME_NOT_ALLOWED,
+        ),
+        (
+            "g-adopt",
+            "team-a-adopt",
+            granted(json!({"key": {"adopt": true}})),
+            reasons::ADOPT_NOT_ALLOWED,
+        ),
+        (
+            "g-delete",
+            "team-a-delete",
+            granted(json!({"key": {"deletionPolicy": "Delete"}})),
+            reasons::DELETION_NOT_ALLOWED,
+        ),
+        (
+            "g-missing",
+            "team-a-missing",
+            json!({"grantRef": {"name": "nobody-made-this"}}),
+            reasons::GRANT_NOT_FOUND,
+        ),
+    ]
+}
+
+/// Creates both namespaces, each with its policy ConfigMap.
+async fn namespaces_with_policies(env: &Environment, namespaces: [&str; 2]) -> Result<()> {
+    for n in namespaces {
+        env.create_namespace(n, true)?;
+    }
+    for n in namespaces {
+        let cms: Api<ConfigMap> = Api::namespaced(env.cp.client(), n);
         cms.create(
             &PostParams::default(),
             &policy_config_map(n, "policy", [("policy.rego".into(), rego(n))].into()),
         )
         .await?;
     }
-    let editor = env.cp.user_bound_to(ns, "editor", "edit").await?;
-    let owner = env.cp.user_bound_to(ns, "owner", "admin").await?;
+    Ok(())
+}
+
+/// RBAC: the chart's roles are aggregated into admin (write) and view (read) only. The owner
+/// creates the `simple` binding; the editor can read bindings but cannot create, patch or delete
+/// one; neither may write grants (cluster-scoped, cluster admins only).
+async fn only_admin_writes_bindings_and_nobody_in_the_namespace_writes_grants(
+    ns: &str,
+    editor: &Client,
+    owner: &Client,
+) -> Result<()> {
     let as_editor: Api<ConfidentialKeyBinding> = Api::namespaced(editor.clone(), ns);
     let as_owner: Api<ConfidentialKeyBinding> = Api::namespaced(owner.clone(), ns);
-
-    // --- RBAC: the chart's roles are aggregated into admin (write) and view (read) only.
     let simple = binding(ns, "simple", "simple-key", json!({}));
     wait_for(WAIT, "admin to be allowed to create bindings", || {
         let (api, b) = (as_owner.clone(), simple.clone());
@@ -186,113 +296,123 @@ async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admi
         is_forbidden(&deleted),
         "edit deleted a binding: {deleted:?}"
     );
-    // Neither edit nor admin of a namespace may write grants (cluster-scoped, cluster admins only).
-    let grant_of = |spec: Value| -> ConfidentialKeyGrant {
-        ConfidentialKeyGrant::new("team-a", serde_json::from_value(spec).expect("grant spec"))
-    };
-    let grant = grant_of(json!({
-        "vault": VAULT,
-        "namespaces": {"names": [ns]},
-        "keyNamePrefix": "{namespace}-",
-        "attestation": {"authorities": [DEMO_AUTHORITY]},
-        "rateLimitPercent": 20
-    }));
-    for (who, client) in [("edit", &editor), ("admin", &owner)] {
+    let grant = team_a_grant(ns);
+    for (who, client) in [("edit", editor), ("admin", owner)] {
         let r = Api::<ConfidentialKeyGrant>::all(client.clone())
             .create(&PostParams::default(), &grant)
             .await;
         assert!(is_forbidden(&r), "{who} created a grant: {r:?}");
     }
+    Ok(())
+}
+
+/// The double's request log: not one request for any refused binding's key (nor for the binding
+/// borrowing team-a's grant from team-b), nor to a vault that was not granted; the granted and
+/// simple ones were created.
+fn assert_only_allowed_keys_reached_the_vault(env: &Environment, refused: &[RefusedCase]) {
+    let log = env.double.log();
+    for (name, key, _, _) in refused {
+        let seen = requests_for_key(&log, key);
+        assert!(
+            seen.is_empty(),
+            "{name}: the vault was contacted for {key}: {seen:?}"
+        );
+    }
+    assert!(requests_for_key(&log, "team-a-borrowed").is_empty());
+    let other_hosts: Vec<_> = log.iter().filter(|e| e.host != VAULT_HOST).collect();
+    assert!(other_hosts.is_empty(), "{other_hosts:?}");
+    assert!(env.key(VAULT_HOST, "team-a-orders").is_some());
+    assert!(env.key(VAULT_HOST, "simple-key").is_some());
+}
+
+/// The cluster admin narrows the grant: the authority the binding names is no longer allowed,
+/// then (authority back) the namespace is no longer granted. Each time the binding is refused
+/// and its vault is not contacted for it. Widened back, the binding is Ready again, its key as
+/// it was.
+async fn narrowing_the_grant_refuses_its_binding(
+    env: &Environment,
+    ns: &str,
+    other_ns: &str,
+) -> Result<()> {
+    let grants: Api<ConfidentialKeyGrant> = Api::all(env.cp.client());
+    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
+    let other_authority = "https://sharedwus.wus.attest.azure.net";
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"attestation": {"authorities": [other_authority]}}})),
+        )
+        .await?;
+    expect_refused(env, ns, "granted", reasons::AUTHORITY_NOT_ALLOWED).await?;
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "attestation": {"authorities": [DEMO_AUTHORITY]},
+                "namespaces": {"names": [other_ns]}
+            }})),
+        )
+        .await?;
+    expect_refused(env, ns, "granted", reasons::NAMESPACE_NOT_GRANTED).await?;
+    assert_eq!(
+        requests_for_key(&env.double.log(), "team-a-orders").len(),
+        before,
+        "the vault was contacted for a binding the narrowed grant no longer covers"
+    );
+    grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"namespaces": {"names": [ns]}}})),
+        )
+        .await?;
+    env.wait_binding_ready(ns, "granted").await?;
+    Ok(())
+}
+
+/// The grant goes: its binding stops at GrantNotFound, and nothing more is sent for its key.
+async fn deleting_the_grant_stops_its_binding(env: &Environment, ns: &str) -> Result<()> {
+    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
+    Api::<ConfidentialKeyGrant>::all(env.cp.client())
+        .delete("team-a", &DeleteParams::default())
+        .await?;
+    expect_refused(env, ns, "granted", reasons::GRANT_NOT_FOUND).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        requests_for_key(&env.double.log(), "team-a-orders").len(),
+        before,
+        "the vault was contacted after the grant was deleted"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admin_did_not_allow()
+-> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let (ns, other_ns) = ("team-a", "team-b");
+    namespaces_with_policies(&env, [ns, other_ns]).await?;
+    let admin = env.cp.client();
+    let editor = env.cp.user_bound_to(ns, "editor", "edit").await?;
+    let owner = env.cp.user_bound_to(ns, "owner", "admin").await?;
+    let as_owner: Api<ConfidentialKeyBinding> = Api::namespaced(owner.clone(), ns);
+
+    only_admin_writes_bindings_and_nobody_in_the_namespace_writes_grants(ns, &editor, &owner)
+        .await?;
     env.wait_binding_ready(ns, "simple").await?;
 
-    // --- Simple mode (no grantRef): the operator's flags bound authorities, compliance values
-    // and debuggable VMs.
-    let refused_simple = [
-        (
-            "attacker",
-            "attacker-key",
-            json!({"attestation": {"authority": ATTACKER}}),
-            reasons::AUTHORITY_NOT_ALLOWED,
-        ),
-        (
-            "debug",
-            "debug-key",
-            json!({"attestation": {"allowDebuggable": true}}),
-            reasons::DEBUGGABLE_NOT_ALLOWED,
-        ),
-        (
-            "aci",
-            "aci-key",
-            json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}}),
-            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
-        ),
-        (
-            "elsewhere",
-            "elsewhere-key",
-            json!({"key": {"vault": "https://elsewhere.vault.azure.net"}}),
-            reasons::VAULT_NOT_ALLOWED,
-        ),
-    ];
-    // --- Grant mode: the cluster admin's grant for team-a.
+    // The cluster admin's grant for team-a; the owner applies every refused binding.
     Api::<ConfidentialKeyGrant>::all(admin.clone())
-        .create(&PostParams::default(), &grant)
+        .create(&PostParams::default(), &team_a_grant(ns))
         .await?;
-    let g = |patch: Value| {
-        let mut p = json!({"grantRef": {"name": "team-a"}});
-        merge(&mut p, patch);
-        p
-    };
-    let refused_granted = [
-        (
-            "g-attacker",
-            "team-a-attacker",
-            g(json!({"attestation": {"authority": ATTACKER}})),
-            reasons::AUTHORITY_NOT_ALLOWED,
-        ),
-        (
-            "g-debug",
-            "team-a-debug",
-            g(json!({"attestation": {"allowDebuggable": true}})),
-            reasons::DEBUGGABLE_NOT_ALLOWED,
-        ),
-        (
-            "g-aci",
-            "team-a-aci",
-            g(json!({"attestation": {"complianceStatus": "azure-compliant-uvm"}})),
-            reasons::COMPLIANCE_STATUS_NOT_ALLOWED,
-        ),
-        (
-            "g-vault",
-            "team-a-vault",
-            g(json!({"key": {"vault": "https://other.vault.azure.net"}})),
-            reasons::VAULT_NOT_ALLOWED,
-        ),
-        (
-            "g-scope",
-            "orders",
-            g(json!({})),
-            reasons::KEY_NAME_NOT_ALLOWED,
-        ),
-        (
-            "g-adopt",
-            "team-a-adopt",
-            g(json!({"key": {"adopt": true}})),
-            reasons::ADOPT_NOT_ALLOWED,
-        ),
-        (
-            "g-delete",
-            "team-a-delete",
-            g(json!({"key": {"deletionPolicy": "Delete"}})),
-            reasons::DELETION_NOT_ALLOWED,
-        ),
-        (
-            "g-missing",
-            "team-a-missing",
-            json!({"grantRef": {"name": "nobody-made-this"}}),
-            reasons::GRANT_NOT_FOUND,
-        ),
-    ];
-    for (name, key, patch, _) in refused_simple.iter().chain(&refused_granted) {
+    let refused: Vec<RefusedCase> = refused_by_the_flags()
+        .into_iter()
+        .chain(refused_by_the_grant())
+        .collect();
+    for (name, key, patch, _) in &refused {
         as_owner
             .create(
                 &PostParams::default(),
@@ -306,91 +426,26 @@ async fn only_admin_writes_bindings_and_no_binding_reaches_what_the_cluster_admi
     team_b
         .create(
             &PostParams::default(),
-            &binding(other_ns, "borrowed", "team-a-borrowed", g(json!({}))),
+            &binding(other_ns, "borrowed", "team-a-borrowed", granted(json!({}))),
         )
         .await?;
     // The granted binding.
     as_owner
         .create(
             &PostParams::default(),
-            &binding(ns, "granted", "team-a-orders", g(json!({}))),
+            &binding(ns, "granted", "team-a-orders", granted(json!({}))),
         )
         .await?;
 
-    for (name, _, _, reason) in refused_simple.iter().chain(&refused_granted) {
+    for (name, _, _, reason) in &refused {
         expect_refused(&env, ns, name, reason).await?;
     }
     expect_refused(&env, other_ns, "borrowed", reasons::NAMESPACE_NOT_GRANTED).await?;
     env.wait_binding_ready(ns, "granted").await?;
+    assert_only_allowed_keys_reached_the_vault(&env, &refused);
 
-    // The double's request log: not one request for any refused binding's key, nor to a vault
-    // that was not granted; the granted and simple ones were created.
-    let log = env.double.log();
-    for (name, key, _, _) in refused_simple.iter().chain(&refused_granted) {
-        let seen = requests_for_key(&log, key);
-        assert!(
-            seen.is_empty(),
-            "{name}: the vault was contacted for {key}: {seen:?}"
-        );
-    }
-    assert!(requests_for_key(&log, "team-a-borrowed").is_empty());
-    let other_hosts: Vec<_> = log.iter().filter(|e| e.host != VAULT_HOST).collect();
-    assert!(other_hosts.is_empty(), "{other_hosts:?}");
-    assert!(env.key(VAULT_HOST, "team-a-orders").is_some());
-    assert!(env.key(VAULT_HOST, "simple-key").is_some());
-
-    // The cluster admin narrows the grant: the authority the binding names is no longer allowed,
-    // then (authority back) the namespace is no longer granted. Each time the binding is refused
-    // and its vault is not contacted for it.
-    let grants: Api<ConfidentialKeyGrant> = Api::all(admin.clone());
-    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
-    let other_authority = "https://sharedwus.wus.attest.azure.net";
-    grants
-        .patch(
-            "team-a",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"attestation": {"authorities": [other_authority]}}})),
-        )
-        .await?;
-    expect_refused(&env, ns, "granted", reasons::AUTHORITY_NOT_ALLOWED).await?;
-    grants
-        .patch(
-            "team-a",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {
-                "attestation": {"authorities": [DEMO_AUTHORITY]},
-                "namespaces": {"names": [other_ns]}
-            }})),
-        )
-        .await?;
-    expect_refused(&env, ns, "granted", reasons::NAMESPACE_NOT_GRANTED).await?;
-    assert_eq!(
-        requests_for_key(&env.double.log(), "team-a-orders").len(),
-        before,
-        "the vault was contacted for a binding the narrowed grant no longer covers"
-    );
-    // Widened back, the binding is Ready again, its key as it was.
-    grants
-        .patch(
-            "team-a",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"namespaces": {"names": [ns]}}})),
-        )
-        .await?;
-    env.wait_binding_ready(ns, "granted").await?;
-
-    // The grant goes: its binding stops at GrantNotFound, and nothing more is sent for its key.
-    let before = requests_for_key(&env.double.log(), "team-a-orders").len();
-    Api::<ConfidentialKeyGrant>::all(admin.clone())
-        .delete("team-a", &DeleteParams::default())
-        .await?;
-    expect_refused(&env, ns, "granted", reasons::GRANT_NOT_FOUND).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        requests_for_key(&env.double.log(), "team-a-orders").len(),
-        before,
-        "the vault was contacted after the grant was deleted"
-    );
+    narrowing_the_grant_refuses_its_binding(&env, ns, other_ns).await?;
+    deleting_the_grant_stops_its_binding(&env, ns).await?;
     eprintln!("test done in {:?}", t0.elapsed());
     Ok(())
 }
