@@ -104,7 +104,7 @@ fn printer_columns() {
 }
 
 #[test]
-fn patterns_enums_lengths_and_defaults() {
+fn key_patterns_enums_lengths_and_defaults() {
     let s = schema();
     let key = at(&s, "spec.key");
     assert_eq!(
@@ -150,6 +150,11 @@ fn patterns_enums_lengths_and_defaults() {
         json!(["Retain", "Delete"])
     );
     assert_eq!(at(&s, "spec.key.deletionPolicy")["default"], "Retain");
+}
+
+#[test]
+fn attestation_policy_sidecar_and_status_patterns_enums_and_defaults() {
+    let s = schema();
     let authority = at(&s, "spec.attestation.authority")["pattern"]
         .as_str()
         .unwrap();
@@ -488,6 +493,61 @@ fn instance_schema() -> Value {
     s
 }
 
+/// Runs check-jsonschema over `files` against `schema_file`: its exit status and JSON report.
+fn run_check_jsonschema(
+    tool: &Path,
+    schema_file: &Path,
+    files: &[&PathBuf],
+) -> (std::process::ExitStatus, Value) {
+    let out = Command::new(tool)
+        .arg("--schemafile")
+        .arg(schema_file)
+        .args(["--output-format", "json"])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check-jsonschema output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status, report)
+}
+
+/// The (path, message) pairs of the report's `errors` for file `f`.
+fn errors_in(errors: &[Value], f: &Path) -> Vec<(String, String)> {
+    errors
+        .iter()
+        .filter(|e| Path::new(e["filename"].as_str().unwrap()) == f)
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The failure, if any, of invalid binding `f` whose errors are `errs`: it must fail at the path
+/// and with the message its `# expect: <path> | <message>` line names.
+fn misjudged_invalid(f: &Path, errs: &[(String, String)]) -> Option<String> {
+    let text = std::fs::read_to_string(f).unwrap();
+    let expect = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# expect: "))
+        .unwrap_or_else(|| panic!("{} has no `# expect: <path> | <message>` line", f.display()));
+    let (path, message) = expect.split_once(" | ").unwrap();
+    let refused_as_expected = errs.iter().any(|(p, m)| p == path && m.contains(message));
+    (!refused_as_expected).then(|| {
+        format!(
+            "{} should fail at {path} with {message:?}, got {errs:?}",
+            f.display()
+        )
+    })
+}
+
 #[test]
 fn table_of_bindings_against_the_schema_with_check_jsonschema() {
     let tool = check_jsonschema();
@@ -504,34 +564,10 @@ fn table_of_bindings_against_the_schema_with_check_jsonschema() {
     // CEL-only cases must pass the structural check: they show which refusals need the API server.
     let cel_only = yaml_files("cel-invalid");
     let all: Vec<&PathBuf> = valid.iter().chain(&invalid).chain(&cel_only).collect();
-    let out = Command::new(&tool)
-        .arg("--schemafile")
-        .arg(&schema_file)
-        .args(["--output-format", "json"])
-        .args(&all)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check-jsonschema output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let (status, report) = run_check_jsonschema(&tool, &schema_file, &all);
     assert_eq!(report["parse_errors"], json!([]), "{report:#}");
     let errors = report["errors"].as_array().cloned().unwrap_or_default();
-    let errors_of = |f: &Path| -> Vec<(String, String)> {
-        errors
-            .iter()
-            .filter(|e| Path::new(e["filename"].as_str().unwrap()) == f)
-            .map(|e| {
-                (
-                    e["path"].as_str().unwrap().to_owned(),
-                    e["message"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
+    let errors_of = |f: &Path| errors_in(&errors, f);
 
     let mut failures = Vec::new();
     for f in valid.iter().chain(&cel_only) {
@@ -548,21 +584,7 @@ fn table_of_bindings_against_the_schema_with_check_jsonschema() {
         }
     }
     for f in &invalid {
-        let text = std::fs::read_to_string(f).unwrap();
-        let expect = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| {
-                panic!("{} has no `# expect: <path> | <message>` line", f.display())
-            });
-        let (path, message) = expect.split_once(" | ").unwrap();
-        let errs = errors_of(f);
-        if !errs.iter().any(|(p, m)| p == path && m.contains(message)) {
-            failures.push(format!(
-                "{} should fail at {path} with {message:?}, got {errs:?}",
-                f.display()
-            ));
-        }
+        failures.extend(misjudged_invalid(f, &errors_of(f)));
     }
     assert!(
         failures.is_empty(),
@@ -572,7 +594,7 @@ fn table_of_bindings_against_the_schema_with_check_jsonschema() {
         failures.join("\n")
     );
     assert!(
-        !out.status.success(),
+        !status.success(),
         "check-jsonschema must fail on the invalid bindings"
     );
 }

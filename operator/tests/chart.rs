@@ -126,6 +126,7 @@ impl Case {
 }
 
 /// The values matrix the chart is rendered, linted and validated over.
+// Long by design: one table of named values sets, one per configuration users run.
 fn matrix() -> Vec<Case> {
     vec![
         Case::new("defaults", &[]),
@@ -1237,6 +1238,7 @@ fn refused(set: &[(&'static str, &str)]) -> String {
 /// Values to set, and what helm's refusal must say.
 type Refusal<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
 
+// Long by design: one table of invalid values, each with the words helm's refusal must contain.
 #[test]
 fn invalid_values_are_refused_with_a_clear_message() {
     let cases: &[Refusal] = &[
@@ -1794,25 +1796,8 @@ fn schema_credential_kinds_are_ones_the_operator_accepts() {
 // Dockerfile (no Docker engine here: what can be checked without building the image)
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
-    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
-    let instructions: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let froms: Vec<&&str> = instructions
-        .iter()
-        .filter(|l| l.starts_with("FROM "))
-        .collect();
-    assert_eq!(
-        froms.len(),
-        2,
-        "a build stage and a runtime stage: {froms:?}"
-    );
-    // The builder's Rust is at least the workspace's rust-version.
-    let builder = froms[0];
+/// The build stage's Rust (`FROM rust:<x.y>-...`) is at least the workspace's rust-version.
+fn assert_builder_rust_is_at_least_the_workspace_s(builder: &str) {
     let tag = builder
         .split("rust:")
         .nth(1)
@@ -1834,6 +1819,51 @@ fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
         minor(tag) >= minor(wanted),
         "builder rust:{tag} is older than rust-version {wanted}"
     );
+}
+
+/// The chart's pod runs as the image's user, and its default image is this image at the chart's
+/// appVersion, which is the workspace version.
+fn assert_the_chart_runs_this_image_as_its_user() {
+    let docs = render(&Case::new("defaults", &[]));
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["runAsGroup"], 65532);
+    // The chart's default image is this image at the chart's appVersion.
+    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml");
+    let app_version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .expect("appVersion")
+        .trim_matches('"');
+    assert_eq!(
+        pod["containers"][0]["image"],
+        format!("ghcr.io/ckb-dev/ckb-operator:{app_version}")
+    );
+    let package = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        package.contains(&format!("version = \"{app_version}\"")),
+        "Chart.yaml appVersion {app_version} is not the workspace version"
+    );
+}
+
+#[test]
+fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+    assert_builder_rust_is_at_least_the_workspace_s(froms[0]);
     assert!(
         text.contains("cargo build --release --locked -p ckb-operator --target \"$target\""),
         "the image builds the static release binary from the lock file"
@@ -1859,27 +1889,7 @@ fn dockerfile_builds_the_operator_and_runs_it_unprivileged() {
         runtime.last(),
         Some(&r#"ENTRYPOINT ["/ckb-operator", "run"]"#)
     );
-    // The chart's pod runs as that same user.
-    let docs = render(&Case::new("defaults", &[]));
-    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
-    assert_eq!(pod["securityContext"]["runAsGroup"], 65532);
-    // The chart's default image is this image at the chart's appVersion.
-    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml");
-    let app_version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion: "))
-        .expect("appVersion")
-        .trim_matches('"');
-    assert_eq!(
-        pod["containers"][0]["image"],
-        format!("ghcr.io/ckb-dev/ckb-operator:{app_version}")
-    );
-    let package = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
-    assert!(
-        package.contains(&format!("version = \"{app_version}\"")),
-        "Chart.yaml appVersion {app_version} is not the workspace version"
-    );
+    assert_the_chart_runs_this_image_as_its_user();
 }
 
 #[test]

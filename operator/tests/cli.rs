@@ -179,6 +179,38 @@ spec:
     additionalHashes: [773957b552a1f1aab248f1e2d45e0321361b36c46cbbd52effeed85bbc17b2f9]
 "#;
 
+/// The release policy in Microsoft's form for the sample binding: one authority entry per hash,
+/// in this order, each with the binding's extra claim.
+fn microsofts_form(hashes: &[&str]) -> String {
+    let entry = |h: &str| {
+        format!(
+            r#"{{"authority":"https://sharedeus.eus.attest.azure.net","allOf":[
+            {{"claim":"x-ms-attestation-type","equals":"sevsnpvm"}},
+            {{"claim":"x-ms-sevsnpvm-hostdata","equals":"{h}"}},
+            {{"claim":"x-ms-compliance-status","equals":"azure-signed-katacc-uvm"}},
+            {{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}},
+            {{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}"#
+        )
+    };
+    let entries: Vec<String> = hashes.iter().map(|h| entry(h)).collect();
+    format!(r#"{{"version":"1.0.0","anyOf":[{}]}}"#, entries.join(","))
+}
+
+/// The error of `release-policy -f <path> --hash <a valid hash>`: what is wrong with the file.
+fn refusal_of_binding_file(path: &std::path::Path) -> String {
+    fails(&run(
+        &[
+            "release-policy",
+            "-f",
+            path.to_str().unwrap(),
+            "--hash",
+            &"a".repeat(64),
+        ],
+        b"",
+        &[],
+    ))
+}
+
 #[test]
 fn release_policy_of_a_binding_with_hashes_and_a_policy_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,22 +240,7 @@ fn release_policy_of_a_binding_with_hashes_and_a_policy_file() {
         [h_flag, &h_policy, additional].map(String::from).into()
     );
     // Microsoft's form, one entry per hash, plus the binding's extra claim.
-    let entry = |h: &str| {
-        format!(
-            r#"{{"authority":"https://sharedeus.eus.attest.azure.net","allOf":[
-            {{"claim":"x-ms-attestation-type","equals":"sevsnpvm"}},
-            {{"claim":"x-ms-sevsnpvm-hostdata","equals":"{h}"}},
-            {{"claim":"x-ms-compliance-status","equals":"azure-signed-katacc-uvm"}},
-            {{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"}},
-            {{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}}]}}"#
-        )
-    };
-    let expected = format!(
-        r#"{{"version":"1.0.0","anyOf":[{},{},{}]}}"#,
-        entry(additional),
-        entry(&h_policy),
-        entry(h_flag)
-    );
+    let expected = microsofts_form(&[additional, &h_policy, h_flag]);
     assert!(p.same_meaning(&ReleasePolicy::parse_json(&expected).unwrap()));
 
     // --encoded is the base64url of the same JSON; stdin and env work the same way.
@@ -291,65 +308,25 @@ fn release_policy_errors_say_what_and_which_input() {
         &[],
     ));
     assert!(e.contains("empty.rego") && e.contains("empty"), "{e}");
-    let e = fails(&run(
-        &[
-            "release-policy",
-            "-f",
-            "/nonexistent.yaml",
-            "--hash",
-            &"a".repeat(64),
-        ],
-        b"",
-        &[],
-    ));
+    let e = refusal_of_binding_file(std::path::Path::new("/nonexistent.yaml"));
     assert!(e.contains("cannot read /nonexistent.yaml"), "{e}");
     let cm_only = write(
         dir.path(),
         "cm.yaml",
         BINDING.split("---").next().unwrap().as_bytes(),
     );
-    let e = fails(&run(
-        &[
-            "release-policy",
-            "-f",
-            cm_only.to_str().unwrap(),
-            "--hash",
-            &"a".repeat(64),
-        ],
-        b"",
-        &[],
-    ));
+    let e = refusal_of_binding_file(&cm_only);
     assert!(e.contains("cm.yaml has no ConfidentialKeyBinding"), "{e}");
     let pinned = BINDING.replace("x-ms-sevsnpvm-vmpl", "x-ms-sevsnpvm-hostdata");
     let pinned = write(dir.path(), "pinned.yaml", pinned.as_bytes());
-    let e = fails(&run(
-        &[
-            "release-policy",
-            "-f",
-            pinned.to_str().unwrap(),
-            "--hash",
-            &"a".repeat(64),
-        ],
-        b"",
-        &[],
-    ));
+    let e = refusal_of_binding_file(&pinned);
     assert!(
         e.contains("pinned.yaml") && e.contains("may not set x-ms-sevsnpvm-hostdata"),
         "{e}"
     );
     let http = BINDING.replace("https://sharedeus", "http://sharedeus");
     let http = write(dir.path(), "http.yaml", http.as_bytes());
-    let e = fails(&run(
-        &[
-            "release-policy",
-            "-f",
-            http.to_str().unwrap(),
-            "--hash",
-            &"a".repeat(64),
-        ],
-        b"",
-        &[],
-    ));
+    let e = refusal_of_binding_file(&http);
     assert!(
         e.contains("http.yaml") && e.contains("must be https://"),
         "{e}"
@@ -360,17 +337,7 @@ fn release_policy_errors_say_what_and_which_input() {
     );
     let broken = typo.replace("  key: {vault", "  kee: {vault");
     let broken = write(dir.path(), "broken.yaml", broken.as_bytes());
-    let e = fails(&run(
-        &[
-            "release-policy",
-            "-f",
-            broken.to_str().unwrap(),
-            "--hash",
-            &"a".repeat(64),
-        ],
-        b"",
-        &[],
-    ));
+    let e = refusal_of_binding_file(&broken);
     assert!(
         e.contains("broken.yaml is not a valid ConfidentialKeyBinding"),
         "{e}"

@@ -383,29 +383,20 @@ async fn admission_over_real_tls() {
     let _ = r.stop.take().map(|s| s.send(()));
 }
 
-#[tokio::test]
-async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
-    let hosts = vec!["127.0.0.1".to_string()];
-    // Short lifetimes so that the real clock drives a full CA rotation: the CA is "near expiry"
-    // at once, and the next CA may sign as soon as it is in the bundle.
-    let t = CertTimings {
-        ca_validity: Duration::from_secs(86_400),
-        ca_renew_before: Duration::from_secs(2 * 86_400),
-        ca_promote_after: Duration::ZERO,
-        serving_validity: Duration::from_secs(3600),
-        serving_renew_before: Duration::from_secs(60),
-    };
-    let a = material(&hosts, &t);
+/// Plans and applies a full CA rotation of `a` on the real clock. Phase 1: the next CA joins the
+/// bundle, the serving certificate still signed by the old CA. Phase 2: the next CA signs a new
+/// serving certificate, the old CA stays trusted. Returns the material after each phase.
+fn rotate_the_ca(a: &TlsMaterial, hosts: &[String], t: &CertTimings) -> (TlsMaterial, TlsMaterial) {
     let now = jiff::Timestamp::now();
     // Phase 1: the next CA joins the bundle; the serving certificate is still signed by the old CA.
-    let steps = certs::plan(&a, &hosts, now, &t);
+    let steps = certs::plan(a, hosts, now, t);
     assert!(steps.contains(&certs::Step::IntroduceNextCa), "{steps:?}");
-    let introduced = certs::apply(&a, &steps, &hosts, now, &t).unwrap();
+    let introduced = certs::apply(a, &steps, hosts, now, t).unwrap();
     assert_eq!(introduced.tls_crt, a.tls_crt);
     // Phase 2: the next CA signs a new serving certificate; the old CA stays trusted.
-    let steps = certs::plan(&introduced, &hosts, now, &t);
+    let steps = certs::plan(&introduced, hosts, now, t);
     assert!(steps.contains(&certs::Step::PromoteNextCa), "{steps:?}");
-    let promoted = certs::apply(&introduced, &steps, &hosts, now, &t).unwrap();
+    let promoted = certs::apply(&introduced, &steps, hosts, now, t).unwrap();
     assert_ne!(promoted.ca_crt, a.ca_crt);
     let blocks = |pem: &str| {
         use rustls_pki_types::pem::PemObject as _;
@@ -421,18 +412,21 @@ async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
         "old and new CA both trusted"
     );
     assert_eq!(blocks(&promoted.ca_bundle).len(), 2);
+    (introduced, promoted)
+}
 
-    let mut r = start(&a).await;
-    // The API server trusts what the caBundle says after phase 1.
-    let c = client(&introduced.ca_bundle);
-    wait_ready(&r, &c).await;
-    let review = Arc::new(read("pod-create-confidential.json"));
-
+/// Admission workers sending `review` over `c` while the certificates change; each returns the
+/// failures it saw (an error or an answer that is not an allowed patch).
+fn spawn_admission_workers(
+    c: &reqwest::Client,
+    review: &Arc<Vec<u8>>,
+    addr: std::net::SocketAddr,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
     const WORKERS: usize = 4;
     const PER_WORKER: usize = 40;
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        let (c, review, addr) = (c.clone(), review.clone(), r.addr);
+        let (c, review) = (c.clone(), review.clone());
         workers.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             for _ in 0..PER_WORKER {
@@ -447,6 +441,31 @@ async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
             failures
         }));
     }
+    workers
+}
+
+#[tokio::test]
+async fn admissions_keep_succeeding_while_the_certificate_and_ca_rotate() {
+    let hosts = vec!["127.0.0.1".to_string()];
+    // Short lifetimes so that the real clock drives a full CA rotation: the CA is "near expiry"
+    // at once, and the next CA may sign as soon as it is in the bundle.
+    let t = CertTimings {
+        ca_validity: Duration::from_secs(86_400),
+        ca_renew_before: Duration::from_secs(2 * 86_400),
+        ca_promote_after: Duration::ZERO,
+        serving_validity: Duration::from_secs(3600),
+        serving_renew_before: Duration::from_secs(60),
+    };
+    let a = material(&hosts, &t);
+    let (introduced, promoted) = rotate_the_ca(&a, &hosts, &t);
+
+    let mut r = start(&a).await;
+    // The API server trusts what the caBundle says after phase 1.
+    let c = client(&introduced.ca_bundle);
+    wait_ready(&r, &c).await;
+    let review = Arc::new(read("pod-create-confidential.json"));
+
+    let workers = spawn_admission_workers(&c, &review, r.addr);
     // Swap certificates back and forth while the workers run (bounded: 20 reloads).
     for i in 0..20 {
         let m = if i % 2 == 0 { &promoted } else { &a };
@@ -726,8 +745,26 @@ fn set(v: &mut Value, pointer: &str, value: Value) {
     }
 }
 
-#[tokio::test]
-async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings() {
+/// An edit of the captured review before it is sent.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
+/// A denial case: its name, the webhook's sources, the edit of the review, and the words the
+/// denial must contain.
+type DenialCase = (&'static str, MapSources, Edit, Vec<&'static str>);
+
+/// The review as captured.
+fn no_edit() -> Edit {
+    Box::new(|_| {})
+}
+
+/// The review with `value` at `pointer`.
+fn edit_at(pointer: &'static str, value: Value) -> Edit {
+    Box::new(move |v| set(v, pointer, value))
+}
+
+// Long by design: one table of every deny path of the decision, each a pod edit or a set of
+// bindings and the words its denial must name.
+fn denial_cases() -> Vec<DenialCase> {
     let orders = || ckb("orders-key", "orders", "orders-policy", None);
     let rego = String::from_utf8(read("orders-policy.rego")).unwrap();
     let base = || {
@@ -736,8 +773,7 @@ async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings(
             .with_policy("payments", "audit-policy", "policy.rego", AUDIT_REGO)
     };
     let other_policy = STANDARD.encode(AUDIT_REGO);
-    type Edit = Box<dyn FnOnce(&mut Value)>;
-    let cases: Vec<(&str, MapSources, Edit, Vec<&str>)> = vec![
+    vec![
         (
             "two bindings with different policies",
             base().with_binding(orders()).with_binding(ckb(
@@ -746,74 +782,59 @@ async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings(
                 "audit-policy",
                 None,
             )),
-            Box::new(|_| {}),
+            no_edit(),
             vec!["audit-key", "orders-key", "different agent policies"],
         ),
         (
             "policy ConfigMap not cached",
             base().with_binding(ckb("web-key", "orders", "web-policy", None)),
-            Box::new(|_| {}),
+            no_edit(),
             vec!["web-key", "web-policy", "not available"],
         ),
         (
             "a foreign agent policy on the pod",
             base().with_binding(orders()),
-            Box::new(move |v| {
-                set(
-                    v,
-                    "/request/object/metadata/annotations",
-                    json!({"io.katacontainers.config.agent.policy": other_policy}),
-                )
-            }),
+            edit_at(
+                "/request/object/metadata/annotations",
+                json!({"io.katacontainers.config.agent.policy": other_policy}),
+            ),
             vec!["orders-key", "already carries an agent policy annotation"],
         ),
         (
             "an app container on the sidecar's port",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/containers/1/ports",
-                    json!([{"containerPort": 8080, "protocol": "TCP"}]),
-                )
-            }),
+            edit_at(
+                "/request/object/spec/containers/1/ports",
+                json!([{"containerPort": 8080, "protocol": "TCP"}]),
+            ),
             vec!["orders-key", "\"metrics\"", "port 8080"],
         ),
         (
             "a native sidecar on the sidecar's port",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/initContainers",
-                    json!([{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always",
+            edit_at(
+                "/request/object/spec/initContainers",
+                json!([{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always",
                             "ports": [{"containerPort": 8080}]}]),
-                )
-            }),
+            ),
             vec!["orders-key", "\"proxy\"", "port 8080"],
         ),
         (
             "annotations over 256 KiB with the policy",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/metadata/annotations",
-                    json!({"example.com/blob": "x".repeat(256 * 1024)}),
-                )
-            }),
+            edit_at(
+                "/request/object/metadata/annotations",
+                json!({"example.com/blob": "x".repeat(256 * 1024)}),
+            ),
             vec!["orders-key", "262144"],
         ),
         (
             "an env var the operator would set, set otherwise",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/containers/0/env",
-                    json!([{"name": "SKR_KEY_NAME", "value": "something-else"}]),
-                )
-            }),
+            edit_at(
+                "/request/object/spec/containers/0/env",
+                json!([{"name": "SKR_KEY_NAME", "value": "something-else"}]),
+            ),
             vec!["orders-key", "SKR_KEY_NAME", "something-else"],
         ),
         (
@@ -831,7 +852,7 @@ async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings(
                     "orders-policy",
                     Some(json!({"port": 9001})),
                 )),
-            Box::new(|_| {}),
+            no_edit(),
             vec!["billing-key", "orders-key"],
         ),
         (
@@ -842,61 +863,63 @@ async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings(
                 "orders-policy",
                 None,
             )),
-            Box::new(|_| {}),
+            no_edit(),
             vec!["orders-key", "orders.key", "ORDERS_KEY"],
         ),
         (
             "an init container named like the sidecar",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/initContainers",
-                    json!([{"name": "skr", "image": "busybox"}]),
-                )
-            }),
+            edit_at(
+                "/request/object/spec/initContainers",
+                json!([{"name": "skr", "image": "busybox"}]),
+            ),
             vec!["orders-key", "init container named \"skr\""],
         ),
         (
             "a container named like the sidecar that is not it",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/containers/1",
-                    json!({"name": "skr", "image": "evil.example/skr:1"}),
-                )
-            }),
+            edit_at(
+                "/request/object/spec/containers/1",
+                json!({"name": "skr", "image": "evil.example/skr:1"}),
+            ),
             vec!["orders-key", "already has a container named \"skr\""],
         ),
         (
             "a volume named like the reference-info volume that is not it",
             base().with_binding(orders()),
-            Box::new(|v| {
-                set(
-                    v,
-                    "/request/object/spec/volumes",
-                    json!([{"name": "ckb-skr-reference-info", "emptyDir": {}}]),
-                )
-            }),
+            edit_at(
+                "/request/object/spec/volumes",
+                json!([{"name": "ckb-skr-reference-info", "emptyDir": {}}]),
+            ),
             vec!["orders-key", "ckb-skr-reference-info"],
         ),
-    ];
+    ]
+}
+
+/// Sends the review `edit` makes to a webhook over `sources`: denied with `words` on the wire,
+/// and counted once as denied.
+async fn assert_denied_and_counted(case: &str, sources: MapSources, edit: Edit, words: &[&str]) {
+    let metrics = WebhookMetrics::default();
+    let mut adm = admission_over(Arc::new(sources));
+    Arc::get_mut(&mut adm).unwrap().metrics = metrics.clone();
+    let (status, answer) = post(server::router(adm), review_with(edit)).await;
+    assert_denied(case, status, &answer, words);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("ckb_admissions_total{result=\"denied\"} 1"),
+        "{case}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn every_denial_reaches_the_wire_as_allowed_false_403_naming_the_bindings() {
+    let cases = denial_cases();
     let n = cases.len();
     for (case, sources, edit, words) in cases {
-        let metrics = WebhookMetrics::default();
-        let mut adm = admission_over(Arc::new(sources));
-        Arc::get_mut(&mut adm).unwrap().metrics = metrics.clone();
-        let (status, answer) = post(server::router(adm), review_with(edit)).await;
-        assert_denied(case, status, &answer, &words);
-        let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains("ckb_admissions_total{result=\"denied\"} 1"),
-            "{case}: {text}"
-        );
+        assert_denied_and_counted(case, sources, edit, &words).await;
     }
     assert_eq!(n, 12, "every deny path of the decision has a case");
 }
