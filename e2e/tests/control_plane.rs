@@ -28,22 +28,9 @@ fn named(name: &str, ns: Option<&str>) -> ObjectMeta {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    let ns = "team";
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: named(ns, None),
-                ..Default::default()
-            },
-        )
-        .await?;
-
-    // Deployment -> ReplicaSet -> Pod (Pending: there is no kubelet, which is fine here).
+/// Deployment -> ReplicaSet -> Pod (Pending: there is no kubelet, which is fine here): a
+/// Deployment of 2 replicas in `ns` makes 2 pods.
+async fn deployment_makes_its_pods(client: &kube::Client, ns: &str) -> Result<()> {
     let deploy: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": ns},
         "spec": {
@@ -68,8 +55,12 @@ async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
 
-    // A ServiceAccount allowed to read ConfigMaps of its namespace, and nothing else.
+/// A ServiceAccount `reader` of `ns` allowed (Role and RoleBinding) to get and list ConfigMaps of
+/// its namespace, and nothing else.
+async fn configmap_reader_service_account(client: &kube::Client, ns: &str) -> Result<()> {
     Api::<ServiceAccount>::namespaced(client.clone(), ns)
         .create(
             &PostParams::default(),
@@ -112,13 +103,15 @@ async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
             },
         )
         .await?;
-    let token = cp
-        .token_for_service_account(ns, "reader", Duration::from_secs(3600))
-        .await?;
-    let reader = cp
-        .client_for_token("system:serviceaccount:team:reader", &token)
-        .await?;
+    Ok(())
+}
 
+/// The reader lists ConfigMaps of its namespace; listing Secrets, listing ConfigMaps of another
+/// namespace and creating a ConfigMap are each refused with 403.
+async fn the_reader_gets_exactly_what_its_role_grants(
+    reader: &kube::Client,
+    ns: &str,
+) -> Result<()> {
     Api::<ConfigMap>::namespaced(reader.clone(), ns)
         .list(&ListParams::default())
         .await
@@ -157,9 +150,13 @@ async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
             other => bail!("{what} as the ServiceAccount: expected 403 Forbidden, got {other:?}"),
         }
     }
+    Ok(())
+}
 
-    // The kubeconfig written for the token is what an out-of-cluster operator would use.
-    let kubeconfig = cp.kubeconfig_for_token("reader", &token)?;
+/// The kubeconfig written for the token is what an out-of-cluster operator would use: kubectl
+/// with it is the ServiceAccount.
+fn the_token_s_kubeconfig_is_the_service_account(cp: &ControlPlane, token: &str) -> Result<()> {
+    let kubeconfig = cp.kubeconfig_for_token("reader", token)?;
     let out = std::process::Command::new(cp.bin_dir().join("kubectl"))
         .args([
             "auth",
@@ -175,6 +172,35 @@ async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_make_pods_and_rbac_is_enforced() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let ns = "team";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: named(ns, None),
+                ..Default::default()
+            },
+        )
+        .await?;
+
+    deployment_makes_its_pods(&client, ns).await?;
+    configmap_reader_service_account(&client, ns).await?;
+    let token = cp
+        .token_for_service_account(ns, "reader", Duration::from_secs(3600))
+        .await?;
+    let reader = cp
+        .client_for_token("system:serviceaccount:team:reader", &token)
+        .await?;
+
+    the_reader_gets_exactly_what_its_role_grants(&reader, ns).await?;
+    the_token_s_kubeconfig_is_the_service_account(&cp, &token)?;
     Ok(())
 }
 

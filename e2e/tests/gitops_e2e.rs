@@ -328,15 +328,10 @@ fn the_chart_ships_the_argo_cd_health_script_of_the_docs_byte_for_byte() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state() -> Result<()> {
-    let bin = gitops_check_binary()?;
-    let opts = EnvOptions {
-        helm_set: vec!["argocd.healthCheck.enabled=true".to_string()],
-        ..EnvOptions::default()
-    };
-    let mut env = Environment::start(opts).await?;
-
+/// The Argo CD health script the chart rendered, as a user extracts it for argocd-cm: the same
+/// as docs/argocd-health.lua and as what the docs/gitops.md command prints. Returns a checker
+/// running kstatus and both scripts.
+async fn checker_of_the_chart_s_script(env: &Environment, bin: PathBuf) -> Result<Checker> {
     // The snippet the chart rendered, as a user extracts it for argocd-cm.
     let cm = Api::<ConfigMap>::namespaced(env.cp.client(), NAMESPACE)
         .get(&format!("{RELEASE}-argocd-health"))
@@ -353,7 +348,7 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         "the chart renders another script than docs/argocd-health.lua"
     );
     // The command docs/gitops.md gives to extract it prints the same script.
-    let extracted = run_docs_snippet(&env)?;
+    let extracted = run_docs_snippet(env)?;
     assert_eq!(
         extracted.trim_end(),
         rendered.trim_end(),
@@ -361,11 +356,79 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
     );
     let chart_script = env.cp.dir().join("argocd-health-from-chart.lua");
     std::fs::write(&chart_script, &rendered)?;
-    let checker = Checker {
+    Ok(Checker {
         bin,
         docs_script,
         chart_script,
+    })
+}
+
+/// Applies binding `name` (key `key`, policy ConfigMap `config_map`) naming a vault outside the
+/// allow-list, and waits until it is Stalled with VaultNotAllowed.
+async fn apply_binding_to_an_unlisted_vault(
+    env: &Environment,
+    ns: &str,
+    name: &str,
+    key: &str,
+    config_map: &str,
+) -> Result<()> {
+    env.apply_yaml(
+        &BindingManifest::new(ns, name, key)
+            .vault("https://not-allowed.vault.azure.net")
+            .config_map(config_map)
+            .yaml(),
+    )?;
+    env.wait_binding_condition(
+        ns,
+        name,
+        types::STALLED,
+        "True",
+        Some(reasons::VAULT_NOT_ALLOWED),
+        WAIT,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A spec change the operator has not observed (it is stopped): InProgress / Progressing, then
+/// Current / Healthy once it is back and has reconciled the new generation.
+async fn an_unobserved_spec_change_is_in_progress_until_reconciled(
+    env: &mut Environment,
+    checker: &Checker,
+    ns: &str,
+) -> Result<()> {
+    env.stop_operator();
+    env.kubectl(&[
+        "patch",
+        "confidentialkeybinding",
+        "ready",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"podSelector":{"matchLabels":{"tier":"backend"}}}}"#,
+    ])?;
+    let v = checker
+        .expect(env, ns, "ready", "InProgress", "Progressing")
+        .await?;
+    assert!(v.argo_docs.1.contains("generation"), "{:?}", v.argo_docs);
+    env.start_operator().await?;
+    checker
+        .expect(env, ns, "ready", "Current", "Healthy")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state() -> Result<()> {
+    let bin = gitops_check_binary()?;
+    let opts = EnvOptions {
+        helm_set: vec!["argocd.healthCheck.enabled=true".to_string()],
+        ..EnvOptions::default()
     };
+    let mut env = Environment::start(opts).await?;
+
+    let checker = checker_of_the_chart_s_script(&env, bin).await?;
 
     let ns = "gitops-health";
     env.create_namespace(ns, true)?;
@@ -414,21 +477,8 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         .await?;
 
     // A vault outside the allow-list can never work: Failed / Degraded at once, with the reason.
-    env.apply_yaml(
-        &BindingManifest::new(ns, "elsewhere", "gitops-elsewhere")
-            .vault("https://not-allowed.vault.azure.net")
-            .config_map("ready-policy")
-            .yaml(),
-    )?;
-    env.wait_binding_condition(
-        ns,
-        "elsewhere",
-        types::STALLED,
-        "True",
-        Some(reasons::VAULT_NOT_ALLOWED),
-        WAIT,
-    )
-    .await?;
+    apply_binding_to_an_unlisted_vault(&env, ns, "elsewhere", "gitops-elsewhere", "ready-policy")
+        .await?;
     let v = checker
         .expect(&env, ns, "elsewhere", "Failed", "Degraded")
         .await?;
@@ -440,27 +490,7 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         );
     }
 
-    // A spec change the operator has not observed (it is stopped): InProgress / Progressing, then
-    // Current / Healthy once it is back and has reconciled the new generation.
-    env.stop_operator();
-    env.kubectl(&[
-        "patch",
-        "confidentialkeybinding",
-        "ready",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"podSelector":{"matchLabels":{"tier":"backend"}}}}"#,
-    ])?;
-    let v = checker
-        .expect(&env, ns, "ready", "InProgress", "Progressing")
-        .await?;
-    assert!(v.argo_docs.1.contains("generation"), "{:?}", v.argo_docs);
-    env.start_operator().await?;
-    checker
-        .expect(&env, ns, "ready", "Current", "Healthy")
-        .await?;
+    an_unobserved_spec_change_is_in_progress_until_reconciled(&mut env, &checker, ns).await?;
     Ok(())
 }
 
@@ -648,35 +678,33 @@ async fn create_pod(env: &Environment, pod: &Value) -> Result<Pod> {
     Ok(api.create(&Default::default(), &pod).await?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> {
-    let env = Environment::start(EnvOptions::default()).await?;
-    // The binary the environment runs (already built).
-    let bin = operator_binary()?;
-    let ns = "gitops-doctor";
-    env.create_namespace(ns, true)?;
-    env.apply_yaml(&service_account_yaml(ns))?;
-    env.apply_yaml(&policy_config_map_yaml(ns, "v1", &policy_rego("v1")))?;
-    env.apply_yaml(&policy_config_map_yaml(ns, "v2", &policy_rego("v2")))?;
-
-    // Healthy: selected by a Ready binding, injected, its hash bound, workload identity complete.
+/// Healthy: selected by a Ready binding, injected, its hash bound, workload identity complete.
+async fn doctor_passes_a_healthy_pod(env: &Environment, bin: &Path, ns: &str) -> Result<()> {
     env.apply_yaml(
         &BindingManifest::new(ns, "orders", "doctor-orders")
             .config_map("v1")
             .yaml(),
     )?;
     env.wait_binding_ready(ns, "orders").await?;
-    let healthy = create_pod(&env, &pod_json(ns, "healthy", "orders", true)).await?;
+    let healthy = create_pod(env, &pod_json(ns, "healthy", "orders", true)).await?;
     ensure!(injected(&healthy), "the healthy pod was not injected");
-    let d = doctor(&env, &bin, ns, "healthy")?;
+    let d = doctor(env, bin, ns, "healthy")?;
     assert!(d.success && d.problems.is_empty(), "{d:?}");
     assert!(d.stdout.contains("Nothing is wrong"), "{d:?}");
-    let d = doctor(&env, &bin, ns, "pod/healthy")?;
+    let d = doctor(env, bin, ns, "pod/healthy")?;
     assert!(d.success, "{d:?}");
+    Ok(())
+}
 
-    // Missing workload-identity label: the label is named, and its consequence (no AZURE_* in skr).
-    create_pod(&env, &pod_json(ns, "no-wi-label", "orders", false)).await?;
-    let d = doctor(&env, &bin, ns, "no-wi-label")?;
+/// Missing workload-identity label: the label is named, and its consequence (no AZURE_* in skr).
+/// The pod is selected by `orders`, the binding the healthy step made Ready.
+async fn doctor_names_a_missing_workload_identity_label(
+    env: &Environment,
+    bin: &Path,
+    ns: &str,
+) -> Result<()> {
+    create_pod(env, &pod_json(ns, "no-wi-label", "orders", false)).await?;
+    let d = doctor(env, bin, ns, "no-wi-label")?;
     assert!(!d.success, "{d:?}");
     assert_eq!(
         d.problems,
@@ -688,29 +716,43 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
             .contains("azure.workload.identity/use"),
         "{d:?}"
     );
+    Ok(())
+}
 
-    // Not injected: a pod created before its binding existed.
-    create_pod(&env, &pod_json(ns, "early", "late", true)).await?;
+/// Not injected: a pod created before its binding existed.
+async fn doctor_names_a_pod_created_before_its_binding(
+    env: &Environment,
+    bin: &Path,
+    ns: &str,
+) -> Result<()> {
+    create_pod(env, &pod_json(ns, "early", "late", true)).await?;
     env.apply_yaml(
         &BindingManifest::new(ns, "late", "doctor-late")
             .config_map("v1")
             .yaml(),
     )?;
     env.wait_binding_ready(ns, "late").await?;
-    let d = doctor(&env, &bin, ns, "early")?;
+    let d = doctor(env, bin, ns, "early")?;
     assert!(!d.success, "{d:?}");
     assert_eq!(d.problems, checks(&["injection"]), "{d:?}");
     assert!(d.problem("injection").contains("rollout restart"), "{d:?}");
+    Ok(())
+}
 
-    // Wrong hash: the pod was injected under binding `rehash` with policy v1; the binding was then
-    // deleted and created again on policy v2, so its key allows v2 only.
+/// Wrong hash: the pod was injected under binding `rehash` with policy v1; the binding was then
+/// deleted and created again on policy v2, so its key allows v2 only.
+async fn doctor_names_a_policy_hash_the_key_no_longer_allows(
+    env: &Environment,
+    bin: &Path,
+    ns: &str,
+) -> Result<()> {
     env.apply_yaml(
         &BindingManifest::new(ns, "rehash", "doctor-rehash-1")
             .config_map("v1")
             .yaml(),
     )?;
     env.wait_binding_ready(ns, "rehash").await?;
-    create_pod(&env, &pod_json(ns, "stale", "rehash", true)).await?;
+    create_pod(env, &pod_json(ns, "stale", "rehash", true)).await?;
     env.kubectl(&[
         "delete",
         "confidentialkeybinding",
@@ -725,30 +767,23 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
             .yaml(),
     )?;
     env.wait_binding_ready(ns, "rehash").await?;
-    let d = doctor(&env, &bin, ns, "stale")?;
+    let d = doctor(env, bin, ns, "stale")?;
     assert!(!d.success, "{d:?}");
     assert_eq!(d.problems, checks(&["policy-hash"]), "{d:?}");
     let v1_hash = ckb_e2e::suite_env::hostdata_of_annotation(&base64_of(&policy_rego("v1")))?;
     assert!(d.problem("policy-hash").contains(&v1_hash), "{d:?}");
+    Ok(())
+}
 
-    // Binding not Ready: its vault is outside the allow-list (it needs a human).
-    env.apply_yaml(
-        &BindingManifest::new(ns, "elsewhere", "doctor-elsewhere")
-            .vault("https://not-allowed.vault.azure.net")
-            .config_map("v1")
-            .yaml(),
-    )?;
-    env.wait_binding_condition(
-        ns,
-        "elsewhere",
-        types::STALLED,
-        "True",
-        Some(reasons::VAULT_NOT_ALLOWED),
-        WAIT,
-    )
-    .await?;
-    create_pod(&env, &pod_json(ns, "stuck", "elsewhere", true)).await?;
-    let d = doctor(&env, &bin, ns, "stuck")?;
+/// Binding not Ready: its vault is outside the allow-list (it needs a human).
+async fn doctor_names_a_binding_that_is_not_ready(
+    env: &Environment,
+    bin: &Path,
+    ns: &str,
+) -> Result<()> {
+    apply_binding_to_an_unlisted_vault(env, ns, "elsewhere", "doctor-elsewhere", "v1").await?;
+    create_pod(env, &pod_json(ns, "stuck", "elsewhere", true)).await?;
+    let d = doctor(env, bin, ns, "stuck")?;
     assert!(!d.success, "{d:?}");
     assert!(d.problems.contains("binding-ready"), "{d:?}");
     // The key was never created, so no hash is bound to it either; nothing else is wrong.
@@ -762,9 +797,15 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
         msg.contains(reasons::VAULT_NOT_ALLOWED) && msg.contains("needs a change from you"),
         "{d:?}"
     );
+    Ok(())
+}
 
-    // Pod Security baseline: the namespace refuses the sidecar's hostPath volume, so the
-    // Deployment makes no pod; doctor says why, from the namespace and the ReplicaSet.
+/// Pod Security baseline: the namespace refuses the sidecar's hostPath volume, so the
+/// Deployment makes no pod; doctor says why, from the namespace and the ReplicaSet.
+async fn doctor_names_pod_security_refusing_the_sidecar(
+    env: &Environment,
+    bin: &Path,
+) -> Result<()> {
     let psa = "gitops-doctor-psa";
     env.apply_yaml(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {psa}\n  labels:\n    \
@@ -780,7 +821,7 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     env.wait_binding_ready(psa, "orders").await?;
     env.apply_yaml(&deployment_yaml(psa, "orders", 1))?;
     let d = wait_for(WAIT, "doctor to see the ReplicaSet's failure", || async {
-        let d = doctor(&env, &bin, psa, "deployment/orders")?;
+        let d = doctor(env, bin, psa, "deployment/orders")?;
         Ok(d.stdout
             .contains("the ReplicaSet cannot create pods")
             .then_some(d))
@@ -789,6 +830,27 @@ async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> 
     assert!(!d.success, "{d:?}");
     assert_eq!(d.problems, checks(&["pod-security"]), "{d:?}");
     assert!(d.problem("pod-security").contains("baseline"), "{d:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_each_broken_case_and_passes_a_healthy_pod() -> Result<()> {
+    let env = Environment::start(EnvOptions::default()).await?;
+    // The binary the environment runs (already built).
+    let bin = operator_binary()?;
+    let ns = "gitops-doctor";
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&service_account_yaml(ns))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "v1", &policy_rego("v1")))?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "v2", &policy_rego("v2")))?;
+
+    // One namespace, each step leaving its bindings and pods for the next.
+    doctor_passes_a_healthy_pod(&env, &bin, ns).await?;
+    doctor_names_a_missing_workload_identity_label(&env, &bin, ns).await?;
+    doctor_names_a_pod_created_before_its_binding(&env, &bin, ns).await?;
+    doctor_names_a_policy_hash_the_key_no_longer_allows(&env, &bin, ns).await?;
+    doctor_names_a_binding_that_is_not_ready(&env, &bin, ns).await?;
+    doctor_names_pod_security_refusing_the_sidecar(&env, &bin).await?;
     Ok(())
 }
 

@@ -501,6 +501,98 @@ fn cached_names(store: &kube::runtime::reflector::Store<PolicySummary>) -> Vec<S
     names
 }
 
+/// What any user with `edit` can write, as that user: a labelled 0.9 MB ConfigMap nobody
+/// references (`junk`); a referenced one with a small policy and 0.9 MB under another key
+/// (`orders-policy`); a referenced one whose policy itself is 0.9 MB, over the annotation limit
+/// (`huge-policy`).
+async fn write_policy_config_maps(
+    cms: &Api<ConfigMap>,
+    ns: &str,
+    small: &str,
+    big: &str,
+) -> Result<()> {
+    // What any user with `edit` can write: a labelled 0.9 MB ConfigMap nobody references.
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(ns, "junk", [("policy.rego".into(), big.to_string())].into()),
+    )
+    .await?;
+    // A referenced ConfigMap with a small policy and 0.9 MB under another key.
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(
+            ns,
+            "orders-policy",
+            [
+                ("policy.rego".into(), small.to_string()),
+                ("padding".into(), big.to_string()),
+            ]
+            .into(),
+        ),
+    )
+    .await?;
+    // A referenced ConfigMap whose policy itself is 0.9 MB (over the annotation limit).
+    cms.create(
+        &PostParams::default(),
+        &policy_config_map(
+            ns,
+            "huge-policy",
+            [("policy.rego".into(), big.to_string())].into(),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The size and hash the policy cache holds for `policy.rego` of ConfigMap `name`, if it holds
+/// its text's summary.
+fn cached_policy(
+    store: &kube::runtime::reflector::Store<PolicySummary>,
+    name: &str,
+) -> Option<(usize, ckb_operator::policy::PolicyHash)> {
+    store
+        .state()
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(name))
+        .and_then(|c| match c.keys.get("policy.rego") {
+            Some(PolicyKey::Text { bytes, hash, .. }) => Some((*bytes, hash.clone())),
+            _ => None,
+        })
+}
+
+/// A binding that starts referencing a ConfigMap (`junk`, key `other`) brings it (its referenced
+/// key only) into the cache; when the binding goes, so does the ConfigMap.
+async fn a_late_reference_brings_a_config_map_in_and_out(
+    cms: &Api<ConfigMap>,
+    bindings: &Api<ConfidentialKeyBinding>,
+    store: &kube::runtime::reflector::Store<PolicySummary>,
+    ns: &str,
+    small: &str,
+) -> Result<()> {
+    let mut late = binding(ns, "late", "late", json!({}));
+    late.spec.policy.config_map_ref.name = "junk".into();
+    late.spec.policy.config_map_ref.key = "other".into();
+    cms.patch(
+        "junk",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"other": small}})),
+    )
+    .await?;
+    bindings.create(&PostParams::default(), &late).await?;
+    wait_for(WAIT, "junk cached with only its referenced key", || {
+        let keys = cached_keys(store, "junk");
+        async move { Ok((keys == vec!["other".to_string()]).then_some(())) }
+    })
+    .await?;
+    bindings.delete("late", &DeleteParams::default()).await?;
+    wait_for(WAIT, "junk out of the cache", || {
+        let store = store.clone();
+        async move { Ok((!cached_names(&store).contains(&"junk".to_string())).then_some(())) }
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_cache_holds_only_what_bindings_reference_and_never_the_text() -> Result<()> {
     let cp = ControlPlane::start().await.context("control plane")?;
@@ -514,36 +606,7 @@ async fn the_policy_cache_holds_only_what_bindings_reference_and_never_the_text(
     let cms: Api<ConfigMap> = Api::namespaced(editor, ns);
     let big = "x".repeat(900 * 1024);
     let small = rego("small");
-    // What any user with `edit` can write: a labelled 0.9 MB ConfigMap nobody references.
-    cms.create(
-        &PostParams::default(),
-        &policy_config_map(ns, "junk", [("policy.rego".into(), big.clone())].into()),
-    )
-    .await?;
-    // A referenced ConfigMap with a small policy and 0.9 MB under another key.
-    cms.create(
-        &PostParams::default(),
-        &policy_config_map(
-            ns,
-            "orders-policy",
-            [
-                ("policy.rego".into(), small.clone()),
-                ("padding".into(), big.clone()),
-            ]
-            .into(),
-        ),
-    )
-    .await?;
-    // A referenced ConfigMap whose policy itself is 0.9 MB (over the annotation limit).
-    cms.create(
-        &PostParams::default(),
-        &policy_config_map(
-            ns,
-            "huge-policy",
-            [("policy.rego".into(), big.clone())].into(),
-        ),
-    )
-    .await?;
+    write_policy_config_maps(&cms, ns, &small, &big).await?;
     let bindings: Api<ConfidentialKeyBinding> = Api::namespaced(client.clone(), ns);
     let mut orders = binding(ns, "orders", "orders", json!({}));
     orders.spec.policy.config_map_ref.name = "orders-policy".into();
@@ -563,16 +626,7 @@ async fn the_policy_cache_holds_only_what_bindings_reference_and_never_the_text(
     let held = largest_cached(&store);
     assert!(held < 1024, "a cache entry holds {held} bytes");
     assert_eq!(cached_keys(&store, "orders-policy"), vec!["policy.rego"]);
-    let hash_of = |name: &str| {
-        store
-            .state()
-            .iter()
-            .find(|c| c.metadata.name.as_deref() == Some(name))
-            .and_then(|c| match c.keys.get("policy.rego") {
-                Some(PolicyKey::Text { bytes, hash, .. }) => Some((*bytes, hash.clone())),
-                _ => None,
-            })
-    };
+    let hash_of = |name: &str| cached_policy(&store, name);
     assert_eq!(
         hash_of("orders-policy"),
         Some((small.len(), hash_rego(small.as_bytes())))
@@ -594,29 +648,7 @@ async fn the_policy_cache_holds_only_what_bindings_reference_and_never_the_text(
         async move { Ok(found.then_some(())) }
     })
     .await?;
-    // A binding that starts referencing a ConfigMap brings it (its referenced key) in; when it
-    // goes, so does the ConfigMap.
-    let mut late = binding(ns, "late", "late", json!({}));
-    late.spec.policy.config_map_ref.name = "junk".into();
-    late.spec.policy.config_map_ref.key = "other".into();
-    cms.patch(
-        "junk",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"other": small}})),
-    )
-    .await?;
-    bindings.create(&PostParams::default(), &late).await?;
-    wait_for(WAIT, "junk cached with only its referenced key", || {
-        let keys = cached_keys(&store, "junk");
-        async move { Ok((keys == vec!["other".to_string()]).then_some(())) }
-    })
-    .await?;
-    bindings.delete("late", &DeleteParams::default()).await?;
-    wait_for(WAIT, "junk out of the cache", || {
-        let store = store.clone();
-        async move { Ok((!cached_names(&store).contains(&"junk".to_string())).then_some(())) }
-    })
-    .await?;
+    a_late_reference_brings_a_config_map_in_and_out(&cms, &bindings, &store, ns, &small).await?;
     assert!(largest_cached(&store) < 1024);
     task.abort();
     Ok(())

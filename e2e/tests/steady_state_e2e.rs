@@ -146,46 +146,16 @@ async fn a_ready_binding_makes_no_write_and_no_change_over_several_resyncs() -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_storm_shows_on_the_binding_is_waited_out_and_makes_one_key_version() -> Result<()> {
-    // Neither the double's default Retry-After (1 s) nor the client's fallback when the header
-    // is lost (10 s).
-    const RETRY_AFTER_SECS: u64 = 3;
-    const STORM: u32 = 3;
-    let t0 = Instant::now();
-    let env = Environment::start(EnvOptions::default()).await?;
-    let ns = "e2e-storm";
-    env.create_namespace(ns, true)?;
-    env.apply_yaml(&policy_config_map_yaml(ns, "storm-policy", REGO))?;
-    let mut storm = Fault::status("POST", "^/keys/storm-key/create$", 429)
-        .times(STORM)
-        .on_vault(VAULT_HOST);
-    storm.retry_after_secs = Some(RETRY_AFTER_SECS);
-    env.double.inject(storm)?;
-    env.apply_yaml(
-        &BindingManifest::new(ns, "storm", "storm-key")
-            .ec_p256()
-            .deletion("Delete")
-            .yaml(),
-    )?;
+/// The Retry-After of the storm's 429s: neither the double's default (1 s) nor the client's
+/// fallback when the header is lost (10 s).
+const RETRY_AFTER_SECS: u64 = 3;
+/// The 429s the storm answers before the create goes through.
+const STORM: u32 = 3;
 
-    // The binding says it is throttled ...
-    let throttled = env
-        .wait_binding_condition(
-            ns,
-            "storm",
-            types::KEY_READY,
-            "False",
-            Some(reasons::KEY_VAULT_THROTTLED),
-            Duration::from_secs(60),
-        )
-        .await?;
-    let ready = Environment::condition(&throttled, types::READY).context("Ready")?;
-    assert_eq!(ready.0, "False", "{ready:?}");
-    // ... then Ready once the storm is over.
-    env.wait_binding_ready(ns, "storm").await?;
-
-    let log = env.double.log();
+/// From the double's request log: the create was refused STORM times then made, each attempt
+/// waiting out the Retry-After header's value (not the fallback), and nothing else reached the
+/// vault within Retry-After of a 429. Returns the gaps between attempts, in ms.
+fn creates_waited_out_each_429(log: &[LogEntry]) -> Vec<u64> {
     let creates: Vec<&LogEntry> = log
         .iter()
         .filter(|e| {
@@ -230,6 +200,45 @@ async fn a_429_storm_shows_on_the_binding_is_waited_out_and_makes_one_key_versio
             .collect();
         assert!(early.is_empty(), "sent while throttled: {early:?}");
     }
+    gaps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_shows_on_the_binding_is_waited_out_and_makes_one_key_version() -> Result<()> {
+    let t0 = Instant::now();
+    let env = Environment::start(EnvOptions::default()).await?;
+    let ns = "e2e-storm";
+    env.create_namespace(ns, true)?;
+    env.apply_yaml(&policy_config_map_yaml(ns, "storm-policy", REGO))?;
+    let mut storm = Fault::status("POST", "^/keys/storm-key/create$", 429)
+        .times(STORM)
+        .on_vault(VAULT_HOST);
+    storm.retry_after_secs = Some(RETRY_AFTER_SECS);
+    env.double.inject(storm)?;
+    env.apply_yaml(
+        &BindingManifest::new(ns, "storm", "storm-key")
+            .ec_p256()
+            .deletion("Delete")
+            .yaml(),
+    )?;
+
+    // The binding says it is throttled ...
+    let throttled = env
+        .wait_binding_condition(
+            ns,
+            "storm",
+            types::KEY_READY,
+            "False",
+            Some(reasons::KEY_VAULT_THROTTLED),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let ready = Environment::condition(&throttled, types::READY).context("Ready")?;
+    assert_eq!(ready.0, "False", "{ready:?}");
+    // ... then Ready once the storm is over.
+    env.wait_binding_ready(ns, "storm").await?;
+
+    let gaps = creates_waited_out_each_429(&env.double.log());
     assert_eq!(env.key_versions(VAULT_HOST, "storm-key"), 1);
     // One Warning for the throttling, not one per attempt.
     let throttle_events: Vec<_> = events_of(&env, ns, "storm")
