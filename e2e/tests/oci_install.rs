@@ -150,19 +150,35 @@ fn publish(
     })
 }
 
+/// What the helm steps work with: the registry, helm, the control plane, the chart's `oci://`
+/// reference and the release version.
+#[derive(Clone, Copy)]
+struct Release<'a> {
+    registry: &'a LocalRegistry,
+    helm: &'a Path,
+    cp: &'a ControlPlane,
+    chart_ref: &'a str,
+    version: &'a str,
+}
+
+/// helm, logged in to the local registry, talking to the control plane.
+fn helm_on_the_cluster(registry: &LocalRegistry, helm: &Path, cp: &ControlPlane) -> Command {
+    let mut cmd = registry.helm_command(helm);
+    cmd.env("KUBECONFIG", cp.kubeconfig());
+    cmd
+}
+
 /// Step 2: `helm install oci://...` of the pushed chart, pointed at the pushed image by digest.
-fn helm_install(
-    registry: &LocalRegistry,
-    helm: &Path,
-    cp: &ControlPlane,
-    chart_ref: &str,
-    version: &str,
-    published: &Published,
-) -> Result<()> {
+fn helm_install(r: &Release, published: &Published) -> Result<()> {
+    let Release {
+        registry,
+        helm,
+        cp,
+        chart_ref,
+        version,
+    } = *r;
     let install = run(
-        registry
-            .helm_command(helm)
-            .env("KUBECONFIG", cp.kubeconfig())
+        helm_on_the_cluster(registry, helm, cp)
             .args([
                 "install",
                 RELEASE,
@@ -190,19 +206,16 @@ fn helm_install(
 
 /// Step 3, from helm's side: the release is this version's chart, deployed, with its objects,
 /// and the chart helm pulls from the registry is the pushed one.
-fn check_helm_release(
-    registry: &LocalRegistry,
-    helm: &Path,
-    cp: &ControlPlane,
-    chart_ref: &str,
-    version: &str,
-    published: &Published,
-) -> Result<()> {
+fn check_helm_release(r: &Release, published: &Published) -> Result<()> {
+    let Release {
+        registry,
+        helm,
+        cp,
+        chart_ref,
+        version,
+    } = *r;
     let list: Value = serde_json::from_str(&run(
-        registry
-            .helm_command(helm)
-            .env("KUBECONFIG", cp.kubeconfig())
-            .args(["list", "-n", NAMESPACE, "-o", "json"]),
+        helm_on_the_cluster(registry, helm, cp).args(["list", "-n", NAMESPACE, "-o", "json"]),
         "helm list",
     )?)?;
     assert_eq!(list[0]["name"], RELEASE, "{list}");
@@ -214,10 +227,7 @@ fn check_helm_release(
     assert_eq!(list[0]["app_version"], version, "{list}");
     assert_eq!(list[0]["status"], "deployed", "{list}");
     let manifest = run(
-        registry
-            .helm_command(helm)
-            .env("KUBECONFIG", cp.kubeconfig())
-            .args(["get", "manifest", RELEASE, "-n", NAMESPACE]),
+        helm_on_the_cluster(registry, helm, cp).args(["get", "manifest", RELEASE, "-n", NAMESPACE]),
         "helm get manifest",
     )?;
     for kind in [
@@ -513,8 +523,15 @@ async fn helm_install_from_oci_and_the_image_binary_reaches_ready_with_the_demo_
     let published = publish(&registry, &layout, &helm, version)?;
     let cp = ControlPlane::start().await?;
     let chart_ref = format!("oci://{}/{CHART_REPOSITORY}/ckb-operator", registry.host());
-    helm_install(&registry, &helm, &cp, &chart_ref, version, &published)?;
-    check_helm_release(&registry, &helm, &cp, &chart_ref, version, &published)?;
+    let release = Release {
+        registry: &registry,
+        helm: &helm,
+        cp: &cp,
+        chart_ref: &chart_ref,
+        version,
+    };
+    helm_install(&release, &published)?;
+    check_helm_release(&release, &published)?;
     let (deploy, image, run_as) = installed_deployment(&cp, &published).await?;
 
     let work = tempfile::tempdir()?;

@@ -239,20 +239,25 @@ async fn immutable_policy_refusal_is_typed() {
     assert_eq!(versions(&s.double, "demo.vault.azure.net", "locked"), 1);
 }
 
-#[tokio::test]
-async fn forbidden_carries_the_status_and_message() {
+/// A client presenting `token` to a double that accepts only the tokens it knows.
+async fn strict_double_with_token(token: &'static str) -> Setup {
     let config = Config {
         strict_auth: true,
         ..Config::default()
     };
-    let s = setup(
+    setup(
         Options {
-            token: "reader-token",
+            token,
             ..Options::default()
         },
         config,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn forbidden_carries_the_status_and_message() {
+    let s = strict_double_with_token("reader-token").await;
     let err =
         s.kv.create_key(&s.vault, &new_key("orders-key", DOUBLE))
             .await
@@ -270,18 +275,7 @@ async fn forbidden_carries_the_status_and_message() {
 
 #[tokio::test]
 async fn an_unknown_token_is_forbidden_401() {
-    let config = Config {
-        strict_auth: true,
-        ..Config::default()
-    };
-    let s = setup(
-        Options {
-            token: "no-such-token",
-            ..Options::default()
-        },
-        config,
-    )
-    .await;
+    let s = strict_double_with_token("no-such-token").await;
     let err =
         s.kv.get_key(&s.vault, "orders-key")
             .await

@@ -69,7 +69,9 @@ fn found(cm: &ConfigMap) -> PolicySummary {
     PolicySummary::of(cm, [&"policy.rego".to_string()])
 }
 
-fn cm(data: Option<&str>, labelled: bool) -> ConfigMap {
+/// The binding's policy ConfigMap `payments/orders-policy`, with `data` under `policy.rego` if
+/// given, and the policy label or without.
+pub(super) fn cm(data: Option<&str>, labelled: bool) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some("orders-policy".into()),
@@ -105,6 +107,15 @@ fn plan_with_key(b: &ConfidentialKeyBinding, k: VaultKey) -> Plan {
     plan(
         b,
         &observed(resolved(REGO_A), KeyObservation::Present(k)),
+        &config(),
+    )
+}
+
+/// The plan for `b` while its policy resolves to A and Key Vault has no such key.
+fn plan_without_key(b: &ConfidentialKeyBinding) -> Plan {
+    plan(
+        b,
+        &observed(resolved(REGO_A), KeyObservation::Absent),
         &config(),
     )
 }
@@ -323,11 +334,7 @@ fn vault_not_allowed_is_never_contacted() {
 fn allow_list_matches_normalised_urls() {
     let mut b = binding();
     b.spec.key.vault = "https://DEMO.vault.azure.net/".into();
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
+    let p = plan_without_key(&b);
     assert!(p.contact_vault);
 }
 
@@ -336,11 +343,7 @@ fn allow_list_matches_normalised_urls() {
 #[test]
 fn absent_key_is_created_exportable_with_policy_and_tags() {
     let b = binding();
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
+    let p = plan_without_key(&b);
     assert!(p.contact_vault);
     let KeyAction::Create(new) = &p.action else {
         panic!("expected create, got {:?}", p.action)
@@ -389,11 +392,7 @@ fn ec_key_is_created_with_its_curve_and_no_size() {
     b.spec.key.key_type = KeyType::EcHsm;
     b.spec.key.size = None;
     b.spec.key.curve = Some(ckb_crds::Curve::P384);
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
+    let p = plan_without_key(&b);
     let KeyAction::Create(new) = &p.action else {
         panic!()
     };
@@ -403,18 +402,19 @@ fn ec_key_is_created_with_its_curve_and_no_size() {
     assert_eq!(new.key_ops, vec!["sign".to_string(), "verify".into()]);
 }
 
+/// Key Vault's answer to a create over its limit.
+fn throttled() -> KeyVaultError {
+    KeyVaultError::Throttled {
+        retry_after: Duration::from_secs(3),
+        message: "Too many requests".into(),
+    }
+}
+
 #[test]
 fn failed_create_reports_the_reason_and_binds_nothing() {
     let b = binding();
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
-    let err = KeyVaultError::Throttled {
-        retry_after: Duration::from_secs(3),
-        message: "Too many requests".into(),
-    };
+    let p = plan_without_key(&b);
+    let err = throttled();
     let (status, events) = settle(&b, &p, Some(&Err(err)), now());
     assert_eq!(
         cond(&status, types::KEY_READY),
@@ -433,15 +433,8 @@ fn failed_create_reports_the_reason_and_binds_nothing() {
     );
     // The same failure on the next loop is not a new event.
     let again = with_status(b.clone(), status.clone());
-    let p2 = plan(
-        &again,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
-    let err = KeyVaultError::Throttled {
-        retry_after: Duration::from_secs(3),
-        message: "Too many requests".into(),
-    };
+    let p2 = plan_without_key(&again);
+    let err = throttled();
     let (_, events2) = settle(&again, &p2, Some(&Err(err)), now());
     assert!(events2.is_empty(), "{events2:?}");
 }
@@ -567,11 +560,7 @@ fn additional_hashes_are_in_the_release_policy() {
     let mut b = binding();
     let extra = hash_rego(REGO_B.as_bytes());
     b.spec.policy.additional_hashes = vec![extra];
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
+    let p = plan_without_key(&b);
     let KeyAction::Create(new) = &p.action else {
         panic!()
     };
@@ -785,11 +774,7 @@ fn read_failure_is_reported_with_its_reason() {
 fn deletion_policy_does_not_change_the_plan() {
     let mut b = binding();
     b.spec.key.deletion_policy = DeletionPolicy::Delete;
-    let p = plan(
-        &b,
-        &observed(resolved(REGO_A), KeyObservation::Absent),
-        &config(),
-    );
+    let p = plan_without_key(&b);
     assert!(matches!(p.action, KeyAction::Create(_)));
 }
 

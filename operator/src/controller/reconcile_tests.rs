@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::index::INJECTED_LABEL;
 use super::plan::{PlanConfig, owner_tags};
+use super::plan_tests::cm;
 use super::reconcile::{Context, Error, Timing, error_policy, reconcile, retry_delay};
 use super::testing::{FakeVault, MockApi, Op};
 use crate::caches::PolicySummary;
@@ -138,7 +139,7 @@ impl Harness {
     }
 
     pub(super) fn set_policy(&mut self, rego: &str) {
-        let cm = orders_policy(true, Some(rego));
+        let cm = cm(Some(rego), true);
         self.config_maps
             .apply_watcher_event(&watcher::Event::Apply(summary(&cm)));
     }
@@ -203,21 +204,6 @@ impl Harness {
             b.status = Some(serde_json::from_value(statuses.last().unwrap().clone()).unwrap());
         }
         r
-    }
-}
-
-/// The binding's policy ConfigMap `payments/orders-policy`, with the policy label or without, and
-/// `rego` under `policy.rego` if given.
-fn orders_policy(labelled: bool, rego: Option<&str>) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("orders-policy".into()),
-            namespace: Some("payments".into()),
-            labels: labelled.then(|| BTreeMap::from([(labels::POLICY.into(), "true".into())])),
-            ..Default::default()
-        },
-        data: rego.map(|r| BTreeMap::from([("policy.rego".into(), r.into())])),
-        ..Default::default()
     }
 }
 
@@ -386,13 +372,11 @@ async fn arrange(s: Scenario, h: &mut Harness, b: &mut ConfidentialKeyBinding) -
         }
         Scenario::PolicyMissing => {
             h.config_maps
-                .apply_watcher_event(&watcher::Event::Delete(summary(&orders_policy(
-                    false, None,
-                ))));
+                .apply_watcher_event(&watcher::Event::Delete(summary(&cm(None, false))));
             Expect::waiting_for_policy(reasons::CONFIG_MAP_NOT_FOUND)
         }
         Scenario::PolicyNotLabelled => {
-            let cm = orders_policy(false, Some(REGO_A));
+            let cm = cm(Some(REGO_A), false);
             h.config_maps
                 .apply_watcher_event(&watcher::Event::Delete(summary(&cm)));
             h.api.serve_config_map(&cm);
