@@ -5,7 +5,8 @@
 //!   interpreter Argo CD embeds), both built from their Go modules into `ckb-gitops-check` by
 //!   `e2e/scripts/build-gitops-check.sh`, on bindings read from the API server: Ready, still
 //!   reconciling, not yet observed, and stalled on a vault outside the allow-list. The script is
-//!   run twice: as `docs/argocd-health.lua` and as the chart renders it into its ConfigMap;
+//!   run twice: as the repository's file (`charts/ckb-operator/files/argocd-health.lua`) and as
+//!   the chart renders it into its ConfigMap;
 //! - a Deployment applied before its binding: the binding counts its pods without the sidecar,
 //!   says so in a Warning event naming them, and the count returns to 0 after a rollout restart;
 //! - `ckb-operator doctor` on one broken case per check it is known for (wrong hash, missing
@@ -202,13 +203,13 @@ fn check(bin: &Path, args: &[&str], object: &Value) -> Result<Verdict> {
 /// The three tools' verdicts on one live object.
 struct Verdicts {
     kstatus: Verdict,
-    argo_docs: Verdict,
+    argo_source: Verdict,
     argo_chart: Verdict,
 }
 
 struct Checker {
     bin: PathBuf,
-    docs_script: PathBuf,
+    source_script: PathBuf,
     chart_script: PathBuf,
 }
 
@@ -233,17 +234,17 @@ impl Checker {
     }
 
     fn verdicts(&self, object: &Value) -> Result<Verdicts> {
-        let docs = self.docs_script.display().to_string();
+        let source = self.source_script.display().to_string();
         let chart = self.chart_script.display().to_string();
         Ok(Verdicts {
             kstatus: check(&self.bin, &["kstatus"], object)?,
-            argo_docs: check(&self.bin, &["lua", &docs], object)?,
+            argo_source: check(&self.bin, &["lua", &source], object)?,
             argo_chart: check(&self.bin, &["lua", &chart], object)?,
         })
     }
 
     /// Waits until the live binding reads `kstatus` and `argo` (status strings), then checks that
-    /// the chart's script and the docs' say the same; returns the verdicts.
+    /// the rendered script and the repository's file say the same; returns the verdicts.
     async fn expect(
         &self,
         env: &Environment,
@@ -256,23 +257,23 @@ impl Checker {
         let v = wait_for(WAIT, &what, || async {
             let object = Self::live(env, ns, name)?;
             let v = self.verdicts(&object)?;
-            if v.kstatus.0 == kstatus && v.argo_docs.0 == argo {
+            if v.kstatus.0 == kstatus && v.argo_source.0 == argo {
                 Ok(Some(v))
             } else {
                 bail!(
                     "kstatus {:?}, Argo CD {:?} on {}",
                     v.kstatus,
-                    v.argo_docs,
+                    v.argo_source,
                     object["status"]
                 )
             }
         })
         .await?;
         ensure!(
-            v.argo_chart == v.argo_docs,
-            "{what}: the chart's script says {:?}, docs/argocd-health.lua {:?}",
+            v.argo_chart == v.argo_source,
+            "{what}: the chart's rendered script says {:?}, its files/argocd-health.lua {:?}",
             v.argo_chart,
-            v.argo_docs
+            v.argo_source
         );
         Ok(v)
     }
@@ -316,20 +317,8 @@ fn run_docs_snippet(env: &Environment) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-#[test]
-fn the_chart_ships_the_argo_cd_health_script_of_the_docs_byte_for_byte() {
-    let root = repo_root();
-    let docs = std::fs::read(root.join("docs/argocd-health.lua")).unwrap();
-    let chart = std::fs::read(root.join("charts/ckb-operator/files/argocd-health.lua")).unwrap();
-    assert!(
-        docs == chart,
-        "charts/ckb-operator/files/argocd-health.lua differs from docs/argocd-health.lua: copy \
-         the docs' file into the chart"
-    );
-}
-
 /// The Argo CD health script the chart rendered, as a user extracts it for argocd-cm: the same
-/// as docs/argocd-health.lua and as what the docs/gitops.md command prints. Returns a checker
+/// as the chart's files/argocd-health.lua and as what the docs/gitops.md command prints. Returns a checker
 /// running kstatus and both scripts.
 async fn checker_of_the_chart_s_script(env: &Environment, bin: PathBuf) -> Result<Checker> {
     // The snippet the chart rendered, as a user extracts it for argocd-cm.
@@ -341,11 +330,11 @@ async fn checker_of_the_chart_s_script(env: &Environment, bin: PathBuf) -> Resul
         .data
         .and_then(|d| d.get(ARGOCD_KEY).cloned())
         .context("the argocd-cm key in the chart's ConfigMap")?;
-    let docs_script = repo_root().join("docs/argocd-health.lua");
+    let source_script = repo_root().join("charts/ckb-operator/files/argocd-health.lua");
     assert_eq!(
         rendered,
-        std::fs::read_to_string(&docs_script)?,
-        "the chart renders another script than docs/argocd-health.lua"
+        std::fs::read_to_string(&source_script)?,
+        "the chart renders another script than its files/argocd-health.lua"
     );
     // The command docs/gitops.md gives to extract it prints the same script.
     let extracted = run_docs_snippet(env)?;
@@ -358,7 +347,7 @@ async fn checker_of_the_chart_s_script(env: &Environment, bin: PathBuf) -> Resul
     std::fs::write(&chart_script, &rendered)?;
     Ok(Checker {
         bin,
-        docs_script,
+        source_script,
         chart_script,
     })
 }
@@ -411,7 +400,11 @@ async fn an_unobserved_spec_change_is_in_progress_until_reconciled(
     let v = checker
         .expect(env, ns, "ready", "InProgress", "Progressing")
         .await?;
-    assert!(v.argo_docs.1.contains("generation"), "{:?}", v.argo_docs);
+    assert!(
+        v.argo_source.1.contains("generation"),
+        "{:?}",
+        v.argo_source
+    );
     env.start_operator().await?;
     checker
         .expect(env, ns, "ready", "Current", "Healthy")
@@ -448,7 +441,7 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
     let v = checker
         .expect(&env, ns, "ready", "Current", "Healthy")
         .await?;
-    assert_eq!(v.argo_docs.1, "key ready", "{:?}", v.argo_docs);
+    assert_eq!(v.argo_source.1, "key ready", "{:?}", v.argo_source);
 
     // The policy ConfigMap is not there yet: the operator waits for it on its own, so
     // InProgress / Progressing (never Failed: it will be applied); then Current / Healthy.
@@ -463,9 +456,9 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
         .expect(&env, ns, "waiting", "InProgress", "Progressing")
         .await?;
     assert!(
-        v.argo_docs.1.contains(reasons::CONFIG_MAP_NOT_FOUND),
+        v.argo_source.1.contains(reasons::CONFIG_MAP_NOT_FOUND),
         "{:?}",
-        v.argo_docs
+        v.argo_source
     );
     env.apply_yaml(&policy_config_map_yaml(
         ns,
@@ -482,7 +475,7 @@ async fn kstatus_and_the_argo_cd_health_check_read_live_bindings_in_every_state(
     let v = checker
         .expect(&env, ns, "elsewhere", "Failed", "Degraded")
         .await?;
-    for (tool, (_, message)) in [("kstatus", &v.kstatus), ("Argo CD", &v.argo_docs)] {
+    for (tool, (_, message)) in [("kstatus", &v.kstatus), ("Argo CD", &v.argo_source)] {
         assert!(
             message.contains("not-allowed.vault.azure.net")
                 || message.contains(reasons::VAULT_NOT_ALLOWED),

@@ -1207,11 +1207,13 @@ fn argo_cd_health_check_renders_the_shipped_script() {
     let script = cm["data"]["resource.customizations.health.ckb.dev_ConfidentialKeyBinding"]
         .as_str()
         .expect("the argocd-cm key");
-    let shipped = std::fs::read_to_string(repo_root().join("docs/argocd-health.lua")).unwrap();
+    let shipped =
+        std::fs::read_to_string(repo_root().join("charts/ckb-operator/files/argocd-health.lua"))
+            .unwrap();
     assert_eq!(
         script.trim_end(),
         shipped.trim_end(),
-        "the chart's copy (files/argocd-health.lua) differs from docs/argocd-health.lua"
+        "the chart renders another script than its files/argocd-health.lua"
     );
     assert!(!kinds(&render(&Case::new("d", &[]))).contains("ConfigMap"));
 }
