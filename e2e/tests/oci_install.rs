@@ -152,7 +152,6 @@ fn publish(
 
 /// What the helm steps work with: the registry, helm, the control plane, the chart's `oci://`
 /// reference and the release version.
-#[derive(Clone, Copy)]
 struct Release<'a> {
     registry: &'a LocalRegistry,
     helm: &'a Path,
@@ -161,31 +160,26 @@ struct Release<'a> {
     version: &'a str,
 }
 
-/// helm, logged in to the local registry, talking to the control plane.
-fn helm_on_the_cluster(registry: &LocalRegistry, helm: &Path, cp: &ControlPlane) -> Command {
-    let mut cmd = registry.helm_command(helm);
-    cmd.env("KUBECONFIG", cp.kubeconfig());
-    cmd
+impl Release<'_> {
+    /// helm, logged in to the local registry, talking to the control plane.
+    fn helm_on_the_cluster(&self) -> Command {
+        let mut cmd = self.registry.helm_command(self.helm);
+        cmd.env("KUBECONFIG", self.cp.kubeconfig());
+        cmd
+    }
 }
 
 /// Step 2: `helm install oci://...` of the pushed chart, pointed at the pushed image by digest.
 fn helm_install(r: &Release, published: &Published) -> Result<()> {
-    let Release {
-        registry,
-        helm,
-        cp,
-        chart_ref,
-        version,
-    } = *r;
     let install = run(
-        helm_on_the_cluster(registry, helm, cp)
+        r.helm_on_the_cluster()
             .args([
                 "install",
                 RELEASE,
-                chart_ref,
+                r.chart_ref,
                 "--plain-http",
                 "--version",
-                version,
+                r.version,
             ])
             .args(["--namespace", NAMESPACE, "--create-namespace"])
             .args([
@@ -207,27 +201,22 @@ fn helm_install(r: &Release, published: &Published) -> Result<()> {
 /// Step 3, from helm's side: the release is this version's chart, deployed, with its objects,
 /// and the chart helm pulls from the registry is the pushed one.
 fn check_helm_release(r: &Release, published: &Published) -> Result<()> {
-    let Release {
-        registry,
-        helm,
-        cp,
-        chart_ref,
-        version,
-    } = *r;
     let list: Value = serde_json::from_str(&run(
-        helm_on_the_cluster(registry, helm, cp).args(["list", "-n", NAMESPACE, "-o", "json"]),
+        r.helm_on_the_cluster()
+            .args(["list", "-n", NAMESPACE, "-o", "json"]),
         "helm list",
     )?)?;
     assert_eq!(list[0]["name"], RELEASE, "{list}");
     assert_eq!(
         list[0]["chart"],
-        format!("ckb-operator-{version}"),
+        format!("ckb-operator-{}", r.version),
         "{list}"
     );
-    assert_eq!(list[0]["app_version"], version, "{list}");
+    assert_eq!(list[0]["app_version"], r.version, "{list}");
     assert_eq!(list[0]["status"], "deployed", "{list}");
     let manifest = run(
-        helm_on_the_cluster(registry, helm, cp).args(["get", "manifest", RELEASE, "-n", NAMESPACE]),
+        r.helm_on_the_cluster()
+            .args(["get", "manifest", RELEASE, "-n", NAMESPACE]),
         "helm get manifest",
     )?;
     for kind in [
@@ -244,17 +233,20 @@ fn check_helm_release(r: &Release, published: &Published) -> Result<()> {
     }
     // helm pulled the chart from the registry: the pulled chart's digest is the pushed one.
     let show = run(
-        registry.helm_command(helm).args([
+        r.registry.helm_command(r.helm).args([
             "show",
             "chart",
-            chart_ref,
+            r.chart_ref,
             "--plain-http",
             "--version",
-            version,
+            r.version,
         ]),
         "helm show chart",
     )?;
-    assert!(show.contains(&format!("appVersion: {version}")), "{show}");
+    assert!(
+        show.contains(&format!("appVersion: {}", r.version)),
+        "{show}"
+    );
     assert!(!published.chart_digest.is_empty());
     Ok(())
 }
