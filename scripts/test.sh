@@ -25,7 +25,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export GOTOOLCHAIN=local
 # One build directory outside the checkout, like the control-plane cache: a fresh clone (CI) reuses
 # the dependencies compiled by the previous run instead of rebuilding ~400 crates on two cores.
-# Workspace crates are keyed by their path, so clones in different folders never share artifacts.
+# NB: cargo may reuse a workspace crate built in another clone when its sources are the same; the
+# e2e suite therefore finds the repository from the run-time CARGO_MANIFEST_DIR, not the compiled-in one.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ckb-operator/target}"
 # CI builds once: incremental data would only fill the disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

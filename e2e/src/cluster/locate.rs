@@ -47,8 +47,16 @@ fn check_binaries(dir: &Path) -> Result<()> {
 }
 
 /// The repository root (this crate lives in `<root>/e2e`).
+///
+/// NB: `cargo test` and `cargo run` set `CARGO_MANIFEST_DIR` at run time, and that one wins over
+/// the compile-time value: the build directory is shared between checkouts, and cargo reuses this
+/// crate's artifact from another clone when the sources are the same, so the path compiled in can
+/// name a clone that is gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
